@@ -1,0 +1,148 @@
+"""Baselines computed on the same graph in the same run: TFLM's greedy planner and reordering.
+
+TFLM: operators in file order, GreedyMemoryPlanner (largest first, first gap that fits among the
+buffers already placed whose lifetimes overlap), sizes and offsets rounded to 16 bytes.
+Reordering (Liberis & Lane 2019): exact search over topological orders minimising the peak sum of
+live bytes, memoised over the set of executed operators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pexopt.graph.ir import Graph
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """A buffer request: size in bytes, first and last scope using it (both inclusive)."""
+
+    index: int
+    size: int
+    first: int
+    last: int
+
+
+def _round16(x: int) -> int:
+    return (x + 15) // 16 * 16
+
+
+def tflm_lifetimes(graph: Graph) -> list[Lifetime]:
+    """TFLM's buffer requests: inputs at scope 0, op i at scope i+1, outputs to the last scope."""
+    n = len(graph.ops)
+    first: dict[int, int] = {t: 0 for t in graph.inputs}
+    last: dict[int, int] = {t: 0 for t in graph.inputs}
+    for op in graph.ops:
+        for t in op.outputs:
+            first.setdefault(t, op.id + 1)
+            last.setdefault(t, op.id + 1)
+        for t in op.inputs:
+            last[t] = max(last.get(t, 0), op.id + 1)
+    for t in graph.outputs:
+        last[t] = n
+    return [Lifetime(t, _round16(graph.tensors[t].nbytes), first[t], last[t])
+            for t in sorted(first) if graph.tensors[t].nbytes > 0
+            and not graph.tensors[t].external]
+
+
+def greedy_by_size(reqs: list[Lifetime], align: int = 16) -> dict[int, int]:
+    """TFLM GreedyMemoryPlanner: returns tensor index -> offset."""
+    order = sorted(reqs, key=lambda r: (-r.size, -r.index))
+    placed: list[tuple[int, Lifetime]] = []  # (offset, req), kept sorted by offset
+    offsets: dict[int, int] = {}
+    for r in order:
+        cand = 0
+        for off, p in placed:
+            if p.last < r.first or r.last < p.first:
+                continue
+            if off >= cand + r.size:
+                break
+            cand = max(cand, (off + p.size + align - 1) // align * align)
+        offsets[r.index] = cand
+        placed.append((cand, r))
+        placed.sort(key=lambda x: x[0])
+    return offsets
+
+
+def tflm_arena(graph: Graph) -> int:
+    """Arena bytes (TFLM's `head`) of the TFLM greedy planner on this graph in file order."""
+    reqs = tflm_lifetimes(graph)
+    offs = greedy_by_size(reqs)
+    return max((offs[r.index] + r.size for r in reqs), default=0)
+
+
+def reorder_peak(graph: Graph, max_states: int = 200_000) -> tuple[int, list[int]] | None:
+    """Exact minimum over topological orders of the peak sum of live bytes.
+
+    Returns (peak, order) or None when the search exceeds `max_states` memo entries.
+    """
+    n = len(graph.ops)
+    size = [0 if t.external else t.nbytes for t in graph.tensors]
+    producer = graph.producer()
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+    preds_mask = [0] * n
+    for k, ps in enumerate(graph.preds()):
+        for p in ps:
+            preds_mask[k] |= 1 << p
+    cons_mask = {t: sum(1 << c for c in cs) for t, cs in consumers.items()}
+    base_live = sum(size[t] for t in graph.inputs)
+
+    def live_after(done: int) -> int:
+        total = 0
+        for t in range(len(size)):
+            made = t not in producer or (done >> producer[t]) & 1
+            if not made:
+                continue
+            pending = cons_mask[t] & ~done
+            if pending or t in outputs:
+                total += size[t]
+        return total
+
+    def step_peak(done: int, k: int) -> int:
+        # while op k runs: everything live before it, plus its outputs
+        live = live_after(done)
+        for t in graph.ops[k].outputs:
+            live += size[t]
+        # inputs of k that die now are still live during k (counted in live_after(done))
+        return live
+
+    memo: dict[int, tuple[int, int]] = {}
+    full = (1 << n) - 1
+    stack_limit = [0]
+
+    def best(done: int) -> int:
+        if done == full:
+            return 0
+        hit = memo.get(done)
+        if hit is not None:
+            return hit[0]
+        if len(memo) >= max_states:
+            stack_limit[0] = 1
+            return 0
+        res, choice = None, -1
+        for k in range(n):
+            if (done >> k) & 1 or preds_mask[k] & ~done:
+                continue
+            v = max(step_peak(done, k), best(done | (1 << k)))
+            if res is None or v < res:
+                res, choice = v, k
+        memo[done] = (res if res is not None else 0, choice)
+        return memo[done][0]
+
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 4 * n + 100))
+    try:
+        peak = max(best(0), base_live)
+    finally:
+        sys.setrecursionlimit(old)
+    if stack_limit[0]:
+        return None
+    order, done = [], 0
+    while done != full:
+        k = memo[done][1]
+        order.append(k)
+        done |= 1 << k
+    return peak, order
