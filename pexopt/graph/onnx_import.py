@@ -288,7 +288,7 @@ class _Importer:
                             apply: callable) -> None:
         """Fuse each op accepted by `want` into the sole-consumer producer `producer_ok` accepts."""
         outs = self._graph_outputs()
-        prod = {t: op for op in self.ops for t in op.outputs}
+        prod = {t: op for op in self.ops if not op.dead for t in op.outputs}
         cons = self._consumers()
         for op in self.ops:
             if op.dead or not want(op) or len(op.inputs) != 1:
@@ -332,10 +332,10 @@ class _Importer:
         node = op.node
         if len(node.input) > 1 and node.input[1]:
             v = self.const(node.input[1])
-            lo = float(v) if v is not None else None
+            lo = float(np.asarray(v).reshape(-1)[0]) if v is not None else None
         if len(node.input) > 2 and node.input[2]:
             v = self.const(node.input[2])
-            hi = float(v) if v is not None else None
+            hi = float(np.asarray(v).reshape(-1)[0]) if v is not None else None
         for a in node.attribute:
             if a.name == "min":
                 lo = a.f

@@ -1,0 +1,160 @@
+"""The plan file (`pexopt-plan/1`): what runs when, and where every buffer lives in the arena.
+
+Field names are a contract with other tools (validator, simulator, codegen, report); see README.
+Steps and buffer lifetimes use inclusive step indices (`first_step`, `last_step`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pexopt.errors import PlanError
+
+FORMAT = "pexopt-plan/1"
+
+
+@dataclass
+class Step:
+    index: int
+    op: str  # ONNX node name of the operator
+    kind: str
+    reads: list[str]
+    writes: list[str]
+    slice: list[int] | None = None
+
+
+@dataclass
+class Buffer:
+    name: str
+    tensor: str | None
+    kind: str  # "tensor" (later: "slice", "accumulator", "scratch")
+    offset: int
+    size: int
+    first_step: int
+    last_step: int
+    alias_of: str | None = None
+
+
+@dataclass
+class SolverInfo:
+    status: str
+    bound: int
+    gap: float
+    seconds: float
+    seed: int
+    workers: int
+    time_limit: float
+
+
+@dataclass
+class Plan:
+    model: dict[str, str]  # {"path": ..., "sha256": ...}
+    arena_bytes: int
+    budget_bytes: int | None
+    fits: bool
+    align: int
+    dtype: str
+    input_external: bool
+    steps: list[Step]
+    buffers: list[Buffer]
+    solver: SolverInfo
+    baselines: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d = {"format": d.pop("format"), **d}
+        return json.dumps(d, indent=1) + "\n"
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+def write_atomic(path: str | Path, text: str | bytes) -> None:
+    """Write a file so that readers see either the old content or the whole new one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode() if isinstance(text, str) else text
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _req(d: dict, key: str, typ: type | tuple, where: str) -> Any:
+    if key not in d:
+        raise PlanError(f"{where}: missing field '{key}'")
+    v = d[key]
+    if typ is int and isinstance(v, bool) or not isinstance(v, typ):
+        raise PlanError(f"{where}: field '{key}' has the wrong type")
+    return v
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan file; any malformed content is a one-line PlanError naming the field."""
+    p = Path(path)
+    if not p.is_file():
+        raise PlanError(f"{path}: no such file")
+    try:
+        d = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PlanError(f"{path}: not a JSON plan ({e.__class__.__name__})") from None
+    return plan_from_dict(d, str(path))
+
+
+def plan_from_dict(d: Any, where: str = "plan") -> Plan:
+    if not isinstance(d, dict):
+        raise PlanError(f"{where}: not a plan object")
+    fmt = d.get("format")
+    if fmt != FORMAT:
+        raise PlanError(f"{where}: format '{fmt}' is not {FORMAT}")
+    model = _req(d, "model", dict, where)
+    steps = []
+    for i, s in enumerate(_req(d, "steps", list, where)):
+        w = f"{where}: steps[{i}]"
+        if not isinstance(s, dict):
+            raise PlanError(f"{w}: not an object")
+        sl = s.get("slice")
+        steps.append(Step(index=_req(s, "index", int, w), op=_req(s, "op", str, w),
+                          kind=_req(s, "kind", str, w), reads=list(_req(s, "reads", list, w)),
+                          writes=list(_req(s, "writes", list, w)),
+                          slice=list(sl) if sl is not None else None))
+    buffers = []
+    for i, b in enumerate(_req(d, "buffers", list, where)):
+        w = f"{where}: buffers[{i}]"
+        if not isinstance(b, dict):
+            raise PlanError(f"{w}: not an object")
+        buffers.append(Buffer(name=_req(b, "name", str, w), tensor=b.get("tensor"),
+                              kind=_req(b, "kind", str, w), offset=_req(b, "offset", int, w),
+                              size=_req(b, "size", int, w),
+                              first_step=_req(b, "first_step", int, w),
+                              last_step=_req(b, "last_step", int, w),
+                              alias_of=b.get("alias_of")))
+    s = _req(d, "solver", dict, where)
+    solver = SolverInfo(status=str(s.get("status", "")), bound=int(s.get("bound", 0)),
+                        gap=float(s.get("gap", 0.0)), seconds=float(s.get("seconds", 0.0)),
+                        seed=int(s.get("seed", 0)), workers=int(s.get("workers", 0)),
+                        time_limit=float(s.get("time_limit", 0.0)))
+    budget = d.get("budget_bytes")
+    return Plan(model={"path": str(model.get("path", "")), "sha256": str(model.get("sha256", ""))},
+                arena_bytes=_req(d, "arena_bytes", int, where),
+                budget_bytes=int(budget) if budget is not None else None,
+                fits=bool(d.get("fits", False)), align=int(d.get("align", 1)),
+                dtype=str(d.get("dtype", "int8")),
+                input_external=bool(d.get("input_external", False)), steps=steps,
+                buffers=buffers, solver=solver, baselines=dict(d.get("baselines", {})))
