@@ -30,8 +30,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -102,8 +103,17 @@ class GraphBuilder:
         return out
 
     # -- layers ------------------------------------------------------------------------
-    def conv(self, x: str, name: str, cout: int, k: int | tuple[int, int], stride: int = 1,
-             groups: int = 1, pads: list[int] | None = None, gain: float = 2.0) -> str:
+    def conv(
+        self,
+        x: str,
+        name: str,
+        cout: int,
+        k: int | tuple[int, int],
+        stride: int = 1,
+        groups: int = 1,
+        pads: list[int] | None = None,
+        gain: float = 2.0,
+    ) -> str:
         n, cin, h, w = self.shapes[x]
         kh, kw = (k, k) if isinstance(k, int) else k
         if pads is None:  # PyTorch style symmetric padding = k // 2
@@ -114,8 +124,16 @@ class GraphBuilder:
         wgt = self.rng.standard_normal((cout, cin_g, kh, kw)) * math.sqrt(gain / fan_in)
         wgt = wgt.astype(np.float32)
         wname = self._init(f"{name}.weight", wgt)
-        y = self._node("Conv", [x, wname], name, dilations=[1, 1], group=groups,
-                       kernel_shape=[kh, kw], pads=pads, strides=[stride, stride])
+        y = self._node(
+            "Conv",
+            [x, wname],
+            name,
+            dilations=[1, 1],
+            group=groups,
+            kernel_shape=[kh, kw],
+            pads=pads,
+            strides=[stride, stride],
+        )
         oh = (h + pads[0] + pads[2] - kh) // stride + 1
         ow = (w + pads[1] + pads[3] - kw) // stride + 1
         self.shapes[y] = (n, cout, oh, ow)
@@ -126,7 +144,7 @@ class GraphBuilder:
         var_in = st.var.reshape(groups, 1, cin_g)
         wg = w64.reshape(groups, cout // groups, cin_g, kh * kw)
         mean = (wg.sum(-1) * mu_in).sum(-1).reshape(cout)
-        var = ((wg ** 2).sum(-1) * var_in).sum(-1).reshape(cout)
+        var = ((wg**2).sum(-1) * var_in).sum(-1).reshape(cout)
         self.stats[y] = Stats(mean, var)
         self.n_convs += 1
         return y
@@ -145,7 +163,12 @@ class GraphBuilder:
         mean = st.mean + r.normal(0.0, 0.05, c) * sd
         var = st.var * r.uniform(0.8, 1.25, c)
         ins = [x]
-        for suffix, arr in (("scale", gamma), ("bias", beta), ("running_mean", mean), ("running_var", var)):
+        for suffix, arr in (
+            ("scale", gamma),
+            ("bias", beta),
+            ("running_mean", mean),
+            ("running_var", var),
+        ):
             ins.append(self._init(f"{name}.{suffix}", arr.astype(np.float32)))
         y = self._node("BatchNormalization", ins, name, epsilon=self.bn_eps, momentum=0.9)
         self.shapes[y] = self.shapes[x]
@@ -160,8 +183,10 @@ class GraphBuilder:
             y = self._node("Relu", [x], name)
         elif kind == "relu6":
             if self._relu6_bounds is None:
-                self._relu6_bounds = (self._init("relu6_min", np.array(0.0, np.float32)),
-                                      self._init("relu6_max", np.array(6.0, np.float32)))
+                self._relu6_bounds = (
+                    self._init("relu6_min", np.array(0.0, np.float32)),
+                    self._init("relu6_max", np.array(6.0, np.float32)),
+                )
             y = self._node("Clip", [x, *self._relu6_bounds], name)
         else:
             raise ValueError(kind)
@@ -169,11 +194,19 @@ class GraphBuilder:
         self.stats[y] = Stats(*_relu_stats(st.mean, st.var))
         return y
 
-    def conv_bn_act(self, x: str, prefix: str, cout: int, k, stride: int = 1, groups: int = 1,
-                    act: str | None = "relu", pads: list[int] | None = None,
-                    residual_branch: bool = False) -> str:
-        y = self.conv(x, f"{prefix}_conv", cout, k, stride, groups, pads,
-                      gain=2.0 if act else 1.0)
+    def conv_bn_act(
+        self,
+        x: str,
+        prefix: str,
+        cout: int,
+        k,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+        pads: list[int] | None = None,
+        residual_branch: bool = False,
+    ) -> str:
+        y = self.conv(x, f"{prefix}_conv", cout, k, stride, groups, pads, gain=2.0 if act else 1.0)
         y = self.bn(y, f"{prefix}_bn", residual_branch=residual_branch)
         if act:
             y = self.act(y, f"{prefix}_{act}", act)
@@ -183,8 +216,9 @@ class GraphBuilder:
         assert self.shapes[a] == self.shapes[b], (a, b)
         y = self._node("Add", [a, b], name)
         self.shapes[y] = self.shapes[a]
-        self.stats[y] = Stats(self.stats[a].mean + self.stats[b].mean,
-                              self.stats[a].var + self.stats[b].var)
+        self.stats[y] = Stats(
+            self.stats[a].mean + self.stats[b].mean, self.stats[a].var + self.stats[b].var
+        )
         return y
 
     def global_avg_pool(self, x: str, name: str) -> str:
@@ -196,8 +230,14 @@ class GraphBuilder:
 
     def avg_pool(self, x: str, name: str, kernel: tuple[int, int]) -> str:
         n, c, h, w = self.shapes[x]
-        y = self._node("AveragePool", [x], name, kernel_shape=list(kernel), pads=[0, 0, 0, 0],
-                       strides=list(kernel))
+        y = self._node(
+            "AveragePool",
+            [x],
+            name,
+            kernel_shape=list(kernel),
+            pads=[0, 0, 0, 0],
+            strides=list(kernel),
+        )
         self.shapes[y] = (n, c, h // kernel[0], w // kernel[1])
         self.stats[y] = self.stats[x]
         return y
@@ -208,7 +248,9 @@ class GraphBuilder:
         f = self._node("Flatten", [x], f"{prefix}_flatten", axis=1)
         self.shapes[f] = (n, c * h * w)
         fan_in = c * h * w
-        wgt = (self.rng.standard_normal((num_classes, fan_in)) / math.sqrt(fan_in)).astype(np.float32)
+        wgt = (self.rng.standard_normal((num_classes, fan_in)) / math.sqrt(fan_in)).astype(
+            np.float32
+        )
         bias = self.rng.normal(0.0, 0.01, num_classes).astype(np.float32)
         ins = [f, self._init(f"{prefix}.weight", wgt), self._init(f"{prefix}.bias", bias)]
         y = self._node("Gemm", ins, f"{prefix}_gemm", out="output", alpha=1.0, beta=1.0, transB=1)
@@ -219,21 +261,31 @@ class GraphBuilder:
     def model(self, output: str, doc: str) -> onnx.ModelProto:
         assert output == "output"
         graph = helper.make_graph(
-            self.nodes, self.name,
+            self.nodes,
+            self.name,
             [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(self.input_shape))],
             [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(self.shapes[output]))],
             initializer=self.inits,
         )
         graph.doc_string = doc
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name=PRODUCER, producer_version="1", ir_version=IR_VERSION)
+        m = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name=PRODUCER,
+            producer_version="1",
+            ir_version=IR_VERSION,
+        )
         m = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
         # sanity: our own shape bookkeeping agrees with ONNX shape inference
-        inferred = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
-                    for vi in list(m.graph.value_info) + list(m.graph.output)}
+        inferred = {
+            vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+            for vi in list(m.graph.value_info) + list(m.graph.output)
+        }
         for k, v in inferred.items():
             if k in self.shapes and self.shapes[k] != v:
-                raise AssertionError(f"{self.name}: shape mismatch for {k}: {self.shapes[k]} vs {v}")
+                raise AssertionError(
+                    f"{self.name}: shape mismatch for {k}: {self.shapes[k]} vs {v}"
+                )
         return m
 
 
@@ -303,14 +355,20 @@ def _inverted_residual_net(b: GraphBuilder, blocks, stem: int, mix: int, classes
 
 def build_mbv2(res: int, name: str, seed: int) -> tuple[onnx.ModelProto, int]:
     b = GraphBuilder(name, (1, 3, res, res), seed, MBV2_BN_EPS)
-    out = _inverted_residual_net(b, MBV2_W035_BLOCKS, MBV2_W035_STEM, MBV2_W035_MIX, MBV2_W035_CLASSES)
-    return b.model(out, f"MobileNetV2 w0.35 r{res} (MCUNet mbv2-w0.35 config), random weights"), b.n_convs
+    out = _inverted_residual_net(
+        b, MBV2_W035_BLOCKS, MBV2_W035_STEM, MBV2_W035_MIX, MBV2_W035_CLASSES
+    )
+    return b.model(
+        out, f"MobileNetV2 w0.35 r{res} (MCUNet mbv2-w0.35 config), random weights"
+    ), b.n_convs
 
 
 def build_mcunet_mixed(name: str, seed: int) -> tuple[onnx.ModelProto, int]:
     b = GraphBuilder(name, (1, 3, 96, 96), seed, 1e-3)
     out = _inverted_residual_net(b, MCUNET_MIXED_BLOCKS, 16, 160, 10)
-    return b.model(out, "MCUNet-style mixed-kernel inverted-residual net, 96x96, random weights"), b.n_convs
+    return b.model(
+        out, "MCUNet-style mixed-kernel inverted-residual net, 96x96, random weights"
+    ), b.n_convs
 
 
 def build_mbv1(name: str, seed: int) -> tuple[onnx.ModelProto, int]:
@@ -318,8 +376,21 @@ def build_mbv1(name: str, seed: int) -> tuple[onnx.ModelProto, int]:
     b = GraphBuilder(name, (1, 3, 96, 96), seed, 1e-3)
     x = b.conv_bn_act("input", "stem", 8, 3, stride=2, act="relu")
     # (pointwise out channels, depthwise stride)
-    table = [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2),
-             (128, 1), (128, 1), (128, 1), (128, 1), (128, 1), (256, 2), (256, 1)]
+    table = [
+        (16, 1),
+        (32, 2),
+        (32, 1),
+        (64, 2),
+        (64, 1),
+        (128, 2),
+        (128, 1),
+        (128, 1),
+        (128, 1),
+        (128, 1),
+        (128, 1),
+        (256, 2),
+        (256, 1),
+    ]
     for i, (cout, s) in enumerate(table, start=1):
         cin = b.shapes[x][1]
         x = b.conv_bn_act(x, f"block{i}_dw", cin, 3, stride=s, groups=cin, act="relu")
@@ -341,8 +412,9 @@ def build_dscnn(name: str, seed: int) -> tuple[onnx.ModelProto, int]:
     """MLPerf Tiny keyword spotting DS-CNN (small): 49x10 MFCC -> 12 classes."""
     b = GraphBuilder(name, (1, 1, 49, 10), seed, 1e-3)
     ph, pw = _same_pads(49, 10, 2), _same_pads(10, 4, 2)
-    x = b.conv_bn_act("input", "stem", 64, (10, 4), stride=2, act="relu",
-                      pads=[ph[0], pw[0], ph[1], pw[1]])  # -> 25x5 like TF padding='same'
+    x = b.conv_bn_act(
+        "input", "stem", 64, (10, 4), stride=2, act="relu", pads=[ph[0], pw[0], ph[1], pw[1]]
+    )  # -> 25x5 like TF padding='same'
     for i in range(1, 5):
         x = b.conv_bn_act(x, f"block{i}_dw", 64, 3, groups=64, act="relu")
         x = b.conv_bn_act(x, f"block{i}_pw", 64, 1, act="relu")
@@ -375,18 +447,24 @@ class Spec(NamedTuple):
 
 
 MODELS: dict[str, Spec] = {
-    "mbv2_w035_r144": Spec(lambda: build_mbv2(144, "mbv2_w035_r144", 1001),
-                           "MCUNet `mbv2-w0.35-r144_imagenet` (MobileNetV2 w0.35), 1000 classes"),
-    "mbv2_w035_r96": Spec(lambda: build_mbv2(96, "mbv2_w035_r96", 1002),
-                          "same architecture at 96x96"),
-    "mbv1_w025_r96": Spec(lambda: build_mbv1("mbv1_w025_r96", 1003),
-                          "MLPerf Tiny VWW MobileNetV1 w0.25, 2 classes"),
-    "dscnn_kws": Spec(lambda: build_dscnn("dscnn_kws", 1004),
-                      "MLPerf Tiny KWS DS-CNN, 12 classes"),
-    "resnet8": Spec(lambda: build_resnet8("resnet8", 1005),
-                    "MLPerf Tiny IC ResNet-8 (CIFAR-10), 10 classes"),
-    "mcunet_mixed": Spec(lambda: build_mcunet_mixed("mcunet_mixed", 1006),
-                         "own MCUNet-style net: k3/5/7, expand 1/3/4/6, 10 classes"),
+    "mbv2_w035_r144": Spec(
+        lambda: build_mbv2(144, "mbv2_w035_r144", 1001),
+        "MCUNet `mbv2-w0.35-r144_imagenet` (MobileNetV2 w0.35), 1000 classes",
+    ),
+    "mbv2_w035_r96": Spec(
+        lambda: build_mbv2(96, "mbv2_w035_r96", 1002), "same architecture at 96x96"
+    ),
+    "mbv1_w025_r96": Spec(
+        lambda: build_mbv1("mbv1_w025_r96", 1003), "MLPerf Tiny VWW MobileNetV1 w0.25, 2 classes"
+    ),
+    "dscnn_kws": Spec(lambda: build_dscnn("dscnn_kws", 1004), "MLPerf Tiny KWS DS-CNN, 12 classes"),
+    "resnet8": Spec(
+        lambda: build_resnet8("resnet8", 1005), "MLPerf Tiny IC ResNet-8 (CIFAR-10), 10 classes"
+    ),
+    "mcunet_mixed": Spec(
+        lambda: build_mcunet_mixed("mcunet_mixed", 1006),
+        "own MCUNet-style net: k3/5/7, expand 1/3/4/6, 10 classes",
+    ),
 }
 
 # --------------------------------------------------------------------------------------
@@ -397,7 +475,9 @@ CALIB_SEED = 20240
 CALIB_SAMPLES = 8
 
 
-def calibration_inputs(shape: tuple[int, ...], n: int = CALIB_SAMPLES, seed: int = CALIB_SEED) -> list[np.ndarray]:
+def calibration_inputs(
+    shape: tuple[int, ...], n: int = CALIB_SAMPLES, seed: int = CALIB_SEED
+) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
 
@@ -426,8 +506,13 @@ def canonicalize(m: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize(float_model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     shape = tuple(d.dim_value for d in float_model.graph.input[0].type.tensor_type.shape.dim)
@@ -447,9 +532,16 @@ def quantize(float_model: onnx.ModelProto) -> onnx.ModelProto:
         # ORT basic graph optimisation (folds BatchNormalization into Conv) + ONNX shape
         # inference.  Shapes are static, so the symbolic pass (which needs sympy) is skipped.
         quant_pre_process(fp, pp, skip_symbolic_shape=True)
-        quantize_static(pp, qp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            pp,
+            qp,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         q = onnx.load(qp)
     q.graph.name = float_model.graph.name + "_int8"
     q.graph.doc_string = float_model.graph.doc_string + " (QDQ int8, onnxruntime quantize_static)"
@@ -464,7 +556,9 @@ def _save(m: onnx.ModelProto, path: Path) -> bytes:
     return data
 
 
-def build(name: str, out_dir: str | os.PathLike, quantized: bool = True, verbose: bool = True) -> list[Path]:
+def build(
+    name: str, out_dir: str | os.PathLike, quantized: bool = True, verbose: bool = True
+) -> list[Path]:
     """Build model ``name`` (and its int8 version) into ``out_dir``; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -482,17 +576,27 @@ def build(name: str, out_dir: str | os.PathLike, quantized: bool = True, verbose
     for m, p in zip(models, paths):
         data = _save(m, p)
         if verbose:
-            print(f"{p.name:28s} nodes={len(m.graph.node):4d} bytes={len(data):9d} "
-                  f"sha256={hashlib.sha256(data).hexdigest()[:16]}")
+            print(
+                f"{p.name:28s} nodes={len(m.graph.node):4d} bytes={len(data):9d} "
+                f"sha256={hashlib.sha256(data).hexdigest()[:16]}"
+            )
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent),
-                    help="output directory (default: the directory of this script)")
-    ap.add_argument("--only", nargs="+", choices=sorted(MODELS), metavar="NAME",
-                    help=f"build only these models ({', '.join(MODELS)})")
+    ap.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent),
+        help="output directory (default: the directory of this script)",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(MODELS),
+        metavar="NAME",
+        help=f"build only these models ({', '.join(MODELS)})",
+    )
     ap.add_argument("--no-int8", action="store_true", help="skip the quantised models")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

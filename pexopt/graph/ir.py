@@ -21,7 +21,10 @@ class QParams:
 
 @dataclass(frozen=True)
 class Tensor:
-    """An activation tensor. `nbytes` is its size in the deployment dtype (0 when external)."""
+    """An activation tensor; `nbytes` is its size in the deployment dtype.
+
+    An external tensor (the graph input with --input-external) lives outside the arena.
+    """
 
     id: int
     name: str
@@ -168,6 +171,8 @@ def live_bytes(graph: Graph, order: Iterable[int]) -> list[int]:
     outs = set(graph.outputs)
     live = [0] * n
     for t in graph.tensors:
+        if t.external:
+            continue
         start = pos[prod[t.id]] if t.id in prod else 0
         ends = [pos[c] for c in cons[t.id]]
         end = n - 1 if t.id in outs or not ends else max(ends)

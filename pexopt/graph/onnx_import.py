@@ -407,6 +407,16 @@ class _Importer:
                              f"{onnx.TensorProto.DataType.Name(et) if et else 'unknown'}")
         return dt
 
+    def _reduced_dim(self, op: _Op) -> int | None:
+        """K of a Gemm/MatMul: the last (Gemm transA: first) dim of its ONNX input A."""
+        if op.kind not in (OpKind.FULLY_CONNECTED, OpKind.MATMUL):
+            return None
+        shape = self.shape(op.node.input[0])
+        if not shape:
+            return None
+        trans_a = any(a.name == "transA" and a.i for a in op.node.attribute)
+        return shape[-2] if trans_a and len(shape) >= 2 else shape[-1]
+
     def freeze(self, input_external: bool) -> tuple[list[Tensor], list[Op], list[int], list[int]]:
         live_ops = [op for op in self.ops if not op.dead]
         init = {i.name for i in self.g.initializer}
@@ -448,20 +458,23 @@ class _Importer:
             ops.append(Op(id=k, name=op.node.name or op.node.output[0], kind=op.kind,
                           onnx_type=op.node.op_type, inputs=ins, outputs=outs,
                           macs=_macs(op.kind, op.attrs, [tensors[i] for i in ins],
-                                     [tensors[o] for o in outs]),
+                                     [tensors[o] for o in outs], self._reduced_dim(op)),
                           attrs=op.attrs, activation=op.activation, consts=tuple(op.consts),
                           onnx_nodes=tuple(op.fused)))
         return tensors, ops, [tid[t] for t in dict.fromkeys(graph_inputs)], [
             tid[t] for t in dict.fromkeys(graph_outputs)]
 
 
-def _macs(kind: OpKind, attrs: object, ins: list[Tensor], outs: list[Tensor]) -> int:
+def _macs(kind: OpKind, attrs: object, ins: list[Tensor], outs: list[Tensor],
+          reduced: int | None = None) -> int:
     out_elems = sum(t.elements for t in outs)
     if isinstance(attrs, ConvAttrs) and ins:
         cin = ins[0].shape[-1] if len(ins[0].shape) == 4 else 1
         return out_elems * (cin // attrs.group) * attrs.kernel[0] * attrs.kernel[1]
     if kind in (OpKind.FULLY_CONNECTED, OpKind.MATMUL) and ins:
-        k = ins[0].shape[-1] if ins[0].shape else 1
+        # the reduced dimension is the one the ONNX node sees, not the last dimension of the
+        # tensor a Reshape/Flatten before it aliases (e.g. (1,28,28,1) flattened to (1,784))
+        k = reduced if reduced else (ins[0].shape[-1] if ins[0].shape else 1)
         return out_elems * k
     if isinstance(attrs, PoolAttrs):
         return out_elems * attrs.kernel[0] * attrs.kernel[1]

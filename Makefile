@@ -1,0 +1,41 @@
+# Fresh machine: `make demo` or `make test` create .venv, install pexopt and build the models.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_MODEL := models/mbv2_w035_r96_int8.onnx
+BUILT := models/mbv2_w035_r144_int8.onnx
+
+.PHONY: demo test models bench bench-readme lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+$(BUILT): models/build_models.py $(STAMP)
+	$(BIN)/python models/build_models.py --out models
+
+models: $(BUILT)
+
+demo: $(STAMP) $(BUILT)
+	$(BIN)/pexopt inspect $(DEMO_MODEL)
+	$(BIN)/pexopt solve $(DEMO_MODEL) --sram 256k -o out/demo_plan.json
+	$(BIN)/pexopt validate out/demo_plan.json $(DEMO_MODEL)
+
+test: $(STAMP) $(BUILT)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check pexopt tests models
+
+SHARED_MODELS := $(wildcard ../shared/models/onnx/*.onnx)
+bench: $(STAMP) $(BUILT)
+	$(BIN)/pexopt bench models/*_int8.onnx $(SHARED_MODELS) --out bench_out
+
+bench-readme: $(STAMP) $(BUILT)
+	$(BIN)/pexopt bench models/*_int8.onnx $(SHARED_MODELS) --out bench_out --update-readme README.md
+
+clean:
+	rm -rf $(VENV) out bench_out

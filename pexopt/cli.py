@@ -1,0 +1,279 @@
+"""`pexopt` command line: inspect, solve, validate, bench."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from pexopt import __version__
+from pexopt.errors import PexError
+from pexopt.graph.onnx_load import parse_shape
+from pexopt.plan.format import load_plan, write_atomic
+from pexopt.plan.validator import validate
+from pexopt.solver.cpsat_layout import SolverParams
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Plan the SRAM arena of a neural network for a microcontroller.")
+err = Console(stderr=True)
+out = Console()
+
+EXIT_FITS, EXIT_INVALID, EXIT_BAD_INPUT, EXIT_NO_FIT = 0, 1, 2, 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn expected failures into one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except PexError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing written")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # a bug: still one line, with what to report
+            err.print(f"[red]internal error:[/red] {type(e).__name__}: {e}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(EXIT_INVALID) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_table(table: Any) -> None:
+    """A table on stdout; to a pipe or a file it is as wide as it needs (no names cut short)."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(width=1 << 16, no_color=out.no_color).print(table)
+
+
+def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
+    res = {}
+    for v in values or []:
+        if "=" not in v:
+            raise PexError(f"--input-shape: '{v}' is not name=1x3x144x144")
+        name, dims = v.split("=", 1)
+        res[name] = parse_shape(dims)
+    return res
+
+
+Dtype = Annotated[str, typer.Option("--dtype", help="Deployment dtype: int8 or float32.")]
+External = Annotated[bool, typer.Option("--input-external",
+                                        help="The graph input is not in the arena.")]
+Shapes = Annotated[list[str] | None, typer.Option(
+    "--input-shape", help="Fix a dynamic input: name=1x3x144x144 (repeatable).")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no tables.")]
+TimeLimit = Annotated[float, typer.Option("--time-limit", help="Solver seconds.")]
+Workers = Annotated[int, typer.Option("--workers", help="CP-SAT worker threads.")]
+Seed = Annotated[int, typer.Option("--seed", help="Solver random seed.")]
+Align = Annotated[int, typer.Option("--align", help="Offset alignment in bytes.")]
+
+
+def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
+    from pexopt.pipeline import ImportOptions
+
+    return ImportOptions(dtype=dtype, input_external=external, input_shapes=_shapes(shapes))
+
+
+def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
+            inplace: bool = True) -> SolverParams:
+    if time_limit <= 0:
+        raise PexError("--time-limit must be positive")
+    if workers < 1:
+        raise PexError("--workers must be at least 1")
+    if align < 1 or align & (align - 1):
+        raise PexError("--align must be a power of two")
+    return SolverParams(time_limit=time_limit, workers=workers, seed=seed, align=align,
+                        reorder=reorder, inplace=inplace)
+
+
+@app.command()
+@friendly
+def inspect(model: Path, dtype: Dtype = "int8", input_external: External = False,
+            input_shape: Shapes = None, as_json: Json = False) -> None:
+    """Per-operator table: op, kind, output shape, bytes, MACs; the naive peak and where."""
+    from pexopt.pipeline import naive_peak
+    from pexopt.report.tables import inspect_summary, inspect_table
+
+    graph = _opts(dtype, input_external, input_shape).load(model)
+    peak = naive_peak(graph)
+    if as_json:
+        ops = [{"id": o.id, "op": o.name, "kind": o.kind.value, "onnx_type": o.onnx_type,
+                "activation": o.activation.name if o.activation else None,
+                "outputs": [{"name": graph.tensors[t].name, "shape": graph.tensors[t].shape,
+                             "bytes": graph.tensors[t].nbytes} for t in o.outputs],
+                "macs": o.macs, "onnx_nodes": list(o.onnx_nodes)} for o in graph.ops]
+        print(json.dumps({"model": str(model), "dtype": dtype, "input_external": input_external,
+                          "ops": ops, "naive_peak_bytes": peak[0],
+                          "naive_peak_op": graph.ops[peak[1]].name}, indent=1))
+        return
+    _print_table(inspect_table(graph, peak))
+    for line in inspect_summary(graph, peak):
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+class _LiveLine:
+    """A live status line with the best arena so far and the proven bound."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.live = Live(Text(""), console=err, transient=True, refresh_per_second=8) \
+            if enabled else None
+
+    def __enter__(self) -> _LiveLine:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        if self.live:
+            self.live.__exit__(*a)
+
+    def __call__(self, stage: str, arena: int, bound: int, seconds: float) -> None:
+        if self.live:
+            self.live.update(Text(f"solving ({stage}) {seconds:5.1f}s  best arena {arena:,} B"
+                                  f"  bound {bound:,} B"))
+
+
+@app.command()
+@friendly
+def solve(model: Path,
+          sram: Annotated[str | None, typer.Option(
+              "--sram", help="SRAM budget: 131072, 128k, 128KiB, 0.5M.")] = None,
+          output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                      help="Write the plan here.")] = None,
+          dtype: Dtype = "int8", input_external: External = False, input_shape: Shapes = None,
+          time_limit: TimeLimit = 30.0, workers: Workers = 2, seed: Seed = 0, align: Align = 4,
+          no_reorder: Annotated[bool, typer.Option("--no-reorder",
+                                                   help="Keep the file's order.")] = False,
+          no_inplace: Annotated[bool, typer.Option("--no-inplace",
+                                                   help="Never write in place.")] = False,
+          as_json: Json = False, quiet: Quiet = False) -> None:
+    """Find the smallest arena (order + offsets) and write a validated plan."""
+    from pexopt.pipeline import parse_bytes, solve_model
+    from pexopt.report.tables import peak_line, solve_table
+
+    budget = parse_bytes(sram) if sram is not None else None
+    opts = _opts(dtype, input_external, input_shape)
+    params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace)
+    with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
+        res = solve_model(model, opts, params, budget, progress=live)
+    plan = res.plan
+    if output is not None:
+        write_atomic(output, plan.to_json())
+    if as_json:
+        print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
+                          "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
+                          "fits": plan.fits, "solver": asdict(plan.solver),
+                          "peak": asdict(res.peak), "plan": str(output) if output else None}))
+    elif not quiet:
+        _print_table(solve_table(res))
+        out.print(peak_line(res), highlight=False, soft_wrap=True)
+        if output is not None:
+            out.print(f"plan written to {output}", highlight=False, soft_wrap=True)
+    if not plan.fits:
+        err.print(f"does not fit: the smallest arena found is {plan.arena_bytes:,} B, "
+                  f"budget {budget:,} B ({peak_line(res)})", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO_FIT)
+
+
+@app.command(name="validate")
+@friendly
+def validate_cmd(plan_file: Path, model: Path, input_shape: Shapes = None,
+                 as_json: Json = False) -> None:
+    """Check a plan against its model, independently of the solver."""
+    from pexopt.pipeline import ImportOptions
+
+    plan = load_plan(plan_file)
+    graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
+                          input_shapes=_shapes(input_shape)).load(model)
+    violations = validate(plan, graph)
+    if as_json:
+        print(json.dumps({"valid": not violations,
+                          "violations": [asdict(v) for v in violations]}))
+    elif violations:
+        for v in violations[:50]:
+            err.print(f"[red]{v.code}[/red]: {v.message}", highlight=False, soft_wrap=True)
+        if len(violations) > 50:
+            err.print(f"... and {len(violations) - 50} more")
+    else:
+        out.print(f"valid: {len(plan.steps)} steps, {len(plan.buffers)} buffers, arena "
+                  f"{plan.arena_bytes:,} B", highlight=False, soft_wrap=True)
+    if violations:
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+@friendly
+def bench(models: list[Path],
+          out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench.json/.md.")] =
+          Path("bench_out"),
+          update_readme: Annotated[Path | None, typer.Option(
+              "--update-readme", help="Replace the bench table in this README.")] = None,
+          dtype: Dtype = "int8", input_external: External = False,
+          time_limit: TimeLimit = 30.0, workers: Workers = 2, seed: Seed = 0, align: Align = 4,
+          as_json: Json = False, quiet: Quiet = False) -> None:
+    """Compare pexopt with the TFLM planner and reordering on many models."""
+    from rich.progress import Progress
+
+    from pexopt.pipeline import bench_model
+    from pexopt.report.tables import bench_markdown, bench_table
+
+    opts = _opts(dtype, input_external, None)
+    params = _params(time_limit, workers, seed, align)
+    rows = []
+    with Progress(console=err, transient=True, disable=quiet or as_json) as bar:
+        task = bar.add_task("bench", total=len(models))
+        for m in models:
+            bar.update(task, description=f"bench {m.name}")
+            rows.append(bench_model(m, opts, params))
+            bar.advance(task)
+    data = {"version": __version__, "workers": workers, "time_limit": time_limit,
+            "dtype": dtype, "input_external": input_external,
+            "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}
+    md = bench_markdown(rows, workers)
+    write_atomic(out_dir / "bench.json", json.dumps(data, indent=1) + "\n")
+    write_atomic(out_dir / "bench.md", md)
+    if update_readme is not None:
+        _replace_section(update_readme, md)
+    if as_json:
+        print(json.dumps(data))
+    elif not quiet:
+        _print_table(bench_table(rows))
+        out.print(f"written: {out_dir / 'bench.json'}, {out_dir / 'bench.md'}", highlight=False,
+                  soft_wrap=True)
+
+
+def _replace_section(readme: Path, md: str) -> None:
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise PexError(f"{readme}: no '{start}' ... '{end}' section to replace")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(readme, f"{head}{start}\n{md}{end}{tail}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

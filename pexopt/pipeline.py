@@ -1,0 +1,122 @@
+"""The whole job as one function per command: import -> solve -> plan -> validate."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pexopt.errors import PexError
+from pexopt.graph.ir import Graph, live_bytes
+from pexopt.graph.onnx_import import import_onnx
+from pexopt.plan.build import build_plan
+from pexopt.plan.format import Plan
+from pexopt.plan.validator import check
+from pexopt.solver.baselines import reorder_peak, tflm_arena
+from pexopt.solver.cpsat_layout import Progress, Schedule, SolverParams, solve_layout
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20,
+          "mib": 1 << 20}
+
+
+def parse_bytes(text: str, what: str = "--sram") -> int:
+    """'131072', '128k', '128KiB', '0.5M' -> bytes (k = 1024, as MCU datasheets count)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise PexError(f"{what}: '{text}' is not a size like 131072, 128k, 128KiB or 0.5M")
+    value = float(m.group(1)) * _UNITS[unit]
+    if value <= 0 or value != int(value):
+        raise PexError(f"{what}: '{text}' must be a positive whole number of bytes")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    dtype: str = "int8"
+    input_external: bool = False
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def load(self, path: str | Path, fold_pad: bool = True) -> Graph:
+        return import_onnx(path, dtype=self.dtype, input_external=self.input_external,
+                           fold_pad=fold_pad, input_shapes=self.input_shapes or None)
+
+
+@dataclass
+class Peak:
+    """Where the plan's memory peaks: the step, its operator and the buffers live there."""
+
+    step: int
+    op: str
+    live: int
+    buffers: list[tuple[str, int]]
+
+
+@dataclass
+class SolveResult:
+    graph: Graph
+    schedule: Schedule
+    plan: Plan
+    tflm: int
+    peak: Peak
+
+
+def plan_peak(plan: Plan) -> Peak:
+    """The step with the most live bytes (alias pairs counted once) and what is live there."""
+    best: Peak | None = None
+    aliased = {b.alias_of for b in plan.buffers if b.alias_of}
+    for s in plan.steps:
+        live = [b for b in plan.buffers if b.first_step <= s.index <= b.last_step
+                and not (b.name in aliased and b.last_step == s.index and any(
+                    c.alias_of == b.name and c.first_step == s.index for c in plan.buffers))]
+        total = sum(b.size for b in live)
+        if best is None or total > best.live:
+            best = Peak(s.index, s.op, total, sorted(((b.name, b.size) for b in live),
+                                                      key=lambda x: -x[1]))
+    return best or Peak(0, "", 0, [])
+
+
+def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
+                budget: int | None, progress: Progress | None = None) -> SolveResult:
+    """Import, compute the TFLM baseline, solve, build and validate the plan."""
+    graph = opts.load(path)
+    tflm = tflm_arena(opts.load(path, fold_pad=False))
+    sched = solve_layout(graph, params, progress)
+    plan = build_plan(graph, sched, params, budget, baselines={"tflm_arena_bytes": tflm})
+    check(plan, graph)
+    return SolveResult(graph, sched, plan, tflm, plan_peak(plan))
+
+
+@dataclass
+class BenchRow:
+    model: str
+    ops: int
+    tflm: int
+    reorder_bound: int | None
+    arena: int
+    bound: int
+    gap: float
+    status: str
+    seconds: float
+    input_counted: bool
+
+    @property
+    def ratio(self) -> float:
+        return self.arena / self.tflm if self.tflm else 1.0
+
+
+def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams) -> BenchRow:
+    """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run."""
+    res = solve_model(path, opts, params, budget=None)
+    reo = reorder_peak(res.graph)
+    return BenchRow(model=Path(path).stem, ops=len(res.graph.ops), tflm=res.tflm,
+                    reorder_bound=reo[0] if reo else None, arena=res.plan.arena_bytes,
+                    bound=res.schedule.bound, gap=res.schedule.gap, status=res.schedule.status,
+                    seconds=res.schedule.seconds, input_counted=not opts.input_external)
+
+
+def naive_peak(graph: Graph) -> tuple[int, int]:
+    """(bytes, op id) of the file-order peak sum of live bytes (what `inspect` reports)."""
+    lb = live_bytes(graph, range(len(graph.ops)))
+    k = max(range(len(lb)), key=lambda i: lb[i]) if lb else 0
+    return (lb[k] if lb else 0), k

@@ -1,0 +1,94 @@
+"""Text tables for the CLI (rich) and Markdown for README/bench files."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from pexopt.graph.ir import Graph
+from pexopt.ops import OpKind
+from pexopt.pipeline import BenchRow, SolveResult
+
+
+def kb(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def inspect_table(graph: Graph, peak: tuple[int, int]) -> Table:
+    """One row per IR operator: op, kind, output shape, bytes, MACs."""
+    t = Table(title=f"{graph.name}: {len(graph.ops)} operators, activations {graph.dtype}")
+    for col in ("#", "op", "kind", "output shape", "bytes", "MACs", "fused"):
+        t.add_column(col, justify="right" if col in ("#", "bytes", "MACs") else "left")
+    for op in graph.ops:
+        outs = [graph.tensors[o] for o in op.outputs]
+        kind = op.kind.value + (f"+{op.activation.name}" if op.activation else "")
+        if op.kind == OpKind.OPAQUE:
+            kind = f"opaque ({op.onnx_type}, never split)"
+        fused = ", ".join(n for n in op.onnx_nodes if n != op.name)
+        t.add_row(str(op.id), op.name, kind, " ".join("x".join(map(str, o.shape)) for o in outs),
+                  f"{sum(o.nbytes for o in outs):,}", f"{op.macs:,}",
+                  fused[:60] + ("..." if len(fused) > 60 else ""))
+    return t
+
+
+def inspect_summary(graph: Graph, peak: tuple[int, int]) -> list[str]:
+    nbytes, k = peak
+    ins = ", ".join(f"{graph.tensors[i].name} {'x'.join(map(str, graph.tensors[i].shape))}"
+                    + (" (external, not counted)" if graph.tensors[i].external else "")
+                    for i in graph.inputs)
+    lines = [f"input: {ins}",
+             f"naive peak (file order, sum of live bytes): {nbytes:,} B at op #{k} "
+             f"'{graph.ops[k].name}'" if graph.ops else "no operators",
+             f"MACs: {sum(o.macs for o in graph.ops):,}"]
+    opaque = [o.name for o in graph.ops if o.kind == OpKind.OPAQUE]
+    if opaque:
+        lines.append(f"opaque operators (kept whole): {', '.join(opaque)}")
+    return lines
+
+
+def solve_table(res: SolveResult) -> Table:
+    p, s = res.plan, res.schedule
+    t = Table(title=f"{res.graph.name}: {len(res.graph.ops)} operators"
+              + ("" if not p.input_external else " (graph input external)"))
+    for col in ("TFLM arena", "pexopt arena", "ratio", "lower bound", "gap", "status",
+                "solve s", "budget", "fits"):
+        t.add_column(col, justify="right")
+    t.add_row(kb(res.tflm), kb(p.arena_bytes),
+              f"{p.arena_bytes / res.tflm:.3f}" if res.tflm else "-", kb(s.bound),
+              f"{100 * s.gap:.1f}%", s.status, f"{s.seconds:.2f}", kb(p.budget_bytes),
+              "-" if p.budget_bytes is None else ("yes" if p.fits else "NO"))
+    return t
+
+
+def peak_line(res: SolveResult) -> str:
+    pk = res.peak
+    bufs = ", ".join(f"{n} ({b:,} B)" for n, b in pk.buffers[:4])
+    more = f" and {len(pk.buffers) - 4} more" if len(pk.buffers) > 4 else ""
+    return f"peak {pk.live:,} B at step {pk.step} '{pk.op}': {bufs}{more}"
+
+
+BENCH_COLS = ("model", "ops", "TFLM arena", "reorder bound", "pexopt arena", "pexopt/TFLM",
+              "lower bound", "gap", "status", "solve s")
+
+
+def bench_cells(r: BenchRow) -> list[str]:
+    return [r.model, str(r.ops), kb(r.tflm), kb(r.reorder_bound), kb(r.arena), f"{r.ratio:.3f}",
+            kb(r.bound), f"{100 * r.gap:.1f}%", r.status, f"{r.seconds:.2f}"]
+
+
+def bench_table(rows: list[BenchRow]) -> Table:
+    t = Table(title="pexopt bench (int8, graph input in the arena unless noted)")
+    for c in BENCH_COLS:
+        t.add_column(c, justify="left" if c in ("model", "status") else "right")
+    for r in rows:
+        t.add_row(*bench_cells(r))
+    return t
+
+
+def bench_markdown(rows: list[BenchRow], workers: int) -> str:
+    head = "| " + " | ".join(BENCH_COLS) + " |\n"
+    sep = "|" + "|".join("---" if c in ("model", "status") else "---:" for c in BENCH_COLS) + "|\n"
+    body = "".join("| " + " | ".join(bench_cells(r)) + " |\n" for r in rows)
+    note = (f"\nArena bytes, int8 activations, graph input counted; {workers} CP-SAT workers. "
+            "TFLM = TFLM's greedy planner in file order (explicit Pads kept); reorder bound = "
+            "best peak sum of live bytes over all operator orders (no offsets).\n")
+    return head + sep + body + note
