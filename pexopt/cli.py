@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,6 +42,9 @@ def friendly(fn: F) -> F:
         except PexError as e:
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except BrokenPipeError:  # `pexopt ... | head`: the reader left; not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing written")
             raise typer.Exit(130) from None
@@ -92,7 +96,7 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 
 
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
-            inplace: bool = True) -> SolverParams:
+            inplace: bool = True, split: bool = True) -> SolverParams:
     if time_limit <= 0:
         raise PexError("--time-limit must be positive")
     if workers < 1:
@@ -100,7 +104,7 @@ def _params(time_limit: float, workers: int, seed: int, align: int, reorder: boo
     if align < 1 or align & (align - 1):
         raise PexError("--align must be a power of two")
     return SolverParams(time_limit=time_limit, workers=workers, seed=seed, align=align,
-                        reorder=reorder, inplace=inplace)
+                        reorder=reorder, inplace=inplace, split=split)
 
 
 @app.command()
@@ -161,35 +165,97 @@ def solve(model: Path,
           time_limit: TimeLimit = 30.0, workers: Workers = 2, seed: Seed = 0, align: Align = 4,
           no_reorder: Annotated[bool, typer.Option("--no-reorder",
                                                    help="Keep the file's order.")] = False,
+          no_split: Annotated[bool, typer.Option(
+              "--no-split", help="Layer by layer: no partial execution.")] = False,
           no_inplace: Annotated[bool, typer.Option("--no-inplace",
                                                    help="Never write in place.")] = False,
+          verify: Annotated[bool, typer.Option(
+              "--verify", help="Simulate the plan in a byte-exact arena before writing it.")]
+          = False,
           as_json: Json = False, quiet: Quiet = False) -> None:
-    """Find the smallest arena (order + offsets) and write a validated plan."""
+    """Find the smallest arena (order, splits, offsets) and write a validated plan."""
     from pexopt.pipeline import parse_bytes, solve_model
-    from pexopt.report.tables import peak_line, solve_table
+    from pexopt.report.tables import peak_line, solve_table, splits_table
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
-    params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace)
+    params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
+                     not no_split)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         res = solve_model(model, opts, params, budget, progress=live)
     plan = res.plan
+    report = _simulate(plan, res.graph, model) if verify else None
     if output is not None:
         write_atomic(output, plan.to_json())
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
                           "fits": plan.fits, "solver": asdict(plan.solver),
-                          "peak": asdict(res.peak), "plan": str(output) if output else None}))
+                          "layerwise_arena_bytes": res.layerwise, "splits": plan.splits,
+                          "peak": asdict(res.peak), "plan": str(output) if output else None,
+                          "verify": asdict(report) if report else None}))
     elif not quiet:
         _print_table(solve_table(res))
+        st = splits_table(res)
+        if st is not None:
+            _print_table(st)
         out.print(peak_line(res), highlight=False, soft_wrap=True)
+        if report is not None:
+            out.print(_verify_line(report), highlight=False, soft_wrap=True)
         if output is not None:
             out.print(f"plan written to {output}", highlight=False, soft_wrap=True)
     if not plan.fits:
         err.print(f"does not fit: the smallest arena found is {plan.arena_bytes:,} B, "
                   f"budget {budget:,} B ({peak_line(res)})", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_NO_FIT)
+
+
+def _simulate(plan, graph, model: Path):  # noqa: ANN001, ANN202
+    """Simulate; a mismatch is a bug of ours, so it stops before anything is written."""
+    from pexopt.simulate.verify import verify_plan
+
+    report = verify_plan(plan, graph, model)
+    if not report.ok:
+        raise PexError(f"simulation: the plan's outputs differ from the unsplit reference "
+                       f"(max relative error {report.max_error:.3g}); nothing written")
+    return report
+
+
+def _verify_line(r) -> str:  # noqa: ANN001
+    parts = [f"simulated on {r.inputs} inputs: "
+             + ("bit-exact vs the unsplit reference" if r.max_error == 0 else
+                f"max error {r.max_error:.2g} of the output range vs the reference")]
+    if r.ort_top1 is not None:
+        parts.append(f"onnxruntime top-1 agreement {100 * r.ort_top1:.0f}%")
+    if r.ort_mean_steps is not None:
+        parts.append(f"mean |diff| {r.ort_mean_steps:.2f} steps")
+    if r.ort_max_error is not None:
+        parts.append(f"max error {r.ort_max_error:.2g} of the range")
+    return "; ".join(parts)
+
+
+@app.command()
+@friendly
+def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
+             inputs: Annotated[int, typer.Option("--inputs", help="Random inputs to run.")] = 2,
+             seed: Seed = 0, as_json: Json = False) -> None:
+    """Execute a plan in a byte-exact arena and compare with the unsplit reference."""
+    from pexopt.pipeline import ImportOptions
+    from pexopt.plan.validator import check
+    from pexopt.simulate.verify import verify_plan
+
+    plan = load_plan(plan_file)
+    graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
+                          input_shapes=_shapes(input_shape)).load(model)
+    check(plan, graph)  # never execute a plan that overlaps
+    report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed)
+    if as_json:
+        print(json.dumps({**asdict(report), "ok": report.ok}))
+    else:
+        out.print(_verify_line(report), highlight=False, soft_wrap=True)
+    if not report.ok:
+        err.print("MISMATCH: the plan's outputs differ from the unsplit reference")
+        raise typer.Exit(EXIT_INVALID)
 
 
 @app.command(name="validate")

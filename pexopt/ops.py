@@ -56,6 +56,8 @@ class OpSpec:
     takes_activation: a following Relu/Clip that is the only consumer is fused into it (TFLite).
     is_activation: it is a Relu/Clip that may be fused into its producer.
     split: channel-slice behaviour; accumulate: may consume input slices into an int32 accumulator.
+    inplace_temp: may overwrite its input channel by channel through one H x W temporary
+    (TinyEngine's in-place depthwise; only when output and input have the same shape).
     """
 
     kind: OpKind
@@ -65,6 +67,7 @@ class OpSpec:
     is_activation: bool = False
     split: Split = Split.NONE
     accumulate: bool = False
+    inplace_temp: bool = False
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -75,7 +78,8 @@ SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
         _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True),
-        _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE),
+        _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
+              inplace_temp=True),
         _spec(OpKind.GROUPED_CONV, takes_activation=True),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
               accumulate=True),

@@ -67,6 +67,7 @@ class _Importer:
         self.root: dict[str, str] = {}
         self.qparams: dict[str, QParams] = {}
         self.channels_last: set[str] = set()
+        self.view_perm: dict[str, tuple[int, ...] | None] = {}
         self.ops: list[_Op] = []
 
     # -- helpers ---------------------------------------------------------------------------
@@ -139,10 +140,11 @@ class _Importer:
             if op_type in ALIAS_ONNX_OPS or self._is_layout_transpose(node):
                 src = self.r(node.input[0])
                 self.root[node.output[0]] = src
+                self.view_perm[node.output[0]] = self._compose(node)
                 if op_type in ("QuantizeLinear", "DequantizeLinear"):
                     self._record_qparams(node, src)
-                if op_type == "Transpose" and self._perm(node) == (0, 3, 1, 2):
-                    self.channels_last.add(src)
+                if self.view_perm[node.output[0]] == (0, 3, 1, 2):
+                    self.channels_last.add(src)  # NHWC data viewed as NCHW
                 continue
             self.ops.append(self._make_op(node))
         self._propagate_channels_last()
@@ -169,10 +171,25 @@ class _Importer:
             p = prod.get(work.pop())
             if p is None or not (SPECS[p.kind].elementwise or p.kind == OpKind.PAD):
                 continue
-            for t in p.inputs:
-                if t not in self.channels_last and len(self.shape(t) or ()) == 4:
+            for raw in p.node.input:
+                if not raw or raw in self.consts:
+                    continue
+                t = self.r(raw)
+                perm = self.view_perm.get(raw)
+                direct = raw == t or perm == tuple(range(len(perm or ())))
+                if direct and t not in self.channels_last and len(self.shape(t) or ()) == 4:
                     self.channels_last.add(t)
                     work.append(t)
+
+    def _compose(self, node: onnx.NodeProto) -> tuple[int, ...] | None:
+        """Axes of this view in terms of its root's axes (None after a reshape)."""
+        src = node.input[0]
+        base = self.view_perm.get(src, tuple(range(len(self.shape(src) or ()))))
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Identity", "Dropout"):
+            return base
+        if node.op_type == "Transpose" and base is not None:
+            return tuple(base[i] for i in self._perm(node))
+        return None
 
     def _perm(self, node: onnx.NodeProto) -> tuple[int, ...]:
         for a in node.attribute:
@@ -442,6 +459,8 @@ class _Importer:
             dt = self.tensor_dtype(n)
             q = self.qparams.get(n)
             deploy = self.dtype if dt in QUANTISED else dt
+            if self.qparams and q is None and dt in ("float32", "float16"):
+                deploy = dt  # a QDQ model computes this tensor in float on the device too
             if q is not None and self.dtype == "int8":
                 deploy = "int8"
             elems = int(np.prod(shape, dtype=np.int64)) if shape else 1

@@ -1,42 +1,140 @@
-"""Turn a solved schedule into a Plan (the only place that knows both sides)."""
+"""Turn a solved schedule into a Plan (the only place that knows both sides).
+
+Unsplit operators become one step each. A split segment becomes, for every channel slice, one
+step per operator (in chain order), then, if it accumulates, one `requantize` step. Buffer
+lifetimes are derived from the steps themselves; offsets come from the schedule.
+"""
 
 from __future__ import annotations
 
 from pexopt.graph.ir import Graph
+from pexopt.partial.candidates import accumulator_bytes, slice_bytes, slice_offsets
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step
-from pexopt.solver.cpsat_layout import Schedule, SolverParams, lifetimes
+from pexopt.solver.cpsat_layout import Schedule, SolverParams, temp_bytes
 
 
-def buffer_name(graph: Graph, tensor_id: int) -> str:
-    return graph.tensors[tensor_id].name
+def slice_name(tensor: str) -> str:
+    return f"{tensor}@slice"
 
 
-def build_plan(graph: Graph, sched: Schedule, params: SolverParams, budget: int | None,
-               baselines: dict | None = None) -> Plan:
-    """Plan with one step per op in schedule order and one buffer per arena tensor."""
-    life = lifetimes(graph, sched.order, sched.inplace)
-    pos = {op: i for i, op in enumerate(sched.order)}
-    prod = graph.producer()
-    buffers = []
-    for t, (first, last) in life.items():
-        alias = sched.inplace.get(t)
-        buffers.append(Buffer(name=buffer_name(graph, t), tensor=graph.tensors[t].name,
-                              kind="tensor", offset=sched.offsets[t],
-                              size=graph.tensors[t].nbytes,
-                              first_step=pos[prod[t]] if t in prod else first, last_step=last,
-                              alias_of=buffer_name(graph, alias) if alias is not None else None))
+def acc_name(tensor: str) -> str:
+    return f"{tensor}@acc"
+
+
+def temp_name(op: str) -> str:
+    return f"{op}@temp"
+
+
+def _steps(graph: Graph, sched: Schedule, in_arena: set[int]) -> list[Step]:
+    """The step list: whole ops, and slice-by-slice runs of split segments."""
+    name = {t.id: t.name for t in graph.tensors}
+    segs = {s.ops[0]: s for s in sched.segments if s.id in sched.splits}
+    skip: set[int] = set()
+    steps: list[Step] = []
+
+    def add(op_id: int, mode: str, reads: list[str], writes: list[str],
+            sl: list[int] | None, scratch: list[str] | None = None) -> None:
+        op = graph.ops[op_id]
+        steps.append(Step(index=len(steps), op=op.name, kind=op.kind.value, reads=reads,
+                          writes=writes, slice=sl, mode=mode, scratch=scratch or []))
+
+    for k in sched.order:
+        if k in skip:
+            continue
+        seg = segs.get(k)
+        if seg is None:
+            op = graph.ops[k]
+            out = op.outputs[0] if len(op.outputs) == 1 else None
+            scratch = [temp_name(op.name)] if out in sched.inplace and k in sched.temps else []
+            add(k, "whole", [name[t] for t in dict.fromkeys(op.inputs) if t in in_arena],
+                [name[t] for t in op.outputs if t in in_arena], None, scratch)
+            continue
+        skip.update(seg.ops)
+        internal = set(seg.internal)
+        width = sched.splits[seg.id]
+        for c0, c1 in seg.slices(width):
+            for idx, op_id in enumerate(seg.ops):
+                op = graph.ops[op_id]
+                reads = [slice_name(name[t]) if t in internal else name[t]
+                         for t in dict.fromkeys(op.inputs) if t in internal or t in in_arena]
+                last = idx == len(seg.ops) - 1
+                if not last:
+                    writes = [slice_name(name[op.outputs[0]])]
+                elif seg.accumulate:
+                    writes = [acc_name(name[seg.output])]
+                else:
+                    writes = [name[seg.output]]
+                add(op_id, "accumulate" if last and seg.accumulate else "slice", reads, writes,
+                    [c0, c1])
+        if seg.accumulate:
+            add(seg.ops[-1], "requantize", [acc_name(name[seg.output])], [name[seg.output]],
+                None)
+    return steps
+
+
+def _lifetimes(steps: list[Step], graph_inputs: set[str], graph_outputs: set[str]
+               ) -> dict[str, tuple[int, int]]:
+    """Buffer name -> (first step, last step) from the steps: first write to last use."""
+    first: dict[str, int] = {b: 0 for b in graph_inputs}
+    last: dict[str, int] = {b: 0 for b in graph_inputs}
+    for s in steps:
+        for b in s.writes + s.scratch:
+            first.setdefault(b, s.index)
+            last[b] = max(last.get(b, s.index), s.index)
+        for b in s.reads:
+            first.setdefault(b, s.index)
+            last[b] = max(last.get(b, 0), s.index)
+    end = len(steps) - 1
+    for b in graph_outputs:
+        if b in last:
+            last[b] = end
+    return {b: (first[b], last[b]) for b in first}
+
+
+def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None,
+               budget: int | None = None, baselines: dict | None = None) -> Plan:
+    """The plan of a schedule; `params` defaults to (and should be) the schedule's own."""
+    params = sched.params if params is None else params
+    in_arena = {t.id for t in graph.tensors if not t.external and t.nbytes > 0}
+    name = {t.id: t.name for t in graph.tensors}
+    steps = _steps(graph, sched, in_arena)
+    life = _lifetimes(steps, {name[t] for t in graph.inputs if t in in_arena},
+                      {name[t] for t in graph.outputs if t in in_arena})
+    buffers: list[Buffer] = []
+
+    def add(bname: str, tensor: str | None, kind: str, offset: int, size: int,
+            alias: str | None = None) -> None:
+        f, last = life[bname]
+        buffers.append(Buffer(name=bname, tensor=tensor, kind=kind, offset=offset, size=size,
+                              first_step=f, last_step=last, alias_of=alias))
+
+    split_out = {s.output: s for s in sched.segments if s.id in sched.splits}
+    for t, off in sched.offsets.items():
+        seg = split_out.get(t)
+        if seg is not None and seg.accumulate:
+            alias = acc_name(name[t])
+        elif t in sched.inplace:
+            alias = name[sched.inplace[t]]
+        else:
+            alias = None
+        add(name[t], name[t], "tensor", off, graph.tensors[t].nbytes, alias)
+    for s in sched.segments:
+        w = sched.splits.get(s.id)
+        if w is None:
+            continue
+        for t, off in zip(s.internal, slice_offsets(graph, s, w, params.align)):
+            add(slice_name(name[t]), name[t], "slice", sched.workspace[s.id] + off,
+                slice_bytes(graph.tensors[t], w))
+        if s.accumulate:
+            add(acc_name(name[s.output]), name[s.output], "accumulator", sched.offsets[s.output],
+                accumulator_bytes(graph.tensors[s.output]))
+    for k, off in sched.temps.items():
+        add(temp_name(graph.ops[k].name), None, "scratch", off, temp_bytes(graph, k))
     buffers.sort(key=lambda b: (b.first_step, b.offset, b.name))
-    in_arena = set(life)
-    steps = []
-    for i, k in enumerate(sched.order):
-        op = graph.ops[k]
-        steps.append(Step(index=i, op=op.name, kind=op.kind.value,
-                          reads=[buffer_name(graph, t) for t in dict.fromkeys(op.inputs)
-                                 if t in in_arena],
-                          writes=[buffer_name(graph, t) for t in op.outputs if t in in_arena]))
+    arena = max((b.offset + b.size for b in buffers), default=0)
     return Plan(model={"path": graph.source_path, "sha256": graph.source_sha256},
-                arena_bytes=sched.arena, budget_bytes=budget,
-                fits=budget is None or sched.arena <= budget, align=params.align,
+                arena_bytes=arena, budget_bytes=budget,
+                fits=budget is None or arena <= budget, align=params.align,
                 dtype=graph.dtype, input_external=any(graph.tensors[t].external
                                                      for t in graph.inputs),
                 steps=steps, buffers=buffers,
@@ -44,4 +142,22 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams, budget: int 
                                   gap=round(sched.gap, 6), seconds=round(sched.seconds, 3),
                                   seed=params.seed, workers=params.workers,
                                   time_limit=params.time_limit),
-                baselines=baselines or {})
+                baselines=baselines or {}, splits=_split_summary(graph, sched))
+
+
+def _split_summary(graph: Graph, sched: Schedule) -> list[dict]:
+    """One entry per split segment: operators, width, slices, bytes saved versus whole."""
+    out = []
+    for s in sched.segments:
+        w = sched.splits.get(s.id)
+        if w is None:
+            continue
+        whole = sum(graph.tensors[t].nbytes for t in s.internal)
+        extra = accumulator_bytes(graph.tensors[s.output]) - graph.tensors[s.output].nbytes \
+            if s.accumulate else 0
+        ws = sum(slice_bytes(graph.tensors[t], w) for t in s.internal)
+        out.append({"ops": [graph.ops[k].name for k in s.ops],
+                    "kinds": [graph.ops[k].kind.value for k in s.ops], "width": w,
+                    "slices": len(s.slices(w)), "channels": s.channels,
+                    "accumulate": s.accumulate, "bytes_saved": whole - ws - extra})
+    return out

@@ -25,7 +25,9 @@ class Step:
     kind: str
     reads: list[str]
     writes: list[str]
-    slice: list[int] | None = None
+    slice: list[int] | None = None  # channel range [c0, c1) of a split step
+    mode: str = "whole"  # whole | slice | accumulate | requantize
+    scratch: list[str] = field(default_factory=list)  # temporaries used during the step
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Plan:
     buffers: list[Buffer]
     solver: SolverInfo
     baselines: dict[str, Any] = field(default_factory=dict)
+    splits: list[dict[str, Any]] = field(default_factory=list)
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -133,7 +136,9 @@ def plan_from_dict(d: Any, where: str = "plan") -> Plan:
         steps.append(Step(index=_req(s, "index", int, w), op=_req(s, "op", str, w),
                           kind=_req(s, "kind", str, w), reads=list(_req(s, "reads", list, w)),
                           writes=list(_req(s, "writes", list, w)),
-                          slice=list(sl) if sl is not None else None))
+                          slice=list(sl) if sl is not None else None,
+                          mode=str(s.get("mode", "whole")),
+                          scratch=list(s.get("scratch", []))))
     buffers = []
     for i, b in enumerate(_req(d, "buffers", list, where)):
         w = f"{where}: buffers[{i}]"
@@ -157,4 +162,5 @@ def plan_from_dict(d: Any, where: str = "plan") -> Plan:
                 fits=bool(d.get("fits", False)), align=int(d.get("align", 1)),
                 dtype=str(d.get("dtype", "int8")),
                 input_external=bool(d.get("input_external", False)), steps=steps,
-                buffers=buffers, solver=solver, baselines=dict(d.get("baselines", {})))
+                buffers=buffers, solver=solver, baselines=dict(d.get("baselines", {})),
+                splits=list(d.get("splits", [])))

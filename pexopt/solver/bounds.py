@@ -68,3 +68,71 @@ def any_order_bound(graph: Graph, inplace: bool = True) -> tuple[int, int]:
         if total > best:
             best, where = total, k
     return best, where
+
+
+def _must_live(graph: Graph, first: int, last: int, anc: list[set[int]],
+               desc: list[set[int]], skip: set[int]) -> int:
+    """Bytes of tensors produced before `first` (in every order) and read after `last`."""
+    prod = graph.producer()
+    cons = graph.consumers()
+    outs = set(graph.outputs)
+    total = 0
+    for t in graph.tensors:
+        if t.id in skip or t.external or t.nbytes == 0:
+            continue
+        if t.id in prod and prod[t.id] not in anc[first]:
+            continue
+        if t.id in outs or any(c in desc[last] for c in cons[t.id]):
+            total += t.nbytes
+    return total
+
+
+def split_bound(graph: Graph, segments: list, inplace: bool = True) -> int:
+    """A lower bound valid for every order and every choice among `segments`.
+
+    While op k runs it is either whole (the any-order bound of k, an in-place depthwise sharing
+    its input with its output through one H x W temporary) or inside one split segment g, whose
+    full inputs, output (or int32 accumulator) and smallest workspace are live, plus every
+    tensor produced before g and read after it.
+    """
+    from pexopt.partial.candidates import accumulator_bytes, workspace_bytes
+
+    succs = graph.succs()
+    anc = ancestors(succs)
+    desc = descendants(succs)
+    outs = set(graph.outputs)
+    cons = graph.consumers()
+    size = [0 if t.external else t.nbytes for t in graph.tensors]
+    cands = inplace_candidates(graph) if inplace else {}
+    by_op: dict[int, list] = {}
+    for s in segments:
+        for k in s.ops:
+            by_op.setdefault(k, []).append(s)
+    macro: dict[int, int] = {}
+    for s in segments:
+        own = set(s.inputs) | {s.output} | set(s.internal)
+        out = accumulator_bytes(graph.tensors[s.output]) if s.accumulate else size[s.output]
+        macro[s.id] = (sum(size[t] for t in s.inputs) + out
+                       + workspace_bytes(graph, s, min(s.widths))
+                       + _must_live(graph, s.ops[0], s.ops[-1], anc, desc, own))
+    best = 0
+    for op in graph.ops:
+        k = op.id
+        own = set(op.inputs) | set(op.outputs)
+        whole = sum(size[t] for t in own) + _must_live(graph, k, k, anc, desc, own)
+        saving = 0
+        for i in cands.get(k, []):
+            if i not in outs and not any(c in desc[k] for c in cons[i]):
+                saving = max(saving, min(size[i], size[op.outputs[0]]))
+        if inplace and SPECS[op.kind].inplace_temp and len(op.outputs) == 1:
+            o = graph.tensors[op.outputs[0]]
+            for i in op.inputs:
+                t = graph.tensors[i]
+                if (t.shape == o.shape and not t.external and i not in outs
+                        and not any(c in desc[k] for c in cons[i])):
+                    saving = max(saving, o.nbytes - o.nbytes // max(1, o.shape[-1]))
+        lk = whole - saving
+        for s in by_op.get(k, []):
+            lk = min(lk, macro[s.id])
+        best = max(best, lk)
+    return best

@@ -1,11 +1,18 @@
-"""One CP-SAT model for operator order, in-place choices and arena offsets (layer by layer).
+"""One CP-SAT model for operator order, splits, in-place choices and arena offsets.
 
-Encoding (see ../shared notes on CP-SAT): each op k has an integer position pos[k]; every tensor
+Encoding (see ../shared notes on CP-SAT): each op k has an integer position pos[k]; every buffer
 is a rectangle in (time x address): time [start, end + 1) with start = pos[producer] and end =
 max(pos[consumer]) (graph outputs to a virtual step n), address [offset, offset + size); one
 AddNoOverlap2D over all rectangles plus a redundant cumulative with capacity `top`; objective:
-minimise `top` >= offset + size. In place: a boolean per (op, dying input) forces the output to
-the input's offset and starts the output's rectangle one step later, so the two never overlap.
+minimise `top` >= offset + size.
+
+Options, each a boolean the solver may take:
+- in place: the output takes the offset of an input that dies at the op, its rectangle starts a
+  step later (a depthwise conv also needs an H x W temporary box at that step);
+- split segment g with slice width s (partial execution): g's ops take consecutive positions;
+  its internal tensors vanish and one workspace box (all slice buffers) covers g's positions;
+  its full inputs live until g's last op; a slice-written output starts at g's first op; an
+  accumulated output is preceded by an int32 accumulator box at the same offset.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from pexopt.graph.ir import Graph, ancestors, descendants
+from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.solver.baselines import Lifetime, greedy_by_size
-from pexopt.solver.bounds import any_order_bound, inplace_candidates
+from pexopt.solver.bounds import any_order_bound, inplace_candidates, split_bound
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
 
@@ -36,12 +44,16 @@ class SolverParams:
     cumulative: bool = True
     hint: bool = True
     use_bound: bool = True
+    split: bool = True
+    max_segment_len: int = 6
+    max_widths: int = 8
+    slice_widths: tuple[int, ...] | None = None
     deterministic_time: float | None = None
 
 
 @dataclass
 class Schedule:
-    """A solved layer-by-layer schedule."""
+    """A solved schedule: order, offsets, in-place and split choices."""
 
     order: list[int]
     offsets: dict[int, int]
@@ -50,6 +62,11 @@ class Schedule:
     bound: int
     status: str
     seconds: float
+    params: SolverParams = field(default_factory=SolverParams)
+    segments: list[Segment] = field(default_factory=list)
+    splits: dict[int, int] = field(default_factory=dict)  # used segment id -> slice width
+    workspace: dict[int, int] = field(default_factory=dict)  # used segment id -> offset
+    temps: dict[int, int] = field(default_factory=dict)  # in-place depthwise op id -> offset
     stages: list[str] = field(default_factory=list)
 
     @property
@@ -57,14 +74,18 @@ class Schedule:
         return 0.0 if self.arena == 0 else max(0.0, (self.arena - self.bound) / self.arena)
 
 
+def _round(x: int, align: int) -> int:
+    return (x + align - 1) // align * align
+
+
 def buffer_tensors(graph: Graph) -> list[int]:
     """Tensors that occupy arena bytes."""
     return [t.id for t in graph.tensors if not t.external and t.nbytes > 0]
 
 
-def lifetimes(graph: Graph, order: list[int], inplace: dict[int, int]
+def lifetimes(graph: Graph, order: list[int], inplace: dict[int, int] | None = None
               ) -> dict[int, tuple[int, int]]:
-    """Tensor id -> (first step, last step), inclusive, for an order; outputs end at n - 1."""
+    """Tensor id -> (first step, last step), inclusive, for a whole-tensor order."""
     pos = {op: i for i, op in enumerate(order)}
     n = len(order)
     prod = graph.producer()
@@ -79,11 +100,36 @@ def lifetimes(graph: Graph, order: list[int], inplace: dict[int, int]
     return res
 
 
+def dw_inplace_ok(graph: Graph, k: int, i: int) -> bool:
+    """A depthwise conv may overwrite its input channel by channel if shapes are equal."""
+    op = graph.ops[k]
+    from pexopt.ops import SPECS
+
+    if not SPECS[op.kind].inplace_temp or len(op.outputs) != 1:
+        return False
+    t_in, t_out = graph.tensors[i], graph.tensors[op.outputs[0]]
+    return t_in.shape == t_out.shape and i not in graph.outputs and not t_in.external
+
+
+def temp_bytes(graph: Graph, k: int) -> int:
+    """The H x W temporary of an in-place depthwise conv (one channel of its output)."""
+    t = graph.tensors[graph.ops[k].outputs[0]]
+    return t.nbytes // max(1, t.shape[-1])
+
+
+def all_inplace_candidates(graph: Graph) -> dict[int, list[int]]:
+    cands = {k: list(v) for k, v in inplace_candidates(graph).items()}
+    for op in graph.ops:
+        for i in dict.fromkeys(op.inputs):
+            if dw_inplace_ok(graph, op.id, i):
+                cands.setdefault(op.id, []).append(i)
+    return cands
+
+
 class _Callback(cp_model.CpSolverSolutionCallback):
-    def __init__(self, stage: str, top: cp_model.IntVar, floor: int, t0: float,
-                 progress: Progress | None) -> None:
+    def __init__(self, stage: str, floor: int, t0: float, progress: Progress | None) -> None:
         super().__init__()
-        self.stage, self.top, self.floor, self.t0, self.progress = stage, top, floor, t0, progress
+        self.stage, self.floor, self.t0, self.progress = stage, floor, t0, progress
 
     def on_solution_callback(self) -> None:
         if self.progress:
@@ -91,161 +137,357 @@ class _Callback(cp_model.CpSolverSolutionCallback):
             self.progress(self.stage, int(self.ObjectiveValue()), bound, time.time() - self.t0)
 
 
-def _build_and_solve(graph: Graph, params: SolverParams, order: list[int] | None, lb: int,
-                     ub: int | None, hint: Schedule | None, time_limit: float, stage: str,
-                     progress: Progress | None) -> tuple[str, Schedule | None, int]:
-    """Solve with a fixed `order` (positions are constants) or a free one (order=None)."""
-    n = len(graph.ops)
-    m = cp_model.CpModel()
-    prod = graph.producer()
-    cons = graph.consumers()
-    outs = set(graph.outputs)
-    bufs = buffer_tensors(graph)
-    size = {t: graph.tensors[t].nbytes for t in bufs}
-    horizon = n + 1
-    cap = sum(size.values())
-    al = params.align
-    if order is not None:
-        pos = {op: m.new_constant(i) for i, op in enumerate(order)}
-    else:
-        succs = graph.succs()
-        anc, desc = ancestors(succs), descendants(succs)
-        pos = {k: m.new_int_var(len(anc[k]), n - 1 - len(desc[k]), f"pos{k}") for k in range(n)}
-        for k, ss in enumerate(succs):
-            for s in ss:
-                m.add(pos[s] >= pos[k] + 1)
-        m.add_all_different(list(pos.values()))
-    start: dict[int, cp_model.LinearExprT] = {}
-    end: dict[int, cp_model.LinearExprT] = {}
-    for t in bufs:
-        start[t] = pos[prod[t]] if t in prod else 0
-        readers = [pos[c] for c in cons[t]]
-        if t in outs:
-            end[t] = n
-        elif not readers:
-            end[t] = start[t]
-        elif len(readers) == 1:
-            end[t] = readers[0]
+class _Model:
+    """Builds the CP-SAT model; `order` fixes the positions (file-order stage) or not."""
+
+    def __init__(self, graph: Graph, params: SolverParams, order: list[int] | None,
+                 segments: list[Segment], lb: int, ub: int | None) -> None:
+        self.g, self.p, self.order, self.lb = graph, params, order, lb
+        self.m = m = cp_model.CpModel()
+        n = self.n = len(graph.ops)
+        self.prod, self.cons = graph.producer(), graph.consumers()
+        outs = set(graph.outputs)
+        self.bufs = buffer_tensors(graph)
+        size = self.size = {t: graph.tensors[t].nbytes for t in self.bufs}
+        horizon = n + 1
+        al = params.align
+        if order is not None:
+            at = {op: i for i, op in enumerate(order)}
+            segments = [s for s in segments
+                        if all(at[b] == at[a] + 1 for a, b in zip(s.ops, s.ops[1:]))]
+        self.segments = segments
+        cap = sum(_round(v, al) for v in size.values()) + sum(
+            _round(accumulator_bytes(graph.tensors[s.output]), al)
+            + _round(workspace_bytes(graph, s, max(s.widths), al), al) for s in segments)
+        cap += sum(_round(temp_bytes(graph, k), al) for k in range(n))  # in-place temporaries
+        self.cap = cap
+        if order is not None:
+            self.pos = {op: i for i, op in enumerate(order)}
         else:
-            e = m.new_int_var(0, n - 1, f"end{t}")
-            m.add_max_equality(e, readers)
-            end[t] = e
-    units = {t: m.new_int_var(0, (cap + al - 1) // al, f"u{t}") for t in bufs}
-    off = {t: units[t] * al for t in bufs}
-    top = m.new_int_var(lb if params.use_bound else 0, cap + al * len(bufs), "top")
-    if ub is not None:
-        m.add(top <= ub)
-    # In place: output o takes the offset of a dying input i, its rectangle starts a step later.
-    choice: dict[tuple[int, int], cp_model.IntVar] = {}
-    shift: dict[int, cp_model.LinearExprT] = {}
-    if params.inplace:
-        for k, cands in inplace_candidates(graph).items():
-            o = graph.ops[k].outputs[0]
-            bs = []
-            for i in cands:
-                others = [c for c in cons[i] if c != k]
-                if order is not None and any(order.index(c) > order.index(k) for c in others):
+            succs = graph.succs()
+            anc, desc = ancestors(succs), descendants(succs)
+            self.pos = {k: m.new_int_var(len(anc[k]), n - 1 - len(desc[k]), f"pos{k}")
+                        for k in range(n)}
+            for k, ss in enumerate(succs):
+                for s in ss:
+                    m.add(self.pos[s] >= self.pos[k] + 1)
+            m.add_all_different(list(self.pos.values()))
+        pos = self.pos
+        # -- split choices ------------------------------------------------------------------
+        self.use: dict[int, cp_model.IntVar] = {}
+        self.width: dict[tuple[int, int], cp_model.IntVar] = {}
+        by_op: dict[int, list[cp_model.IntVar]] = {}
+        for s in segments:
+            u = m.new_bool_var(f"seg{s.id}")
+            self.use[s.id] = u
+            ws = [m.new_bool_var(f"w{s.id}_{w}") for w in s.widths]
+            for w, b in zip(s.widths, ws):
+                self.width[(s.id, w)] = b
+            m.add(sum(ws) == u)
+            for k in s.ops:
+                by_op.setdefault(k, []).append(u)
+            for a, b in zip(s.ops, s.ops[1:]):
+                m.add(pos[b] == pos[a] + 1).only_enforce_if(u)
+        for us in by_op.values():
+            if len(us) > 1:
+                m.add_at_most_one(us)
+        self.in_use = {k: sum(us) for k, us in by_op.items()}
+        internal_of: dict[int, list[Segment]] = {}
+        for s in segments:
+            for t in s.internal:
+                internal_of.setdefault(t, []).append(s)
+        present: dict[int, cp_model.LinearExprT] = {}
+        for t in self.bufs:
+            if t in internal_of:
+                pv = m.new_bool_var(f"present{t}")
+                m.add(pv + sum(self.use[s.id] for s in internal_of[t]) == 1)
+                present[t] = pv
+        self.present = present
+        # -- lifetimes ----------------------------------------------------------------------
+        start: dict[int, cp_model.LinearExprT] = {}
+        end: dict[int, cp_model.LinearExprT] = {}
+        extend: dict[int, list[tuple[Segment, int]]] = {}  # op -> (segment, steps to its end)
+        for s in segments:
+            for idx, k in enumerate(s.ops[:-1]):
+                extend.setdefault(k, []).append((s, len(s.ops) - 1 - idx))
+        for t in self.bufs:
+            base = pos[self.prod[t]] if t in self.prod else 0
+            earlier = [(s, len(s.ops) - 1) for s in segments
+                       if s.output == t and not s.accumulate]
+            later = [s for s in segments if s.output == t and s.accumulate]
+            start[t] = base - sum(d * self.use[s.id] for s, d in earlier) + sum(
+                self.use[s.id] for s in later) if (earlier or later) else base
+            reads = []
+            for c in self.cons[t]:
+                ext = [(s, d) for s, d in extend.get(c, []) if t in s.inputs]
+                reads.append(pos[c] + sum(d * self.use[s.id] for s, d in ext) if ext
+                             else pos[c])
+            if t in outs:
+                end[t] = n
+            elif not reads:
+                end[t] = start[t]
+            elif len(reads) == 1:
+                end[t] = reads[0]
+            else:
+                e = m.new_int_var(0, n, f"end{t}")
+                m.add_max_equality(e, [self._var(r, f"r{t}_{j}") for j, r in enumerate(reads)])
+                end[t] = e
+        self.units = {t: m.new_int_var(0, (cap + al - 1) // al, f"u{t}") for t in self.bufs}
+        off = {t: self.units[t] * al for t in self.bufs}
+        self.top = top = m.new_int_var(lb if params.use_bound else 0, cap + al * 4, "top")
+        if ub is not None:
+            m.add(top <= ub)
+        # -- in place -----------------------------------------------------------------------
+        self.choice: dict[tuple[int, int], cp_model.IntVar] = {}
+        self.temp_units: dict[int, cp_model.IntVar] = {}
+        shift: dict[int, list[cp_model.IntVar]] = {}
+        boxes: list[tuple[object, object, object, cp_model.IntVar | None]] = []
+        if params.inplace:
+            for k, cands in all_inplace_candidates(self.g).items():
+                o = graph.ops[k].outputs[0]
+                if o not in self.units:
                     continue
-                b = m.new_bool_var(f"inpl{k}_{i}")
-                for c in others:
-                    m.add(pos[c] + 1 <= pos[k]).only_enforce_if(b)
-                m.add(units[o] == units[i]).only_enforce_if(b)
-                choice[(o, i)] = b
-                bs.append(b)
-            if bs:
-                m.add_at_most_one(bs)
-                shift[o] = sum(bs)
-    xs, ys, demands = [], [], []
-    for t in bufs:
-        s = start[t]
-        if t in shift:
-            s = m.new_int_var(0, horizon, f"s{t}")
-            m.add(s == start[t] + shift[t])
-        e = end[t] + 1
-        if isinstance(s, int) and isinstance(e, int):
-            x = m.new_fixed_size_interval_var(s, e - s, f"x{t}")
+                bs = []
+                for i in cands:
+                    others = [c for c in self.cons[i] if c != k]
+                    if order is not None and any(pos[c] > pos[k] for c in others):
+                        continue
+                    b = m.new_bool_var(f"inpl{k}_{i}")
+                    for c in others:
+                        self._before(pos[c], pos[k], b)
+                    m.add(self.units[o] == self.units[i]).only_enforce_if(b)
+                    if k in self.in_use:
+                        m.add(b + self.in_use[k] <= 1)
+                    for t in (i, o):
+                        if t in present:
+                            m.add(b <= present[t])
+                    # a full input still read by a split segment later must not be overwritten
+                    for c in others:
+                        for s, d in extend.get(c, []):
+                            if i in s.inputs:
+                                self._before(pos[c] + d * self.use[s.id], pos[k], b)
+                    if dw_inplace_ok(graph, k, i):
+                        tu = m.new_int_var(0, (cap + al - 1) // al, f"tmp{k}")
+                        x = m.new_optional_fixed_size_interval_var(pos[k], 1, b, f"tx{k}")
+                        y = m.new_optional_fixed_size_interval_var(tu * al, temp_bytes(graph, k),
+                                                                   b, f"ty{k}")
+                        m.add(top >= tu * al + temp_bytes(graph, k)).only_enforce_if(b)
+                        self.temp_units[k] = tu
+                        boxes.append((x, y, temp_bytes(graph, k), b))
+                    self.choice[(o, i)] = b
+                    bs.append(b)
+                if bs:
+                    m.add_at_most_one(bs)
+                    shift.setdefault(o, []).extend(bs)
+        # -- rectangles ---------------------------------------------------------------------
+        for t in self.bufs:
+            s_expr = start[t] + sum(shift[t]) if t in shift else start[t]
+            e_expr = end[t] + 1
+            pv = present.get(t)
+            if isinstance(s_expr, int) and isinstance(e_expr, int):
+                x = (m.new_optional_fixed_size_interval_var(s_expr, e_expr - s_expr, pv, f"x{t}")
+                     if pv is not None else
+                     m.new_fixed_size_interval_var(s_expr, e_expr - s_expr, f"x{t}"))
+            else:
+                sv = m.new_int_var(0, horizon, f"s{t}")
+                m.add(sv == s_expr)
+                ev = m.new_int_var(0, horizon + 1, f"e{t}")
+                m.add(ev == e_expr)
+                ln = m.new_int_var(0, horizon + 1, f"len{t}")
+                x = (m.new_optional_interval_var(sv, ln, ev, pv, f"x{t}") if pv is not None
+                     else m.new_interval_var(sv, ln, ev, f"x{t}"))
+            y = (m.new_optional_fixed_size_interval_var(off[t], size[t], pv, f"y{t}")
+                 if pv is not None else m.new_fixed_size_interval_var(off[t], size[t], f"y{t}"))
+            ct = m.add(top >= off[t] + size[t])
+            if pv is not None:
+                ct.only_enforce_if(pv)
+            boxes.append((x, y, size[t], pv))
+        self.ws_units: dict[int, cp_model.IntVar] = {}
+        for s in segments:
+            u = self.use[s.id]
+            first = pos[s.ops[0]]
+            span = len(s.ops)
+            x = m.new_optional_fixed_size_interval_var(first, span, u, f"gx{s.id}")
+            sizes = {w: workspace_bytes(graph, s, w, self.p.align) for w in s.widths}
+            sz = m.new_int_var(0, max(sizes.values()), f"gsz{s.id}")
+            m.add(sz == sum(sizes[w] * self.width[(s.id, w)] for w in s.widths))
+            wu = m.new_int_var(0, (cap + al - 1) // al, f"gu{s.id}")
+            self.ws_units[s.id] = wu
+            gend = m.new_int_var(0, cap + al * 4, f"gend{s.id}")
+            m.add(gend == wu * al + sz)
+            y = m.new_optional_interval_var(wu * al, sz, gend, u, f"gy{s.id}")
+            m.add(top >= gend).only_enforce_if(u)
+            boxes.append((x, y, sz, u))
+            if s.accumulate:
+                acc = accumulator_bytes(graph.tensors[s.output])
+                x = m.new_optional_fixed_size_interval_var(first, span, u, f"ax{s.id}")
+                y = m.new_optional_fixed_size_interval_var(off[s.output], acc, u, f"ay{s.id}")
+                m.add(top >= off[s.output] + acc).only_enforce_if(u)
+                boxes.append((x, y, acc, u))
+        m.add_no_overlap_2d([b[0] for b in boxes], [b[1] for b in boxes])
+        if params.cumulative:
+            m.add_cumulative([b[0] for b in boxes], [b[2] for b in boxes], top)
+        self.boxes = boxes
+
+    def _var(self, expr: cp_model.LinearExprT, name: str) -> cp_model.LinearExprT:
+        """An int var equal to expr (max equality wants variables or constants)."""
+        if isinstance(expr, (int, cp_model.IntVar)):
+            return expr
+        v = self.m.new_int_var(0, self.n + 1, name)
+        self.m.add(v == expr)
+        return v
+
+    def _before(self, a: cp_model.LinearExprT, b: cp_model.LinearExprT,
+                enforce: cp_model.IntVar) -> None:
+        """a < b whenever `enforce` holds (a constant violation forbids `enforce`)."""
+        if isinstance(a, int) and isinstance(b, int):
+            if a >= b:
+                self.m.add(enforce == 0)
+            return
+        self.m.add(a + 1 <= b).only_enforce_if(enforce)
+
+    def hint(self, sched: Schedule) -> None:
+        m, al = self.m, self.p.align
+        for t in self.bufs:
+            m.add_hint(self.units[t], sched.offsets.get(t, 0) // al)
+        if self.order is None:
+            for i, k in enumerate(sched.order):
+                m.add_hint(self.pos[k], i)
+        for (o, i), b in self.choice.items():
+            m.add_hint(b, sched.inplace.get(o) == i)
+        for k, tu in self.temp_units.items():
+            m.add_hint(tu, sched.temps.get(k, 0) // al)
+        for s in self.segments:
+            w = sched.splits.get(s.id)
+            m.add_hint(self.use[s.id], w is not None)
+            for ww in s.widths:
+                m.add_hint(self.width[(s.id, ww)], ww == w)
+            m.add_hint(self.ws_units[s.id], sched.workspace.get(s.id, 0) // al)
+
+    def solve(self, time_limit: float, stage: str, progress: Progress | None,
+              objective: str = "arena") -> tuple[str, Schedule | None, int]:
+        m, p = self.m, self.p
+        if objective == "arena":
+            m.minimize(self.top)
+        else:  # simplest plan at the arena already reached: fewest slices, no needless in place
+            m.minimize(sum(self.width[(s.id, w)] * len(s.slices(w)) for s in self.segments
+                           for w in s.widths) + sum(self.choice.values()))
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = p.workers
+        solver.parameters.random_seed = p.seed
+        solver.parameters.max_time_in_seconds = max(0.05, time_limit)
+        if p.deterministic_time is not None:
+            solver.parameters.max_deterministic_time = p.deterministic_time
+        t0 = time.time()
+        cb = _Callback(stage, self.lb, t0, progress if objective == "arena" else None)
+        status = solver.solve(m, cb)
+        name = solver.status_name(status)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return name, None, self.lb
+        order = self.order if self.order is not None else sorted(
+            range(self.n), key=lambda k: solver.value(self.pos[k]))
+        splits = {s.id: w for s in self.segments for w in s.widths
+                  if solver.boolean_value(self.width[(s.id, w)])}
+        hidden = {t for s in self.segments if s.id in splits for t in s.internal}
+        offsets = {t: solver.value(self.units[t]) * p.align for t in self.bufs if t not in hidden}
+        inpl = {o: i for (o, i), b in self.choice.items() if solver.boolean_value(b)}
+        ws = {sid: solver.value(self.ws_units[sid]) * p.align for sid in splits}
+        temps = {k: solver.value(tu) * p.align for k, tu in self.temp_units.items()
+                 if any(self.g.ops[k].outputs[0] == o for o in inpl)}
+        if objective == "arena":
+            bound = max(self.lb, int(solver.best_objective_bound)) \
+                if status == cp_model.FEASIBLE else solver.value(self.top)
         else:
-            ln = m.new_int_var(0, horizon, f"len{t}")
-            x = m.new_interval_var(s, ln, e, f"x{t}")
-        y = m.new_fixed_size_interval_var(off[t], size[t], f"y{t}")
-        m.add(top >= off[t] + size[t])
-        xs.append(x)
-        ys.append(y)
-        demands.append(size[t])
-    m.add_no_overlap_2d(xs, ys)
-    if params.cumulative:
-        m.add_cumulative(xs, demands, top)
-    m.minimize(top)
-    if hint is not None and params.hint:
-        for t in bufs:
-            m.add_hint(units[t], hint.offsets[t] // al)
-        if order is None:
-            for i, k in enumerate(hint.order):
-                m.add_hint(pos[k], i)
-        for (o, i), b in choice.items():
-            m.add_hint(b, hint.inplace.get(o) == i)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = params.workers
-    solver.parameters.random_seed = params.seed
-    solver.parameters.max_time_in_seconds = max(0.05, time_limit)
-    if params.deterministic_time is not None:
-        solver.parameters.max_deterministic_time = params.deterministic_time
-    t0 = time.time()
-    status = solver.solve(m, _Callback(stage, top, lb, t0, progress))
-    name = solver.status_name(status)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return name, None, lb
-    if order is None:
-        order = sorted(range(n), key=lambda k: solver.value(pos[k]))
-    offsets = {t: solver.value(units[t]) * al for t in bufs}
-    inpl = {o: i for (o, i), b in choice.items() if solver.boolean_value(b)}
-    arena = max((offsets[t] + size[t] for t in bufs), default=0)
-    bound = max(lb, int(solver.best_objective_bound)) if status == cp_model.FEASIBLE else arena
-    return name, Schedule(order, offsets, inpl, arena, bound, name, time.time() - t0), bound
+            bound = self.lb
+        sched = Schedule(order, offsets, inpl, 0, bound, name, time.time() - t0, params=p,
+                         segments=self.segments, splits=splits, workspace=ws, temps=temps)
+        sched.arena = extent(self.g, sched)
+        return name, sched, bound
 
 
-def greedy_schedule(graph: Graph, order: list[int], align: int) -> Schedule:
-    """Greedy-by-size offsets (no in-place) for an order: the first hint."""
-    life = lifetimes(graph, order, {})
+def extent(graph: Graph, sched: Schedule) -> int:
+    """max(offset + size) over every buffer of a schedule: tensors, workspaces, accumulators,
+    in-place temporaries."""
+    ends = [o + graph.tensors[t].nbytes for t, o in sched.offsets.items()]
+    by_id = {s.id: s for s in sched.segments}
+    for sid, w in sched.splits.items():
+        s = by_id[sid]
+        ends.append(sched.workspace[sid] + workspace_bytes(graph, s, w, sched.params.align))
+        if s.accumulate:
+            ends.append(sched.offsets[s.output] + accumulator_bytes(graph.tensors[s.output]))
+    ends += [o + temp_bytes(graph, k) for k, o in sched.temps.items()]
+    return max(ends, default=0)
+
+
+def greedy_schedule(graph: Graph, order: list[int], params: SolverParams) -> Schedule:
+    """Greedy-by-size offsets (no in-place, no split) for an order: the first hint."""
+    life = lifetimes(graph, order)
     reqs = [Lifetime(t, graph.tensors[t].nbytes, a, b) for t, (a, b) in life.items()]
-    offs = greedy_by_size(reqs, align)
+    offs = greedy_by_size(reqs, params.align)
     arena = max((offs[t] + graph.tensors[t].nbytes for t in offs), default=0)
-    return Schedule(order, offs, {}, arena, 0, "GREEDY", 0.0)
+    return Schedule(order, offs, {}, arena, 0, "GREEDY", 0.0, params=params)
 
 
 def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
                  progress: Progress | None = None) -> Schedule:
-    """Best layer-by-layer schedule: fixed file order first (hinted by greedy), then free order.
+    """Best schedule: file order first (hinted by greedy), then a free order, hinted.
 
-    The result is never worse than the file order; `bound` is valid for every order.
+    The result is never worse than the file-order plan; `bound` is valid for every order (and
+    every split choice when splitting is on).
     """
     t0 = time.time()
-    lb, _ = any_order_bound(graph, params.inplace) if params.use_bound else (0, -1)
+    segments = find_segments(graph, params.max_segment_len, params.max_widths,
+                             params.slice_widths) if params.split else []
+    if params.use_bound:
+        lb = split_bound(graph, segments, params.inplace) if segments else any_order_bound(
+            graph, params.inplace)[0]
+    else:
+        lb = 0
     file_order = list(range(len(graph.ops)))
-    greedy = greedy_schedule(graph, file_order, params.align)
+    greedy = greedy_schedule(graph, file_order, params)
     stages = [f"greedy {greedy.arena}"]
     budget = params.time_limit
-    fixed_limit = budget if not params.reorder else max(0.5, 0.3 * budget)
-    name, fixed, _ = _build_and_solve(graph, params, file_order, lb, greedy.arena, greedy,
-                                      fixed_limit, "file order", progress)
+    fixed_limit = budget if not params.reorder else max(0.5, 0.4 * budget)
+    fixed_model = _Model(graph, params, file_order, segments, lb, greedy.arena)
+    if params.hint:
+        fixed_model.hint(greedy)
+    name, fixed, fbound = fixed_model.solve(fixed_limit, "file order", progress)
     best = fixed if fixed is not None else greedy
-    if fixed is None:
-        best.bound = lb
+    best.segments = fixed_model.segments if fixed is not None else []
     stages.append(f"file order {name} {best.arena}")
+    bound = lb
     if params.reorder and best.arena > lb and len(graph.ops) > 1:
+        best.bound = lb  # the file-order stage's bound holds for the file order only
         remaining = max(0.5, budget - (time.time() - t0))
-        name, free, bound = _build_and_solve(graph, params, None, lb, best.arena, best,
-                                             remaining, "reorder", progress)
+        free_model = _Model(graph, params, None, segments, lb, best.arena)
+        if params.hint:
+            free_model.hint(best)
+        name, free, fbound2 = free_model.solve(0.8 * remaining, "reorder", progress)
         stages.append(f"reorder {name} {free.arena if free else '-'}")
-        if free is not None and free.arena <= best.arena:
-            best = free
-        best.bound = max(lb, bound) if free is not None else lb
-    elif params.reorder:
-        best.bound = lb  # the file-order bound is not valid for other orders
-    else:
-        best.bound = max(best.bound, lb)
-    best.bound = min(best.bound, best.arena)
+        if free is not None:
+            bound = max(lb, fbound2)
+            if free.arena <= best.arena:
+                best = free
+    elif not params.reorder:
+        bound = max(lb, fbound) if fixed is not None else lb
+    if best.splits or best.inplace:
+        best = _simplest(graph, params, best, segments, lb,
+                              max(0.2, min(0.1 * budget, budget - (time.time() - t0))))
+    best.bound = min(max(best.bound, bound), best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
     best.seconds = time.time() - t0
     best.stages = stages
+    best.params = params
     return best
+
+
+def _simplest(graph: Graph, params: SolverParams, best: Schedule, segments: list[Segment],
+              lb: int, limit: float) -> Schedule:
+    """At the arena found, drop needless splits and in-place writes, widen slices."""
+    model = _Model(graph, params, best.order, segments, lb, best.arena)
+    model.hint(best)
+    name, sched, _ = model.solve(limit, "simplify", None, objective="simple")
+    if sched is None or sched.arena > best.arena:
+        return best
+    sched.bound = best.bound
+    return sched

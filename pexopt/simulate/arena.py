@@ -1,0 +1,218 @@
+"""Execute a plan inside one byte array of exactly `arena_bytes`, every buffer at its offset.
+
+The arena starts as pseudo-random bytes and every buffer's bytes are scribbled over when it
+dies (where no live buffer owns them), so a plan that reads memory it does not own, or whose
+buffers overlap while live, produces wrong outputs instead of lucky right ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pexopt.errors import PexError
+from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.ops import SPECS, Split
+from pexopt.plan.format import Buffer, Plan, Step
+from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
+from pexopt.simulate.params import OpParams
+from pexopt.simulate.quant import dequantize, quantize_real
+from pexopt.simulate.reference import kernel_input, store_output, stored_int8
+
+
+class SimulationError(PexError):
+    """The plan cannot be executed (not a wrong result: that is a mismatch)."""
+
+
+def element_dtype(t: Tensor) -> np.dtype:
+    return np.dtype(np.int8) if stored_int8(t) else np.dtype(np.float32)
+
+
+@dataclass
+class _Ctx:
+    plan: Plan
+    graph: Graph
+    params: dict[int, OpParams]
+    mem: np.ndarray
+    bufs: dict[str, Buffer]
+    ops: dict[str, Op]
+    tensors: dict[str, Tensor]
+    rng: np.random.Generator
+    external: dict[str, np.ndarray]
+
+
+def _view(ctx: _Ctx, b: Buffer, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape)) if shape else 1
+    need = count * dtype.itemsize
+    if need > b.size:
+        raise SimulationError(f"buffer '{b.name}' has {b.size} B, the step needs {need} B")
+    if b.offset < 0 or b.offset + need > ctx.mem.size:
+        raise SimulationError(f"buffer '{b.name}' lies outside the arena")
+    raw = ctx.mem[b.offset:b.offset + need]
+    return raw.view(dtype).reshape(shape)
+
+
+def _tensor_view(ctx: _Ctx, name: str) -> np.ndarray:
+    if name in ctx.external:
+        return ctx.external[name]
+    b = ctx.bufs[name]
+    t = ctx.tensors[b.tensor]
+    return _view(ctx, b, element_dtype(t), t.shape)
+
+
+def _slice_view(ctx: _Ctx, name: str, width: int) -> np.ndarray:
+    b = ctx.bufs[name]
+    t = ctx.tensors[b.tensor]
+    return _view(ctx, b, element_dtype(t), t.shape[:-1] + (width,))
+
+
+def _acc_view(ctx: _Ctx, name: str, p: OpParams) -> np.ndarray:
+    b = ctx.bufs[name]
+    t = ctx.tensors[b.tensor]
+    return _view(ctx, b, np.dtype(np.int32) if p.int8 else np.dtype(np.float32), t.shape)
+
+
+def _to_kernel(t: Tensor, p: OpParams, k: int, x: np.ndarray) -> np.ndarray:
+    """A channel slice of input k as the kernel wants it (dtype; NHWC slices only)."""
+    if p.in_index and p.in_index[k] is not None:
+        raise SimulationError(f"op '{p.name}': input '{t.name}' is not a plain NHWC view; "
+                              "it cannot be sliced")
+    x = np.array(x)  # a copy: the arena may change under an in-place write
+    if p.int8:
+        return x
+    if x.dtype == np.int8:
+        return dequantize(x, t.qparams.scale, t.qparams.zero_point).astype(np.float32)
+    return x.astype(np.float32, copy=False)
+
+
+def _from_kernel(t: Tensor, p: OpParams, y: np.ndarray) -> np.ndarray:
+    if stored_int8(t) and y.dtype != np.int8:
+        return quantize_real(y, t.qparams.scale, t.qparams.zero_point)
+    if not stored_int8(t) and y.dtype == np.int8:
+        return dequantize(y, p.out_qparams.scale, p.out_qparams.zero_point).astype(np.float32)
+    return y.astype(element_dtype(t), copy=False)
+
+
+def _whole(ctx: _Ctx, step: Step, op: Op, p: OpParams) -> None:
+    ins = [ctx.graph.tensors[i] for i in op.inputs]
+    xs = [np.array(kernel_input(t, p, k, _tensor_view(ctx, t.name)))
+          for k, t in enumerate(ins)]
+    out = ctx.graph.tensors[op.outputs[0]]
+    if step.scratch:  # in-place depthwise: channel by channel through an H x W temporary
+        dst = _tensor_view(ctx, out.name)
+        for c in range(out.shape[-1]):
+            sl = slice(c, c + 1)
+            y = KERNELS[op.kind](op, p, [_to_kernel(ins[0], p, 0,
+                                                    _tensor_view(ctx, ins[0].name)[..., sl])],
+                                 sl, None)
+            tmp = _view(ctx, ctx.bufs[step.scratch[0]], element_dtype(out),
+                        out.shape[:-1] + (1,))
+            tmp[...] = _from_kernel(out, p, y).reshape(tmp.shape)
+            dst[..., sl] = tmp
+        return
+    y = KERNELS[op.kind](op, p, xs, None, None)
+    _tensor_view(ctx, out.name)[...] = store_output(out, p, y)
+
+
+def _read_slice(ctx: _Ctx, name: str, c0: int, c1: int) -> np.ndarray:
+    b = ctx.bufs[name]
+    if b.kind == "slice":
+        return _slice_view(ctx, name, c1 - c0)
+    return _tensor_view(ctx, name)[..., c0:c1]
+
+
+def _sliced(ctx: _Ctx, step: Step, op: Op, p: OpParams) -> None:
+    c0, c1 = step.slice
+    sl = slice(c0, c1)
+    out = ctx.graph.tensors[op.outputs[0]]
+    first_dense = SPECS[op.kind].split == Split.OUTPUT_SLICE
+    if first_dense:  # a filter subset from the whole input
+        xs = [np.array(kernel_input(ctx.graph.tensors[i], p, k,
+                                    _tensor_view(ctx, ctx.graph.tensors[i].name)))
+              for k, i in enumerate(op.inputs)]
+    else:
+        by_tensor = {ctx.bufs[r].tensor: r for r in step.reads}
+        xs = [_to_kernel(ctx.graph.tensors[i], p, k,
+                         _read_slice(ctx, by_tensor[ctx.graph.tensors[i].name], c0, c1))
+              for k, i in enumerate(op.inputs)]
+    y = KERNELS[op.kind](op, p, xs, sl, None)
+    w = step.writes[0]
+    dst = _slice_view(ctx, w, c1 - c0) if ctx.bufs[w].kind == "slice" else \
+        _tensor_view(ctx, w)[..., sl]
+    dst[...] = _from_kernel(out, p, y).reshape(dst.shape)
+
+
+def _accumulate(ctx: _Ctx, step: Step, op: Op, p: OpParams) -> None:
+    c0, c1 = step.slice
+    t_in = ctx.graph.tensors[op.inputs[0]]
+    x = _to_kernel(t_in, p, 0, _read_slice(ctx, step.reads[0], c0, c1))
+    if p.extra.get("in_last") is None and x.ndim != 4 and op.kind.value == "conv":
+        raise SimulationError(f"op '{op.name}': cannot accumulate a non-NHWC input")
+    acc = _acc_view(ctx, step.writes[0], p)
+    first = c0 == 0
+    new = conv_accumulate(op, p, x, slice(c0, c1), None if first else np.array(acc))
+    acc[...] = new.reshape(acc.shape).astype(acc.dtype)
+
+
+def _requantize(ctx: _Ctx, step: Step, op: Op, p: OpParams) -> None:
+    acc = np.array(_acc_view(ctx, step.reads[0], p))
+    out = ctx.graph.tensors[op.outputs[0]]
+    y = requantize(op, p, acc.astype(np.int64) if p.int8 else acc.astype(np.float64))
+    _tensor_view(ctx, step.writes[0])[...] = _from_kernel(out, p, y).reshape(out.shape)
+
+
+def _scribble(ctx: _Ctx, step: int, dying: list[Buffer], live_next: list[Buffer]) -> None:
+    """Overwrite the bytes of buffers that died at `step`, except bytes a live buffer owns."""
+    for b in dying:
+        lo, hi = b.offset, b.offset + b.size
+        keep = sorted((max(lo, x.offset), min(hi, x.offset + x.size)) for x in live_next
+                      if x.offset < hi and lo < x.offset + x.size)
+        at = lo
+        for a, z in keep + [(hi, hi)]:
+            if a > at:
+                ctx.mem[at:a] = ctx.rng.integers(0, 256, a - at, dtype=np.uint8)
+            at = max(at, z)
+
+
+def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
+             inputs: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """Execute every step in the arena; returns the graph outputs by IR tensor name."""
+    rng = np.random.default_rng(seed)
+    mem = rng.integers(0, 256, plan.arena_bytes, dtype=np.uint8)
+    ctx = _Ctx(plan, graph, params, mem, {b.name: b for b in plan.buffers},
+               {o.name: o for o in graph.ops}, {t.name: t for t in graph.tensors}, rng, {})
+    for tid in graph.inputs:
+        t = graph.tensors[tid]
+        if t.name not in inputs:
+            raise SimulationError(f"missing input '{t.name}'")
+        x = np.asarray(inputs[t.name]).reshape(t.shape).astype(element_dtype(t))
+        if t.external:  # read in place from the caller's memory, never written
+            x.setflags(write=False)
+            ctx.external[t.name] = x
+        elif t.name in ctx.bufs:
+            _tensor_view(ctx, t.name)[...] = x
+    dies: dict[int, list[Buffer]] = {}
+    for b in plan.buffers:
+        dies.setdefault(b.last_step, []).append(b)
+    for step in plan.steps:
+        op = ctx.ops.get(step.op)
+        if op is None:
+            raise SimulationError(f"step {step.index}: unknown op '{step.op}'")
+        p = params[op.id]
+        if step.mode == "whole":
+            _whole(ctx, step, op, p)
+        elif step.mode == "slice":
+            _sliced(ctx, step, op, p)
+        elif step.mode == "accumulate":
+            _accumulate(ctx, step, op, p)
+        elif step.mode == "requantize":
+            _requantize(ctx, step, op, p)
+        else:
+            raise SimulationError(f"step {step.index}: unknown mode '{step.mode}'")
+        if step.index + 1 < len(plan.steps):
+            live_next = [b for b in plan.buffers
+                         if b.first_step <= step.index + 1 <= b.last_step]
+            _scribble(ctx, step.index, dies.get(step.index, []), live_next)
+    return {graph.tensors[t].name: np.array(_tensor_view(ctx, graph.tensors[t].name))
+            for t in graph.outputs}
