@@ -82,13 +82,13 @@ def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
     """Import, compute the TFLM baseline, solve, build and validate the plan."""
     graph = opts.load(path)
     tflm = tflm_arena(opts.load(path, fold_pad=False))
-    layerwise = None
+    layerwise, flat = None, None
     if params.split:  # the layer-by-layer optimum, for the table (usually milliseconds)
         share = min(5.0, params.time_limit / 4)
         flat = solve_layout(graph, replace(params, split=False, time_limit=share))
         layerwise = flat.arena
         params = replace(params, time_limit=max(0.5, params.time_limit - flat.seconds))
-    sched = solve_layout(graph, params, progress)
+    sched = solve_layout(graph, params, progress, start=flat if params.split else None)
     baselines = {"tflm_arena_bytes": tflm}
     if layerwise is not None:
         baselines["layerwise_arena_bytes"] = layerwise

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ortools.sat.python import cp_model
 
@@ -141,7 +141,10 @@ class _Model:
     """Builds the CP-SAT model; `order` fixes the positions (file-order stage) or not."""
 
     def __init__(self, graph: Graph, params: SolverParams, order: list[int] | None,
-                 segments: list[Segment], lb: int, ub: int | None) -> None:
+                 segments: list[Segment], lb: int, ub: int | None,
+                 only: Schedule | None = None) -> None:
+        """`only`: restrict the options to a sub-set of that schedule's choices (its splits,
+        no narrower, and its in-place writes), to simplify it quickly."""
         self.g, self.p, self.order, self.lb = graph, params, order, lb
         self.m = m = cp_model.CpModel()
         n = self.n = len(graph.ops)
@@ -155,6 +158,9 @@ class _Model:
             at = {op: i for i, op in enumerate(order)}
             segments = [s for s in segments
                         if all(at[b] == at[a] + 1 for a, b in zip(s.ops, s.ops[1:]))]
+        if only is not None:
+            segments = [replace(s, widths=tuple(w for w in s.widths if w >= only.splits[s.id]))
+                        for s in segments if s.id in only.splits]
         self.segments = segments
         cap = sum(_round(v, al) for v in size.values()) + sum(
             _round(accumulator_bytes(graph.tensors[s.output]), al)
@@ -251,6 +257,8 @@ class _Model:
                 for i in cands:
                     others = [c for c in self.cons[i] if c != k]
                     if order is not None and any(pos[c] > pos[k] for c in others):
+                        continue
+                    if only is not None and only.inplace.get(o) != i:
                         continue
                     b = m.new_bool_var(f"inpl{k}_{i}")
                     for c in others:
@@ -429,11 +437,11 @@ def greedy_schedule(graph: Graph, order: list[int], params: SolverParams) -> Sch
 
 
 def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
-                 progress: Progress | None = None) -> Schedule:
+                 progress: Progress | None = None, start: Schedule | None = None) -> Schedule:
     """Best schedule: file order first (hinted by greedy), then a free order, hinted.
 
-    The result is never worse than the file-order plan; `bound` is valid for every order (and
-    every split choice when splitting is on).
+    The result is never worse than the file-order plan, nor than `start` (e.g. the no-split
+    optimum); `bound` is valid for every order (and every split choice when splitting is on).
     """
     t0 = time.time()
     segments = find_segments(graph, params.max_segment_len, params.max_widths,
@@ -445,9 +453,12 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         lb = 0
     file_order = list(range(len(graph.ops)))
     greedy = greedy_schedule(graph, file_order, params)
+    if (start is not None and start.order == file_order and not start.splits
+            and start.arena < greedy.arena and start.params.align == params.align):
+        greedy = start
     stages = [f"greedy {greedy.arena}"]
     budget = params.time_limit
-    fixed_limit = budget if not params.reorder else max(0.5, 0.4 * budget)
+    fixed_limit = budget if not params.reorder else max(0.5, 0.6 * budget)
     fixed_model = _Model(graph, params, file_order, segments, lb, greedy.arena)
     if params.hint:
         fixed_model.hint(greedy)
@@ -470,9 +481,12 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
                 best = free
     elif not params.reorder:
         bound = max(lb, fbound) if fixed is not None else lb
+    if start is not None and start.arena < best.arena:
+        best = replace(start, bound=best.bound, stages=[])
+        stages.append(f"kept the start schedule {best.arena}")
     if best.splits or best.inplace:
         best = _simplest(graph, params, best, segments, lb,
-                              max(0.2, min(0.1 * budget, budget - (time.time() - t0))))
+                         max(0.5, min(0.25 * budget, budget - (time.time() - t0))))
     best.bound = min(max(best.bound, bound), best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
     best.seconds = time.time() - t0
@@ -484,7 +498,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
 def _simplest(graph: Graph, params: SolverParams, best: Schedule, segments: list[Segment],
               lb: int, limit: float) -> Schedule:
     """At the arena found, drop needless splits and in-place writes, widen slices."""
-    model = _Model(graph, params, best.order, segments, lb, best.arena)
+    model = _Model(graph, params, best.order, segments, lb, best.arena, only=best)
     model.hint(best)
     name, sched, _ = model.solve(limit, "simplify", None, objective="simple")
     if sched is None or sched.arena > best.arena:
