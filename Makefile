@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEMO_MODEL := models/mbv2_w035_r96_int8.onnx
+DEMO_MODEL := models/mbv2_w035_r144_int8.onnx
 BUILT := models/mbv2_w035_r144_int8.onnx
 
 .PHONY: demo test models bench bench-readme lint clean
@@ -21,7 +21,7 @@ models: $(BUILT)
 
 demo: $(STAMP) $(BUILT)
 	$(BIN)/pexopt inspect $(DEMO_MODEL)
-	$(BIN)/pexopt solve $(DEMO_MODEL) --sram 256k -o out/demo_plan.json
+	$(BIN)/pexopt solve $(DEMO_MODEL) --sram 256k --verify -o out/demo_plan.json
 	$(BIN)/pexopt validate out/demo_plan.json $(DEMO_MODEL)
 
 test: $(STAMP) $(BUILT)

@@ -83,6 +83,7 @@ def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
     graph = opts.load(path)
     tflm = tflm_arena(opts.load(path, fold_pad=False))
     layerwise, flat = None, None
+    asked = params
     if params.split:  # the layer-by-layer optimum, for the table (usually milliseconds)
         share = min(5.0, params.time_limit / 4)
         flat = solve_layout(graph, replace(params, split=False, time_limit=share))
@@ -92,7 +93,7 @@ def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
     baselines = {"tflm_arena_bytes": tflm}
     if layerwise is not None:
         baselines["layerwise_arena_bytes"] = layerwise
-    plan = build_plan(graph, sched, None, budget, baselines=baselines)
+    plan = build_plan(graph, sched, asked, budget, baselines=baselines)
     check(plan, graph)
     return SolveResult(graph, sched, plan, tflm, plan_peak(plan), layerwise)
 
