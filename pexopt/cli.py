@@ -286,7 +286,10 @@ def validate_cmd(plan_file: Path, model: Path, input_shape: Shapes = None,
 
 @app.command()
 @friendly
-def bench(models: list[Path],
+def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
+          random_dags: Annotated[int, typer.Option(
+              "--random-dags", help="Also bench N random branching DAGs.")] = 0,
+          dag_ops: Annotated[int, typer.Option("--dag-ops", help="Operators per DAG.")] = 60,
           out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench.json/.md.")] =
           Path("bench_out"),
           update_readme: Annotated[Path | None, typer.Option(
@@ -297,17 +300,24 @@ def bench(models: list[Path],
     """Compare pexopt with the TFLM planner and reordering on many models."""
     from rich.progress import Progress
 
-    from pexopt.pipeline import bench_model
+    from pexopt.pipeline import bench_model, bench_random_dag
     from pexopt.report.tables import bench_markdown, bench_table
 
     opts = _opts(dtype, input_external, None)
     params = _params(time_limit, workers, seed, align)
+    models = models or []
+    if not models and random_dags <= 0:
+        raise PexError("bench: give models and/or --random-dags N")
     rows = []
     with Progress(console=err, transient=True, disable=quiet or as_json) as bar:
-        task = bar.add_task("bench", total=len(models))
+        task = bar.add_task("bench", total=len(models) + max(0, random_dags))
         for m in models:
             bar.update(task, description=f"bench {m.name}")
             rows.append(bench_model(m, opts, params))
+            bar.advance(task)
+        for seed in range(max(0, random_dags)):
+            bar.update(task, description=f"bench random DAG {seed}")
+            rows.append(bench_random_dag(dag_ops, seed, params))
             bar.advance(task)
     data = {"version": __version__, "workers": workers, "time_limit": time_limit,
             "dtype": dtype, "input_external": input_external,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
     """Import, compute the TFLM baseline, solve, build and validate the plan."""
     graph = opts.load(path)
     tflm = tflm_arena(opts.load(path, fold_pad=False))
+    return solve_graph(graph, tflm, params, budget, progress)
+
+
+def solve_graph(graph: Graph, tflm: int, params: SolverParams, budget: int | None,
+                progress: Progress | None = None) -> SolveResult:
+    """Solve an imported graph (layer by layer first when splitting, as the start point)."""
+    t0 = time.time()
     layerwise, flat = None, None
     asked = params
     if params.split:  # the layer-by-layer optimum, for the table (usually milliseconds)
@@ -89,7 +97,8 @@ def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
         flat = solve_layout(graph, replace(params, split=False, time_limit=share))
         layerwise = flat.arena
         params = replace(params, time_limit=max(0.5, params.time_limit - flat.seconds))
-    sched = solve_layout(graph, params, progress, start=flat if params.split else None)
+    sched = solve_layout(graph, params, progress, start=flat)
+    sched.seconds = time.time() - t0
     baselines = {"tflm_arena_bytes": tflm}
     if layerwise is not None:
         baselines["layerwise_arena_bytes"] = layerwise
@@ -120,14 +129,27 @@ class BenchRow:
 
 def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams) -> BenchRow:
     """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run."""
-    res = solve_model(path, opts, params, budget=None)
+    return _row(Path(path).stem, solve_model(path, opts, params, budget=None),
+                not opts.input_external)
+
+
+def bench_random_dag(n_ops: int, seed: int, params: SolverParams) -> BenchRow:
+    """A random branching DAG (sizes in KB) where reordering matters; TFLM = file order."""
+    from pexopt.graph.synthetic import KB_SIZES, random_dag
+
+    graph = random_dag(seed, n_ops, sizes=KB_SIZES)
+    return _row(f"random_dag_{n_ops}ops_seed{seed}", solve_graph(graph, tflm_arena(graph),
+                                                                 params, None), True)
+
+
+def _row(name: str, res: SolveResult, input_counted: bool) -> BenchRow:
     reo = reorder_peak(res.graph)
-    return BenchRow(model=Path(path).stem, ops=len(res.graph.ops), tflm=res.tflm,
+    return BenchRow(model=name, ops=len(res.graph.ops), tflm=res.tflm,
                     reorder_bound=reo[0] if reo else None,
                     layerwise=res.layerwise if res.layerwise is not None else res.plan.arena_bytes,
                     arena=res.plan.arena_bytes, splits=len(res.plan.splits),
                     bound=res.schedule.bound, gap=res.schedule.gap, status=res.schedule.status,
-                    seconds=res.schedule.seconds, input_counted=not opts.input_external)
+                    seconds=res.schedule.seconds, input_counted=input_counted)
 
 
 def naive_peak(graph: Graph) -> tuple[int, int]:

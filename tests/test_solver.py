@@ -12,10 +12,10 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from graphgen import KB_SIZES, chain, inception, random_dag, topo_orders, unet
 
 from pexopt.graph.ir import Graph
 from pexopt.graph.onnx_import import import_onnx
+from pexopt.graph.synthetic import KB_SIZES, chain, inception, random_dag, topo_orders, unet
 from pexopt.ops import SPECS
 from pexopt.solver.baselines import reorder_peak
 from pexopt.solver.bounds import any_order_bound

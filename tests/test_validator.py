@@ -20,6 +20,7 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
 from pexopt.graph.onnx_import import import_onnx
 from pexopt.ops import OpKind
+from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, plan_from_dict
 from pexopt.plan.validator import (
@@ -30,27 +31,34 @@ from pexopt.plan.validator import (
     overlaps,
     validate,
 )
-from pexopt.solver.cpsat_layout import SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import (
+    Schedule,
+    SolverParams,
+    dw_inplace_ok,
+    solve_layout,
+    temp_bytes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 SHARED = ROOT.parent / "shared" / "models" / "onnx"
-PARAMS = SolverParams(time_limit=10, workers=1)
+LAYERS = SolverParams(time_limit=10, workers=1, split=False)  # layer-by-layer plans
+SPLIT = SolverParams(time_limit=10, workers=1)  # partial execution (channel splits)
 BASE = MODELS / "mcunet_mixed_int8.onnx"  # committed; residual blocks, no in-place choices
 
 LOCAL_MODELS = sorted(MODELS.glob("*.onnx"))
 SHARED_MODELS = sorted(SHARED.glob("*.onnx")) if SHARED.is_dir() else []
 
-_CACHE: dict[tuple[str, str, bool], tuple[Graph, Plan]] = {}
+_CACHE: dict[tuple[str, str, bool, bool], tuple[Graph, Plan]] = {}
 
 
 def solved(path: Path, dtype: str = "int8", input_external: bool = False,
-           budget: int | None = None) -> tuple[Graph, Plan]:
-    """(graph, fresh copy of its solver plan); the solve is cached per model."""
-    key = (str(path), dtype, input_external)
+           budget: int | None = None, split: bool = False) -> tuple[Graph, Plan]:
+    """(graph, fresh copy of its solver plan); the solve is cached per model and mode."""
+    key = (str(path), dtype, input_external, split)
     if key not in _CACHE:
         g = import_onnx(path, dtype=dtype, input_external=input_external)
-        _CACHE[key] = (g, build_plan(g, solve_layout(g, PARAMS), PARAMS, budget=None))
+        _CACHE[key] = (g, build_plan(g, solve_layout(g, SPLIT if split else LAYERS)))
     g, plan = _CACHE[key]
     plan = copy.deepcopy(plan)
     if budget is not None:
@@ -134,26 +142,29 @@ def inplace_chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["layers", "split"])
 @pytest.mark.parametrize("path", LOCAL_MODELS, ids=lambda p: p.stem)
-def test_local_models_valid(path: Path) -> None:
-    assert_valid(*reversed(solved(path)))
+def test_local_models_valid(path: Path, split: bool) -> None:
+    assert_valid(*reversed(solved(path, split=split)))
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["layers", "split"])
 @pytest.mark.parametrize("path", SHARED_MODELS or [None],
                          ids=lambda p: p.stem if p else "shared-missing")
-def test_shared_models_valid(path: Path | None) -> None:
+def test_shared_models_valid(path: Path | None, split: bool) -> None:
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"shared models missing in CI: {SHARED}")
         pytest.skip(f"no shared models at {SHARED}")
-    assert_valid(*reversed(solved(path)))
+    assert_valid(*reversed(solved(path, split=split)))
 
 
 def test_float_and_external_input_variants_valid(mbv2_float: Path) -> None:
     for dtype in ("int8", "float32"):
         for ext in (False, True):
-            g, plan = solved(mbv2_float, dtype, ext)
-            assert_valid(plan, g)
+            for split in (False, True):
+                g, plan = solved(mbv2_float, dtype, ext, split=split)
+                assert_valid(plan, g)
     g, plan = solved(mbv2_float, "int8", True)
     assert g.tensors[g.inputs[0]].external
     assert all(b.tensor != g.tensors[g.inputs[0]].name for b in plan.buffers)
@@ -373,9 +384,10 @@ def _relocated_alias(plan: Plan, graph: Graph, step: int) -> tuple[Buffer, Buffe
 
 
 def _dying_input_step(plan: Plan, graph: Graph, kind: str) -> int:
+    """A whole step without scratch whose single output could go over an input dying there."""
     outs = {graph.tensors[t].name for t in graph.outputs}
     return next(i for i, s in enumerate(plan.steps)
-                if s.kind == kind and len(s.writes) == 1 and any(
+                if s.kind == kind and len(s.writes) == 1 and not s.scratch and any(
                     plan.buffer(r).last_step == i and r not in outs
                     and plan.buffer(r).size >= plan.buffer(s.writes[0]).size for r in s.reads))
 
@@ -408,6 +420,431 @@ def test_alias_input_outlives_inplace_step(mbv2_float: Path) -> None:
     a, b = _relocated_alias(plan, g, _dying_input_step(plan, g, "add"))
     a.last_step += 1  # input outlives the in-place step
     assert {"alias", "overlap"} == codes(plan, g)
+
+
+# ---------------------------------------------------------------------------- partial execution
+
+
+@pytest.fixture(scope="module")
+def mbv2_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """int8 MobileNetV2 w0.35 r144: its split plan has slice-only tensors, full tensors written
+    slice by slice, accumulators and in-place depthwise convs with scratch."""
+    p = MODELS / "mbv2_w035_r144_int8.onnx"
+    if p.is_file():
+        return p
+    out = tmp_path_factory.mktemp("mbv2_r144")
+    subprocess.run([sys.executable, str(MODELS / "build_models.py"), "--only", "mbv2_w035_r144",
+                    "--out", str(out)], check=True, capture_output=True)
+    return out / "mbv2_w035_r144_int8.onnx"
+
+
+def stacked_plan(graph: Graph, chosen: list[Segment], splits: dict[int, int],
+                 dw: Op | None = None, align: int = 4) -> Plan:
+    """The plan (via build_plan) of a hand-made schedule: file order, the `chosen` segments
+    split at `splits` widths, `dw` run in place with its scratch, and every buffer in its own
+    address range, so the plan is valid whatever the solver would choose."""
+    internal = {t for s in chosen for t in s.internal}
+    accs = {s.output for s in chosen if s.accumulate}
+    at = 0
+
+    def take(n: int) -> int:
+        nonlocal at
+        at += -(-n // align) * align
+        return at - -(-n // align) * align
+
+    offsets = {t.id: take(accumulator_bytes(t) if t.id in accs else t.nbytes)
+               for t in graph.tensors if not t.external and t.nbytes > 0
+               and t.id not in internal and (dw is None or t.id != dw.outputs[0])}
+    inplace, temps = {}, {}
+    if dw is not None:
+        inplace = {dw.outputs[0]: dw.inputs[0]}
+        offsets[dw.outputs[0]] = offsets[dw.inputs[0]]
+        temps = {dw.id: take(temp_bytes(graph, dw.id))}
+    workspace = {s.id: take(workspace_bytes(graph, s, splits[s.id], align)) for s in chosen}
+    sched = Schedule(order=[op.id for op in graph.ops], offsets=offsets, inplace=inplace,
+                     arena=at, bound=0, status="FORCED", seconds=0.0,
+                     params=SolverParams(align=align), segments=find_segments(graph),
+                     splits=splits, workspace=workspace, temps=temps)
+    return build_plan(graph, sched)
+
+
+def _single_input(graph: Graph, s: Segment) -> bool:
+    """Every op of the segment reads one tensor (so file order is a valid order for it)."""
+    return all(len(set(graph.ops[k].inputs)) == 1 for k in s.ops)
+
+
+def forced_split(graph: Graph) -> tuple[Graph, Plan]:
+    """A split plan whose choices are made here, not by the solver (whose choices change):
+    the first conv -> ... -> accumulating conv segment, the first other single-input segment
+    writing a full tensor slice by slice, and an in-place depthwise conv with its scratch; each
+    split gets 3+ slices when its channels allow."""
+    segs = [s for s in find_segments(graph) if _single_input(graph, s)]
+    acc = next(s for s in segs if s.accumulate and len(s.ops) >= 3)
+    full = next(s for s in segs if not s.accumulate and not set(s.ops) & set(acc.ops))
+    busy = set(acc.ops) | set(full.ops)
+    cons = graph.consumers()
+    dw = next(op for op in graph.ops if op.id not in busy and len(cons[op.inputs[0]]) == 1
+              and dw_inplace_ok(graph, op.id, op.inputs[0]))
+    splits = {s.id: max((w for w in s.widths if -(-s.channels // w) >= 3), default=s.widths[0])
+              for s in (acc, full)}
+    return graph, stacked_plan(graph, [acc, full], splits, dw)
+
+
+_FORCED: dict[str, tuple[Graph, Plan]] = {}
+
+
+def forced(path: Path) -> tuple[Graph, Plan]:
+    """(graph, fresh copy of its forced split plan), cached per model."""
+    if str(path) not in _FORCED:
+        _FORCED[str(path)] = forced_split(import_onnx(path))
+    g, plan = _FORCED[str(path)]
+    return g, copy.deepcopy(plan)
+
+
+def relive(plan: Plan, graph: Graph) -> None:
+    """Recompute buffer lifetimes from the steps (first use .. last use; graph inputs from
+    step 0, outputs to the end), so that a step mutation breaks only the rule it targets."""
+    first: dict[str, int] = {graph.tensors[t].name: 0 for t in graph.inputs}
+    last = dict(first)
+    for i, s in enumerate(plan.steps):
+        for name in s.writes + s.scratch + s.reads:
+            first.setdefault(name, i)
+            last[name] = i
+    for t in graph.outputs:
+        last[graph.tensors[t].name] = len(plan.steps) - 1
+    for b in plan.buffers:
+        if b.name in first:
+            b.first_step, b.last_step = first[b.name], last[b.name]
+
+
+def move_step(plan: Plan, src: int, dst: int) -> None:
+    plan.steps.insert(dst, plan.steps.pop(src))
+    reindex(plan)
+
+
+def kind_of(plan: Plan, name: str) -> str:
+    return plan.buffer(name).kind
+
+
+def slice_writer(plan: Plan, kind: str) -> int:
+    """A slice step (not the first slice of its op) writing a buffer of `kind`."""
+    return next(i for i, s in enumerate(plan.steps) if s.mode == "slice" and s.slice[0] > 0
+                and kind_of(plan, s.writes[0]) == kind)
+
+
+def refit(plan: Plan) -> None:
+    plan.arena_bytes = max(b.offset + b.size for b in plan.buffers)
+
+
+def move_to_top(plan: Plan, b: Buffer) -> None:
+    b.offset = -(-plan.arena_bytes // plan.align) * plan.align
+    refit(plan)
+
+
+def test_split_plan_uses_every_feature(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    assert {s.mode for s in plan.steps} == {"whole", "slice", "accumulate", "requantize"}
+    assert {b.kind for b in plan.buffers} == {"tensor", "slice", "accumulator", "scratch"}
+    tensor_bufs = {b.tensor for b in plan.buffers if b.kind == "tensor"}
+    assert any(b.tensor not in tensor_bufs for b in plan.buffers if b.kind == "slice")
+    assert any(kind_of(plan, s.writes[0]) == "tensor" for s in plan.steps if s.mode == "slice")
+    assert any(kind_of(plan, str(b.alias_of)) == "accumulator" for b in plan.buffers
+               if b.alias_of)
+    assert_valid(plan, g)
+    check(plan_from_dict(json.loads(plan.to_json())), g)
+
+
+@pytest.mark.parametrize("path", [BASE, "mbv2"], ids=["mcunet_mixed", "mbv2_r144"])
+def test_random_split_choices_valid(path: Path | str, mbv2_int8: Path) -> None:
+    """Plans of random disjoint segments at random widths (not the solver's choice) validate:
+    a cross-check of build_plan's step and buffer semantics against the validator."""
+    g = import_onnx(mbv2_int8 if path == "mbv2" else path)
+    segs = [s for s in find_segments(g) if _single_input(g, s)]
+    n = 0
+    for seed in range(8):
+        rng = random.Random(seed)
+        chosen: list[Segment] = []
+        for s in rng.sample(segs, len(segs)):
+            if rng.random() < 0.5 and not any(set(s.ops) & set(c.ops) for c in chosen):
+                chosen.append(s)
+        plan = stacked_plan(g, chosen, {s.id: rng.choice(s.widths) for s in chosen})
+        assert_valid(plan, g)
+        n += len(chosen)
+    assert n >= 8
+
+
+def test_split_slice_step_removed(mbv2_int8: Path) -> None:
+    for kind in ("slice", "tensor"):  # the slice lands in a slice buffer / a full tensor
+        g, plan = forced(mbv2_int8)
+        del plan.steps[slice_writer(plan, kind)]
+        reindex(plan)
+        relive(plan, g)
+        assert "slice_coverage" in codes(plan, g)
+    g, plan = forced(mbv2_int8)
+    del plan.steps[next(i for i, s in enumerate(plan.steps) if s.mode == "accumulate")]
+    reindex(plan)
+    relive(plan, g)
+    assert {"slice_coverage", "read_before_write"} <= codes(plan, g)
+
+
+def test_split_slice_step_duplicated(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    i = slice_writer(plan, "tensor")
+    plan.steps.insert(i + 1, copy.deepcopy(plan.steps[i]))
+    reindex(plan)
+    relive(plan, g)
+    vs = validate(plan, g)
+    assert {v.code for v in vs} == {"duplicate_op"}
+    assert "twice" in vs[0].message
+
+
+def test_split_swapped_slice_steps_lose_a_slice(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    st = plan.steps
+    # i writes a slice buffer, i + 1 reads it, i + 2 writes the next slice into it
+    i = next(i for i in range(len(st) - 2) if st[i].mode == "slice"
+             and kind_of(plan, st[i].writes[0]) == "slice" and st[i].writes[0] in st[i + 1].reads
+             and st[i + 2].writes == st[i].writes)
+    st[i + 1], st[i + 2] = st[i + 2], st[i + 1]
+    reindex(plan)
+    vs = validate(plan, g)
+    assert {"slice_lost", "read_before_write"} <= {v.code for v in vs}
+    assert "order" not in {v.code for v in vs}  # the channels were computed, then overwritten
+    lost = next(v for v in vs if v.code == "slice_lost")
+    assert st[i].writes[0] in lost.message and f"step {i}" in lost.message
+
+
+def test_split_requantize_before_last_accumulate(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    r = max((i for i, s in enumerate(plan.steps) if s.mode == "requantize"),
+            key=lambda i: sum(s.op == plan.steps[i].op for s in plan.steps))
+    assert plan.steps[r - 1].mode == "accumulate" and plan.steps[r - 1].op == plan.steps[r].op
+    move_step(plan, r, r - 1)
+    assert {"requantize", "read_before_write"} <= codes(plan, g)
+
+
+def test_split_requantize_missing_or_twice(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    r = next(i for i, s in enumerate(plan.steps) if s.mode == "requantize")
+    plan.steps.insert(r + 1, copy.deepcopy(plan.steps[r]))
+    reindex(plan)
+    relive(plan, g)
+    assert "duplicate_op" in codes(plan, g)
+    del plan.steps[r:r + 2]
+    reindex(plan)
+    assert "requantize" in codes(plan, g)
+
+
+def test_split_accumulator_alias_at_other_offset(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    b = next(b for b in plan.buffers if b.alias_of and kind_of(plan, b.alias_of) == "accumulator")
+    move_to_top(plan, b)
+    vs = validate(plan, g)
+    assert {v.code for v in vs} == {"alias"}
+    assert "offset" in vs[0].message
+    g, plan = forced(mbv2_int8)
+    b = next(b for b in plan.buffers if b.alias_of and kind_of(plan, b.alias_of) == "accumulator")
+    plan.buffer(str(b.alias_of)).last_step += 1  # accumulator outlives the handover
+    assert {"alias", "overlap"} <= codes(plan, g)
+
+
+def test_split_accumulator_wrong_size(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    a = next(b for b in plan.buffers if b.kind == "accumulator")
+    a.size += plan.align
+    move_to_top(plan, a)  # keep the aliased output at the accumulator's offset
+    b = next(b for b in plan.buffers if b.alias_of == a.name)
+    b.offset = a.offset
+    refit(plan)
+    assert codes(plan, g) == {"size"}
+
+
+def test_split_slice_buffer_too_small(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    sb = next(b for b in plan.buffers if b.kind == "slice")
+    sb.size -= 1
+    vs = validate(plan, g)
+    assert {v.code for v in vs} == {"size"}
+    assert sb.name in vs[0].message
+
+
+def test_split_slice_buffer_on_live_tensor(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    sb = next(b for b in plan.buffers if b.kind == "slice")
+    t = next(b for b in plan.buffers if b.kind == "tensor" and b.size >= sb.size
+             and overlaps(b.first_step, b.last_step + 1, sb.first_step, sb.last_step + 1))
+    sb.offset = t.offset
+    refit(plan)
+    vs = validate(plan, g)
+    assert {v.code for v in vs} == {"overlap"}
+    assert any(sb.name in v.message and t.name in v.message for v in vs)
+
+
+def test_split_slice_only_tensor_read_whole(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    i = next(i for i, s in enumerate(plan.steps) if s.mode == "slice"
+             and any(kind_of(plan, r) == "slice" for r in s.reads))
+    plan.steps[i].mode, plan.steps[i].slice = "whole", None
+    assert {"io", "duplicate_op"} <= codes(plan, g)
+
+
+def test_split_full_tensor_read_before_last_slice(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    i = slice_writer(plan, "tensor")
+    name = plan.steps[i].writes[0]
+    last = max(k for k, s in enumerate(plan.steps) if name in s.writes)
+    reader = next(k for k, s in enumerate(plan.steps) if name in s.reads)
+    move_step(plan, reader, last)
+    relive(plan, g)
+    assert {"order", "read_before_write"} <= codes(plan, g)
+
+
+def test_split_bad_mode_and_slice_fields(mbv2_int8: Path) -> None:
+    g, base = forced(mbv2_int8)
+    i = slice_writer(base, "tensor")
+    cases = [("mode", "bogus", "mode"), ("slice", [0, 10**6], "slice_range"),
+             ("slice", [4, 2], "slice_range"), ("slice", None, "slice_range")]
+    for attr, val, code in cases:
+        plan = copy.deepcopy(base)
+        setattr(plan.steps[i], attr, val)
+        assert code in codes(plan, g), (attr, val)
+    plan = copy.deepcopy(base)
+    w = next(s for s in plan.steps if s.mode == "whole" and s.kind == "global_avgpool")
+    w.slice = [0, 1]
+    assert codes(plan, g) == {"slice_range"}
+    plan = copy.deepcopy(base)
+    a = next(s for s in plan.steps if s.mode == "accumulate")
+    a.mode = "slice"  # a conv writing its accumulator in slice mode
+    assert {"mode", "io"} <= codes(plan, g)
+
+
+def _scratch_step(plan: Plan) -> int:
+    return next(i for i, s in enumerate(plan.steps) if s.scratch)
+
+
+def test_split_inplace_depthwise_needs_scratch(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    s = plan.steps[_scratch_step(plan)]
+    out = plan.buffer(s.writes[0])
+    assert out.alias_of in s.reads
+    plan.buffers.remove(plan.buffer(s.scratch.pop()))
+    refit(plan)
+    vs = validate(plan, g)
+    assert {v.code for v in vs} == {"alias", "overlap"}
+    assert any("scratch" in v.message and out.name in v.message for v in vs)
+
+
+def test_split_inplace_depthwise_scratch_too_small_or_misplaced(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    s = plan.steps[_scratch_step(plan)]
+    plan.buffer(s.scratch[0]).size -= 1
+    refit(plan)
+    assert codes(plan, g) == {"alias", "overlap"}
+    g, plan = forced(mbv2_int8)
+    i = _scratch_step(plan)
+    tmp = plan.buffer(plan.steps[i].scratch[0])
+    tmp.offset = plan.buffer(plan.steps[i].reads[0]).offset  # over the depthwise's input
+    refit(plan)
+    assert codes(plan, g) == {"overlap"}
+    g, plan = forced(mbv2_int8)
+    i = _scratch_step(plan)
+    plan.steps[i].scratch = [plan.steps[i].reads[0]]  # a tensor buffer is no scratch
+    assert "scratch" in codes(plan, g)
+
+
+def test_split_lifetime_must_cover_every_slice(mbv2_int8: Path) -> None:
+    g, plan = forced(mbv2_int8)
+    sb = next(b for b in plan.buffers if b.kind == "slice" and b.last_step > b.first_step + 1)
+    sb.last_step -= 1
+    assert {"not_live", "lifetime"} <= codes(plan, g)
+
+
+def _slice_graph(first: OpKind = OpKind.CONV, second: OpKind = OpKind.RELU,
+                 mid: str = "tensor") -> tuple[Graph, Plan]:
+    """Two ops, each run as two slice steps of 2 of 4 channels, interleaved (op1 [0, 2),
+    op2 [0, 2), op1 [2, 4), op2 [2, 4)); the middle tensor t1 is a full tensor buffer written
+    slice by slice (mid="tensor") or only a slice buffer (mid="slice")."""
+    tensors = tuple(Tensor(id=k, name=f"t{k}", shape=(1, 2, 2, 4), dtype="int8", nbytes=16)
+                    for k in range(3))
+    kinds = (first, second)
+    ops = tuple(Op(id=k, name=f"op{k + 1}", kind=kinds[k], onnx_type="x", inputs=(k,),
+                   outputs=(k + 1,)) for k in range(2))
+    g = Graph(name="slices", tensors=tensors, ops=ops, inputs=(0,), outputs=(2,), dtype="int8",
+              source_sha256="cd" * 32)
+    t1 = "t1@slice" if mid == "slice" else "t1"
+    steps = [Step(index=k, op=f"op{k % 2 + 1}", kind=kinds[k % 2].value,
+                  reads=[("t0", t1)[k % 2]], writes=[(t1, "t2")[k % 2]],
+                  slice=[k // 2 * 2, k // 2 * 2 + 2], mode="slice") for k in range(4)]
+    bufs = [Buffer(name=n, tensor=n.split("@")[0], kind=mid if n == t1 else "tensor",
+                   offset=16 * k, size=8 if n == "t1@slice" else 16, first_step=(0, 0, 1)[k],
+                   last_step=(2, 3, 3)[k]) for k, n in enumerate(("t0", t1, "t2"))]
+    plan = Plan(model={"path": "slices", "sha256": "cd" * 32}, arena_bytes=48,
+                budget_bytes=None, fits=True, align=4, dtype="int8", input_external=False,
+                steps=steps, buffers=bufs, solver=SolverInfo("OPTIMAL", 48, 0.0, 0.0, 0, 1, 1.0))
+    plan.arena_bytes = max(b.offset + b.size for b in bufs)
+    return g, plan
+
+
+def test_handmade_slice_read_of_full_tensor() -> None:
+    g, plan = _slice_graph()
+    assert_valid(plan, g)
+    plan.steps[2], plan.steps[3] = plan.steps[3], plan.steps[2]  # op2 [2, 4) before op1's
+    reindex(plan)
+    assert {"order", "read_before_write"} <= codes(plan, g)
+    g, plan = _slice_graph()
+    plan.steps[1].slice = [0, 4]  # op2 reads channels 2..4 before they exist
+    assert {"order", "read_before_write", "duplicate_op"} <= codes(plan, g)
+
+
+def test_handmade_slice_only_chain() -> None:
+    g, plan = _slice_graph(OpKind.CONV, OpKind.RELU, "slice")
+    assert_valid(plan, g)
+    g, plan = _slice_graph(OpKind.RELU, OpKind.CONV, "slice")
+    vs = validate(plan, g)  # a conv output slice needs all 4 input channels, t1@slice holds 2
+    assert {v.code for v in vs} == {"order", "read_before_write", "slice_lost"}
+    assert any("needs channels [0, 4) of 't1@slice'" in v.message for v in vs)
+    g, plan = _slice_graph(OpKind.CONV, OpKind.RELU, "slice")
+    plan.steps[3].mode = "whole"  # the last op writes its output whole, twice
+    plan.steps[3].slice = None
+    assert {"io", "duplicate_op"} <= codes(plan, g)
+    g, plan = _slice_graph(OpKind.SOFTMAX, OpKind.RELU, "slice")
+    assert "mode" in codes(plan, g)  # softmax cannot run on channel slices
+
+
+def test_validator_does_not_import_solver_or_builder() -> None:
+    code = ("import sys, pexopt.plan.validator, pexopt.plan.validator_slices; "
+            "bad = [m for m in sys.modules if m.startswith('pexopt.solver') "
+            "or m == 'pexopt.plan.build']; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_random_corruption_of_split_plan_never_crashes(mbv2_int8: Path) -> None:
+    g, base = forced(mbv2_int8)
+    names = [b.name for b in base.buffers] + ["ghost"]
+    for seed in range(200):
+        rng = random.Random(seed)
+        plan = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 4)):
+            s = rng.choice(plan.steps)
+            b = rng.choice(plan.buffers)
+            what = rng.randrange(6)
+            if what == 0:
+                s.mode = rng.choice(["whole", "slice", "accumulate", "requantize", "x"])
+            elif what == 1:
+                s.slice = rng.choice([None, [0], [3, 1], [0, 10**6], ["a", 1],
+                                      [rng.randint(-2, 40), rng.randint(-2, 80)]])
+            elif what == 2:
+                s.scratch = rng.sample(names, rng.randint(0, 2))
+            elif what == 3:
+                setattr(s, rng.choice(["reads", "writes"]), rng.sample(names, 2))
+            elif what == 4:
+                b.kind = rng.choice(["tensor", "slice", "accumulator", "scratch", "x"])
+                b.tensor = rng.choice([None, b.tensor, "ghost", names[0]])
+            else:
+                b.alias_of = rng.choice(names + [None])
+                b.size += rng.randint(-40, 40)
+        vs = validate(plan, g)
+        assert all(isinstance(v, Violation) and "\n" not in v.message for v in vs)
 
 
 # ---------------------------------------------------------------------------- overlap sweep
