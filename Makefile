@@ -35,7 +35,7 @@ bench: $(STAMP) $(BUILT)
 	$(BIN)/pexopt bench models/*_int8.onnx $(SHARED_MODELS) --out bench_out
 
 bench-readme: $(STAMP) $(BUILT)
-	$(BIN)/pexopt bench models/*_int8.onnx $(SHARED_MODELS) --out bench_out --update-readme README.md
+	$(BIN)/pexopt bench models/*_int8.onnx $(SHARED_MODELS) --random-dags 4 --out bench_out --update-readme README.md
 
 clean:
 	rm -rf $(VENV) out bench_out

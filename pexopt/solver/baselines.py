@@ -71,10 +71,13 @@ def tflm_arena(graph: Graph) -> int:
     return max((offs[r.index] + r.size for r in reqs), default=0)
 
 
-def reorder_peak(graph: Graph, max_states: int = 200_000) -> tuple[int, list[int]] | None:
+def reorder_peak(graph: Graph, max_states: int = 200_000,
+                 inplace: dict[int, list[int]] | None = None) -> tuple[int, list[int]] | None:
     """Exact minimum over topological orders of the peak sum of live bytes.
 
-    Returns (peak, order) or None when the search exceeds `max_states` memo entries.
+    inplace: op -> inputs its output may overwrite when they die there (then the pair counts
+    once while the op runs). Returns (peak, order) or None when the search exceeds
+    `max_states` memo entries.
     """
     n = len(graph.ops)
     size = [0 if t.external else t.nbytes for t in graph.tensors]
@@ -104,8 +107,12 @@ def reorder_peak(graph: Graph, max_states: int = 200_000) -> tuple[int, list[int
         live = live_after(done)
         for t in graph.ops[k].outputs:
             live += size[t]
-        # inputs of k that die now are still live during k (counted in live_after(done))
-        return live
+        # inputs of k that die now are still live during k (counted in live_after(done)),
+        # unless the output overwrites one of them in place
+        after = done | (1 << k)
+        share = [min(size[i], size[graph.ops[k].outputs[0]]) for i in (inplace or {}).get(k, [])
+                 if not cons_mask[i] & ~after and i not in outputs]
+        return live - max(share, default=0)
 
     memo: dict[int, tuple[int, int]] = {}
     full = (1 << n) - 1

@@ -25,7 +25,7 @@ from ortools.sat.python import cp_model
 
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
-from pexopt.solver.baselines import Lifetime, greedy_by_size
+from pexopt.solver.baselines import Lifetime, greedy_by_size, reorder_peak
 from pexopt.solver.bounds import any_order_bound, inplace_candidates, split_bound
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
@@ -449,6 +449,13 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     if params.use_bound:
         lb = split_bound(graph, segments, params.inplace) if segments else any_order_bound(
             graph, params.inplace)[0]
+        if not segments:
+            # without splits, the best peak of live bytes over all orders (in-place pairs
+            # counted once) bounds the arena; exact search, skipped when it grows too large
+            reo = reorder_peak(graph, max_states=20_000,
+                               inplace=all_inplace_candidates(graph) if params.inplace else None)
+            if reo is not None:
+                lb = max(lb, reo[0])
     else:
         lb = 0
     file_order = list(range(len(graph.ops)))
