@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from pexopt import __version__
@@ -40,7 +41,7 @@ def friendly(fn: F) -> F:
         try:
             return fn(*a, **kw)
         except PexError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except BrokenPipeError:  # `pexopt ... | head`: the reader left; not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -51,7 +52,8 @@ def friendly(fn: F) -> F:
         except typer.Exit:
             raise
         except Exception as e:  # a bug: still one line, with what to report
-            err.print(f"[red]internal error:[/red] {type(e).__name__}: {e}", highlight=False,
+            err.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))}",
+                      highlight=False,
                       soft_wrap=True)
             raise typer.Exit(EXIT_INVALID) from None
 
@@ -129,7 +131,7 @@ def inspect(model: Path, dtype: Dtype = "int8", input_external: External = False
         return
     _print_table(inspect_table(graph, peak))
     for line in inspect_summary(graph, peak):
-        out.print(line, highlight=False, soft_wrap=True)
+        out.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 class _LiveLine:
@@ -199,14 +201,15 @@ def solve(model: Path,
         st = splits_table(res)
         if st is not None:
             _print_table(st)
-        out.print(peak_line(res), highlight=False, soft_wrap=True)
+        out.print(peak_line(res), highlight=False, soft_wrap=True, markup=False)
         if report is not None:
             out.print(_verify_line(report), highlight=False, soft_wrap=True)
         if output is not None:
-            out.print(f"plan written to {output}", highlight=False, soft_wrap=True)
+            out.print(f"plan written to {output}", highlight=False, soft_wrap=True, markup=False)
     if not plan.fits:
         err.print(f"does not fit: the smallest arena found is {plan.arena_bytes:,} B, "
-                  f"budget {budget:,} B ({peak_line(res)})", highlight=False, soft_wrap=True)
+                  f"budget {budget:,} B ({peak_line(res)})", highlight=False, soft_wrap=True,
+                  markup=False)
         raise typer.Exit(EXIT_NO_FIT)
 
 
@@ -274,7 +277,7 @@ def validate_cmd(plan_file: Path, model: Path, input_shape: Shapes = None,
                           "violations": [asdict(v) for v in violations]}))
     elif violations:
         for v in violations[:50]:
-            err.print(f"[red]{v.code}[/red]: {v.message}", highlight=False, soft_wrap=True)
+            err.print(f"[red]{v.code}[/red]: {escape(v.message)}", highlight=False, soft_wrap=True)
         if len(violations) > 50:
             err.print(f"... and {len(violations) - 50} more")
     else:

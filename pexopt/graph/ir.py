@@ -88,6 +88,11 @@ class Op:
     activation: Activation | None = None
     consts: tuple[str, ...] = ()
     onnx_nodes: tuple[str, ...] = ()
+    plain_inputs: tuple[bool, ...] = ()  # per input: read as stored, so channel-sliceable
+
+    def sliceable(self) -> bool:
+        """Every input is read as stored (no reshape moving the channel axis in between)."""
+        return all(self.plain_inputs) if self.plain_inputs else True
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class _Op:
     activation: Activation | None = None
     fused: list[str] = field(default_factory=list)
     dead: bool = False
+    raw_inputs: list[str] = field(default_factory=list)  # the ONNX values read, per input
 
 
 class _Importer:
@@ -286,8 +287,9 @@ class _Importer:
             if shp is None:
                 raise ModelError(f"{self._where(node)}: output '{o}' has no static shape; "
                                  "pass --input-shape to fix the input dimensions")
+        raw = [i for i in node.input if i and i not in self.consts]
         return _Op(node=node, kind=kind, inputs=act_in, outputs=outputs, consts=consts,
-                   attrs=attrs, fused=[node.name or node.output[0]])
+                   attrs=attrs, fused=[node.name or node.output[0]], raw_inputs=raw)
 
     # -- fusion ----------------------------------------------------------------------------
     def _consumers(self) -> dict[str, list[_Op]]:
@@ -382,6 +384,8 @@ class _Importer:
                 a = c.attrs
                 assert isinstance(a, ConvAttrs)
                 c.attrs = replace(a, pads=tuple(x + y for x, y in zip(a.pads, pads)))
+                c.raw_inputs = [op.raw_inputs[0] if i == t else r
+                                for i, r in zip(c.inputs, c.raw_inputs)]
                 c.inputs = [op.inputs[0] if i == t else i for i in c.inputs]
                 c.fused = op.fused + c.fused
             op.dead = True
@@ -409,6 +413,17 @@ class _Importer:
             return None  # only non-negative spatial pads
         # begins (N, C, H, W) then ends (N, C, H, W); ours: top, left, bottom, right
         return (p[2], p[3], p[6], p[7])
+
+    def _plain_view(self, raw: str, root: str) -> bool:
+        """The op reads the tensor as stored (NHWC), not through a reshape that moves the
+        channel axis, so a channel slice of the tensor is a channel slice of what it reads."""
+        if raw == root or self.view_perm.get(raw) is not None:
+            return True
+        rs, vs = self.shape(root), self.shape(raw)
+        if rs is None or vs is None or not vs:
+            return False
+        c = self.nhwc(root, rs)[-1]
+        return int(np.prod(vs)) == c and vs[-1] == c  # e.g. (1, 1, 1, C) viewed as (1, C)
 
     # -- freeze ----------------------------------------------------------------------------
     def nhwc(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -479,7 +494,9 @@ class _Importer:
                           macs=_macs(op.kind, op.attrs, [tensors[i] for i in ins],
                                      [tensors[o] for o in outs], self._reduced_dim(op)),
                           attrs=op.attrs, activation=op.activation, consts=tuple(op.consts),
-                          onnx_nodes=tuple(op.fused)))
+                          onnx_nodes=tuple(op.fused),
+                          plain_inputs=tuple(self._plain_view(r, t)
+                                             for r, t in zip(op.raw_inputs, op.inputs))))
         return tensors, ops, [tid[t] for t in dict.fromkeys(graph_inputs)], [
             tid[t] for t in dict.fromkeys(graph_outputs)]
 

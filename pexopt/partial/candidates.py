@@ -84,7 +84,7 @@ def workspace_bytes(graph: Graph, seg: Segment, width: int, align: int = 1) -> i
 
 def _same_slice_ok(graph: Graph, op: Op) -> bool:
     """Maps channel slice c..c+s of every input to the same slice of its one output."""
-    if SPECS[op.kind].split != Split.SAME_SLICE or len(op.outputs) != 1:
+    if SPECS[op.kind].split != Split.SAME_SLICE or len(op.outputs) != 1 or not op.sliceable():
         return False
     out = graph.tensors[op.outputs[0]]
     if len(out.shape) < 2:
@@ -103,7 +103,8 @@ def _output_slice_ok(graph: Graph, op: Op) -> bool:
 
 def _accumulate_ok(graph: Graph, op: Op, t: int) -> bool:
     """Consumes input-channel slices of tensor t into an accumulator (dense conv / FC)."""
-    if not SPECS[op.kind].accumulate or op.inputs != (t,) or len(op.outputs) != 1:
+    if (not SPECS[op.kind].accumulate or op.inputs != (t,) or len(op.outputs) != 1
+            or not op.sliceable()):
         return False
     x = graph.tensors[t]
     if op.kind == OpKind.FULLY_CONNECTED and x.elements != channels(x):

@@ -51,6 +51,9 @@ def _mode_problem(ix: PlanIndex, op: Op, mode: str) -> str | None:
         return f"mode '{mode}' is not one of {', '.join(MODES)}"
     if mode == "whole":
         return None
+    if not (mode == "slice" and spec.split == Split.OUTPUT_SLICE) and not all(
+            op.plain_inputs or (True,)):
+        return "it reads an input through a reshape that moves the channel axis"
     if len(op.outputs) != 1 or len(g.tensors[op.outputs[0]].shape) < 2:
         return f"'{op.kind.value}' with {len(op.outputs)} outputs cannot run on channel slices"
     if mode == "slice":

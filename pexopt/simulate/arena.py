@@ -175,6 +175,20 @@ def _scribble(ctx: _Ctx, step: int, dying: list[Buffer], live_next: list[Buffer]
             at = max(at, z)
 
 
+def _check_sizes(ctx: _Ctx) -> None:
+    """Every tensor buffer holds its tensor in the dtype the kernels compute it in."""
+    for b in ctx.plan.buffers:
+        if b.kind != "tensor":
+            continue
+        t = ctx.tensors[b.tensor]
+        need = t.elements * element_dtype(t).itemsize
+        if b.size < need:
+            raise SimulationError(
+                f"tensor '{t.name}' is computed in {element_dtype(t).name} ({need} B) but the "
+                f"plan sizes it {b.size} B; solve a float model with --dtype float32 or "
+                "quantize it first")
+
+
 def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
              inputs: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
     """Execute every step in the arena; returns the graph outputs by IR tensor name."""
@@ -192,10 +206,17 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
             ctx.external[t.name] = x
         elif t.name in ctx.bufs:
             _tensor_view(ctx, t.name)[...] = x
+    _check_sizes(ctx)
     dies: dict[int, list[Buffer]] = {}
+    born: dict[int, list[Buffer]] = {}
+    inputs_in_arena = {graph.tensors[t].name for t in graph.inputs}
     for b in plan.buffers:
         dies.setdefault(b.last_step, []).append(b)
+        if b.alias_of is None and b.name not in inputs_in_arena:
+            born.setdefault(b.first_step, []).append(b)
     for step in plan.steps:
+        for b in born.get(step.index, []):  # fresh garbage: a handover overlap must show
+            ctx.mem[b.offset:b.offset + b.size] = rng.integers(0, 256, b.size, dtype=np.uint8)
         op = ctx.ops.get(step.op)
         if op is None:
             raise SimulationError(f"step {step.index}: unknown op '{step.op}'")
