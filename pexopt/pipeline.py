@@ -121,6 +121,7 @@ class BenchRow:
     status: str
     seconds: float
     input_counted: bool
+    peak: str = ""  # the operator at the plan's peak and its largest live buffers
 
     @property
     def ratio(self) -> float:
@@ -150,7 +151,15 @@ def _row(name: str, res: SolveResult, input_counted: bool) -> BenchRow:
                     layerwise=res.layerwise if res.layerwise is not None else res.plan.arena_bytes,
                     arena=res.plan.arena_bytes, splits=len(res.plan.splits),
                     bound=res.schedule.bound, gap=res.schedule.gap, status=res.schedule.status,
-                    seconds=res.schedule.seconds, input_counted=input_counted)
+                    seconds=res.schedule.seconds, input_counted=input_counted,
+                    peak=_peak_words(res.peak))
+
+
+def _peak_words(pk: Peak, width: int = 40) -> str:
+    op = pk.op if len(pk.op) <= width else pk.op[:width - 3] + "..."
+    sizes = " + ".join(f"{b:,}" for _, b in pk.buffers[:3])
+    more = " + ..." if len(pk.buffers) > 3 else ""
+    return f"{op} ({sizes}{more})"
 
 
 def naive_peak(graph: Graph) -> tuple[int, int]:

@@ -42,6 +42,9 @@ class Segment:
     accumulate: bool
     widths: tuple[int, ...]
 
+    def spec(self, width: int) -> SplitSpec:
+        return SplitSpec(dim="channel", extent=width, halo=0)
+
     def slices(self, width: int) -> list[tuple[int, int]]:
         """Channel ranges [c0, c1) of the slices for one width."""
         return [(c, min(self.channels, c + width)) for c in range(0, self.channels, width)]

@@ -7,6 +7,8 @@ lifetimes are derived from the steps themselves; offsets come from the schedule.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from pexopt.graph.ir import Graph
 from pexopt.partial.candidates import accumulator_bytes, slice_bytes, slice_offsets
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step
@@ -158,6 +160,7 @@ def _split_summary(graph: Graph, sched: Schedule) -> list[dict]:
         ws = sum(slice_bytes(graph.tensors[t], w) for t in s.internal)
         out.append({"ops": [graph.ops[k].name for k in s.ops],
                     "kinds": [graph.ops[k].kind.value for k in s.ops], "width": w,
+                    "split": asdict(s.spec(w)),
                     "slices": len(s.slices(w)), "channels": s.channels,
                     "accumulate": s.accumulate, "bytes_saved": whole - ws - extra})
     return out

@@ -85,19 +85,20 @@ def peak_line(res: SolveResult) -> str:
 
 BENCH_COLS = ("model", "ops", "TFLM arena", "reorder bound", "layer by layer",
               "partial execution", "splits", "pexopt/TFLM", "lower bound", "gap", "status",
-              "solve s")
+              "solve s", "peak at (live buffers, B)")
 
 
 def bench_cells(r: BenchRow) -> list[str]:
     return [r.model, str(r.ops), kb(r.tflm), kb(r.reorder_bound), kb(r.layerwise), kb(r.arena),
             str(r.splits), f"{r.ratio:.3f}", kb(r.bound), f"{100 * r.gap:.1f}%", r.status,
-            f"{r.seconds:.2f}"]
+            f"{r.seconds:.2f}", r.peak]
 
 
 def bench_table(rows: list[BenchRow]) -> Table:
     t = Table(title="pexopt bench (int8, graph input in the arena unless noted)")
     for c in BENCH_COLS:
-        t.add_column(c, justify="left" if c in ("model", "status") else "right")
+        t.add_column(c, justify="left" if c in ("model", "status") or c.startswith("peak")
+                     else "right")
     for r in rows:
         t.add_row(*bench_cells(r))
     return t
@@ -105,7 +106,8 @@ def bench_table(rows: list[BenchRow]) -> Table:
 
 def bench_markdown(rows: list[BenchRow], workers: int) -> str:
     head = "| " + " | ".join(BENCH_COLS) + " |\n"
-    sep = "|" + "|".join("---" if c in ("model", "status") else "---:" for c in BENCH_COLS) + "|\n"
+    sep = "|" + "|".join("---" if c in ("model", "status") or c.startswith("peak") else "---:"
+                         for c in BENCH_COLS) + "|\n"
     body = "".join("| " + " | ".join(bench_cells(r)) + " |\n" for r in rows)
     note = (f"\nArena bytes, int8 activations, graph input counted; {workers} CP-SAT workers. "
             "TFLM = TFLM's greedy planner in file order (explicit Pads kept); reorder bound = "

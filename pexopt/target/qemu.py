@@ -166,7 +166,8 @@ def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> subprocess.C
                           text=True)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "error" in ln), lines[0] if lines else "")
+        first = next((ln for ln in lines if "error:" in ln or "Error:" in ln),
+                     next((ln for ln in lines if "error" in ln), lines[0] if lines else ""))
         raise TargetError(f"{what} failed: {first.strip()}")
     return proc
 
@@ -294,6 +295,8 @@ def build_firmware(pex_dir: str | os.PathLike, input: bytes, board: str = "mps2-
         raise TargetError(f"stack_size must be a positive multiple of 8, not {stack_size}")
     tools = require_tools(count_insns)
     gcc = tools["arm-none-eabi-gcc"]
+    if not (HARNESS_DIR / LINKER_SCRIPT).is_file():
+        raise TargetError(f"harness sources not found in {HARNESS_DIR} (needs a source checkout)")
     pex_dir = Path(pex_dir)
     if not pex_dir.is_dir():
         raise TargetError(f"{pex_dir}: no such folder")
