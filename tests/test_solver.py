@@ -278,6 +278,24 @@ def test_brute_force_optimum(inplace: bool) -> None:
     assert reordered >= 1
 
 
+@pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "no_inplace"])
+def test_order_search_bound_is_valid(inplace: bool) -> None:
+    """The order-search bound never exceeds the true optimum, and its order reaches it."""
+    from pexopt.solver.bounds import order_search_bound
+    from pexopt.solver.cpsat_layout import all_inplace_candidates
+
+    tight = 0
+    for g in SMALL:
+        opt = brute_force(g, inplace)
+        lo, _ = any_order_bound(g, inplace)
+        cands = all_inplace_candidates(g) if inplace else None
+        bound, order = order_search_bound(g, lo, opt + 1, cands)
+        assert lo <= bound <= opt, g.name
+        assert order is not None and sorted(order) == list(range(len(g.ops)))
+        tight += bound == opt
+    assert tight >= len(SMALL) // 2  # it is a strong bound, not only a valid one
+
+
 def test_brute_force_structured() -> None:
     for g in (inception(2, 2), inception(3, 2, big=40, small=4), unet(2),
               chain([16, 32, 32, 8, 40], relu_after=(1, 2))):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
 
@@ -136,3 +138,86 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True) -> int:
             lk = min(lk, macro[s.id])
         best = max(best, lk)
     return best
+
+
+def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[int]] | None,
+                       max_states: int = 200_000, seconds: float = 10.0
+                       ) -> tuple[int, list[int] | None]:
+    """Raise the lower bound `lo` by proving that no operator order keeps the sum of live
+    bytes (in-place pairs counted once) at or below some X < hi.
+
+    Binary search on X; each probe is a depth-first search over executed-op sets that never
+    exceeds X. A probe that would visit more than `max_states` sets stops the search; every
+    X proven impossible so far still gives a valid bound X + 1 (likewise past `seconds`).
+    Returns the bound and an order that reaches the smallest X found feasible (or None).
+    """
+    import time
+
+    deadline = time.time() + seconds
+    n = len(graph.ops)
+    if n == 0 or lo >= hi:
+        return lo
+    size = [0 if t.external else t.nbytes for t in graph.tensors]
+    cons = graph.consumers()
+    outs = set(graph.outputs)
+    cons_mask = {t: sum(1 << c for c in cs) for t, cs in cons.items()}
+    preds = [0] * n
+    for k, ps in enumerate(graph.preds()):
+        for p in ps:
+            preds[k] |= 1 << p
+    ops = graph.ops
+    add = [sum(size[t] for t in op.outputs if t in outs or cons[t]) for op in ops]
+    born = [sum(size[t] for t in op.outputs) for op in ops]
+    share_of = {k: [(i, min(size[i], size[ops[k].outputs[0]])) for i in v]
+                for k, v in (inplace or {}).items()}
+    start = sum(size[t] for t in graph.inputs)
+    full = (1 << n) - 1
+
+    def feasible(x: int) -> list[int] | bool | None:
+        if start > x:
+            return False
+        parent = {0: (0, -1)}
+        stack = [(0, start)]
+        while stack:
+            done, live = stack.pop()
+            if done == full:
+                order = []
+                while done:
+                    done, k = parent[done]
+                    order.append(k)
+                return order[::-1]
+            for k in range(n):
+                if (done >> k) & 1 or preds[k] & ~done:
+                    continue
+                after = done | (1 << k)
+                if after in parent:
+                    continue
+                dying = sum(size[i] for i in dict.fromkeys(ops[k].inputs)
+                            if not cons_mask[i] & ~after and i not in outs)
+                share = max((s for i, s in share_of.get(k, ())
+                             if not cons_mask[i] & ~after and i not in outs), default=0)
+                if live + born[k] - share > x:
+                    continue
+                parent[after] = (done, k)
+                if len(parent) > max_states or (len(parent) % 4096 == 0
+                                                and time.time() > deadline):
+                    return None
+                stack.append((after, live + add[k] - dying))
+        return False
+
+    # every sum of live bytes is a multiple of g: probe only those
+    g = math.gcd(*[x for x in size if x]) if any(size) else 1
+    best, order = lo, None
+    low, high = -(-lo // g), (hi - 1) // g  # is there an order with peak <= X * g?
+    while low <= high:
+        mid = (low + high) // 2
+        ok = feasible(mid * g)
+        if ok is None:
+            break
+        if ok is False:
+            best = max(best, (mid + 1) * g)
+            low = mid + 1
+        else:
+            order = ok
+            high = mid - 1
+    return best, order

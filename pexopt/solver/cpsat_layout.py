@@ -25,8 +25,13 @@ from ortools.sat.python import cp_model
 
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
-from pexopt.solver.baselines import Lifetime, greedy_by_size, reorder_peak
-from pexopt.solver.bounds import any_order_bound, inplace_candidates, split_bound
+from pexopt.solver.baselines import Lifetime, greedy_by_size
+from pexopt.solver.bounds import (
+    any_order_bound,
+    inplace_candidates,
+    order_search_bound,
+    split_bound,
+)
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
 
@@ -449,13 +454,6 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     if params.use_bound:
         lb = split_bound(graph, segments, params.inplace) if segments else any_order_bound(
             graph, params.inplace)[0]
-        if not segments:
-            # without splits, the best peak of live bytes over all orders (in-place pairs
-            # counted once) bounds the arena; exact search, skipped when it grows too large
-            reo = reorder_peak(graph, max_states=20_000,
-                               inplace=all_inplace_candidates(graph) if params.inplace else None)
-            if reo is not None:
-                lb = max(lb, reo[0])
     else:
         lb = 0
     file_order = list(range(len(graph.ops)))
@@ -474,6 +472,20 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     best.segments = fixed_model.segments if fixed is not None else []
     stages.append(f"file order {name} {best.arena}")
     bound = lb
+    if params.reorder and params.use_bound and not segments and best.arena > lb:
+        # without splits no order keeps less than the least peak of live bytes (in-place
+        # pairs counted once): search the orders for it, up to a quarter of the time
+        lb, good = order_search_bound(graph, lb, best.arena,
+                                      all_inplace_candidates(graph) if params.inplace else None,
+                                      seconds=0.25 * budget)
+        bound = lb
+        stages.append(f"order search bound {lb}")
+        if good is not None and good != best.order:  # lay out the order the search found
+            model = _Model(graph, params, good, segments, lb, best.arena)
+            _, other, _ = model.solve(max(0.5, 0.1 * budget), "searched order", progress)
+            if other is not None and other.arena < best.arena:
+                best = other
+                stages.append(f"searched order {other.arena}")
     if params.reorder and best.arena > lb and len(graph.ops) > 1:
         best.bound = lb  # the file-order stage's bound holds for the file order only
         remaining = max(0.5, budget - (time.time() - t0))

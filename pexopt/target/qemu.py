@@ -52,6 +52,9 @@ EXIT_STACK_OVERFLOW = 66
 MARKER_OVERHEAD = 3
 
 ARENA_SYMBOL = "pex_arena"
+# newlib system-call stubs (libnosys): linked only when the code uses stdio, malloc, exit, ...
+SYSCALL_STUBS = ("_write", "_read", "_open", "_close", "_lseek", "_fstat", "_isatty", "_sbrk",
+                 "_kill", "_getpid", "_exit", "_gettimeofday", "_times", "_unlink", "_link")
 INSTALL_HINT = ("apt-get install -y --no-install-recommends gcc-arm-none-eabi "
                 "libnewlib-arm-none-eabi qemu-system-arm")
 
@@ -308,7 +311,7 @@ def build_firmware(pex_dir: str | os.PathLike, input: bytes, board: str = "mps2-
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="pex_fw_"))
     obj_dir = work / "obj"
     obj_dir.mkdir(parents=True, exist_ok=True)
-    for stale in obj_dir.iterdir():
+    for stale in [*obj_dir.glob("*.o"), *obj_dir.glob("*.su")]:
         stale.unlink()
     main_c = work / "main.c"
     main_c.write_text(_main_c(data))
@@ -345,6 +348,10 @@ def build_firmware(pex_dir: str | os.PathLike, input: bytes, board: str = "mps2-
         if name not in syms:
             raise TargetError(f"symbol {name} not found in {elf.name} "
                               "(the arena must be one object named pex_arena)")
+    stubs = [n for n in SYSCALL_STUBS if n in syms]
+    if stubs:
+        raise TargetError(f"the code needs newlib system calls ({', '.join(stubs)}: stdio, "
+                          "malloc or exit?), which bare-metal firmware does not have")
     arena = syms[ARENA_SYMBOL][1]
     if arena != macros["PEX_ARENA_BYTES"]:
         raise TargetError(f"pex_arena is {arena} B in the ELF, pex_model.h says PEX_ARENA_BYTES "
