@@ -349,6 +349,22 @@ def _replace_section(readme: Path, md: str) -> None:
 
 
 @app.command()
+@friendly
+def quantize(model: Path,
+             output: Annotated[Path, typer.Option("-o", "--output", help="The int8 QDQ model.")],
+             calib: Annotated[str, typer.Option(
+                 "--calib", help="Calibration inputs: a .npy file, or random:N for a smoke "
+                 "test.")]) -> None:
+    """Quantise a float ONNX model to int8 QDQ (onnxruntime static quantisation)."""
+    from pexopt.quantize import quantize_model
+
+    rep = quantize_model(model, output, calib)
+    out.print(f"wrote {rep.path}: {rep.nodes} nodes, {rep.bytes:,} B, calibrated on "
+              f"{rep.samples} samples (sha256 {rep.sha256[:16]})", highlight=False,
+              markup=False)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     print(__version__)
