@@ -361,7 +361,7 @@ def quantize(model: Path,
     rep = quantize_model(model, output, calib)
     out.print(f"wrote {rep.path}: {rep.nodes} nodes, {rep.bytes:,} B, calibrated on "
               f"{rep.samples} samples (sha256 {rep.sha256[:16]})", highlight=False,
-              markup=False)
+              markup=False, soft_wrap=True)
 
 
 @app.command()
