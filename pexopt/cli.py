@@ -177,7 +177,7 @@ def solve(model: Path,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
     from pexopt.pipeline import parse_bytes, solve_model
-    from pexopt.report.tables import peak_line, solve_table, splits_table
+    from pexopt.report.tables import inplace_line, peak_line, solve_table, splits_table
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
@@ -201,6 +201,9 @@ def solve(model: Path,
         st = splits_table(res)
         if st is not None:
             _print_table(st)
+        ip = inplace_line(res)
+        if ip is not None:
+            out.print(ip, highlight=False, soft_wrap=True, markup=False)
         out.print(peak_line(res), highlight=False, soft_wrap=True, markup=False)
         if report is not None:
             out.print(_verify_line(report), highlight=False, soft_wrap=True)

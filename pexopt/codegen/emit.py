@@ -84,22 +84,31 @@ def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path
 
 
 def check_supported(graph: Graph) -> None:
-    """PexError naming the first node the emitter cannot compile (before anything is read)."""
+    """PexError naming the first node (or graph port) the emitter cannot compile."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        names = ", ".join(f"'{comment(graph.tensors[t].name)}'" for t in graph.outputs)
         raise PexError(f"codegen: models with exactly one input and one output are supported; "
-                       f"'{graph.name}' has {len(graph.inputs)} inputs and "
-                       f"{len(graph.outputs)} outputs")
+                       f"'{comment(graph.name)}' has {len(graph.inputs)} input(s) and "
+                       f"{len(graph.outputs)} outputs ({names})")
     for op in graph.ops:
+        where = f"codegen: node '{comment(op.name)}' ({comment(op.onnx_type)})"
         if op.kind not in SUPPORTED or (op.kind == OpKind.OPAQUE
                                         and op.onnx_type not in OPAQUE_SUPPORTED):
-            raise PexError(f"codegen: node '{op.name}' ({op.onnx_type}, kind "
-                           f"{op.kind.value}) is not supported by the C emitter")
+            raise PexError(f"{where}: operator kind '{op.kind.value}' is not supported by the C "
+                           "emitter")
+        ts = [graph.tensors[t] for t in (*op.inputs, *op.outputs)]
+        plain = [t for t in ts if not stored_int8(t)]
+        if graph.dtype != "int8" or plain:
+            what = f"tensor '{comment(plain[0].name)}' is {plain[0].dtype}" if plain else \
+                f"the graph is {graph.dtype}"
+            raise PexError(f"{where}: runs in float ({what}); the C emitter supports int8 "
+                           "operators only")
     for tid in (*graph.inputs, *graph.outputs):
         t = graph.tensors[tid]
         if not stored_int8(t):
             raise PexError(f"codegen: graph {'input' if tid in graph.inputs else 'output'} "
-                           f"'{t.name}' is {t.dtype} without int8 quantisation; the C API "
-                           "is int8 in, int8 out")
+                           f"'{comment(t.name)}' is {t.dtype} without int8 quantisation; the C "
+                           "API is int8 in, int8 out")
 
 
 def _write_folder(out: Path, files: dict[str, str]) -> list[Path]:
@@ -271,7 +280,7 @@ class _Emitter:
 
     # -- plumbing -------------------------------------------------------------------------
     def where(self, op: Op) -> str:
-        return f"codegen: node '{op.name}' ({op.onnx_type})"
+        return f"codegen: node '{comment(op.name)}' ({comment(op.onnx_type)})"
 
     def _op_slices(self) -> dict[str, list[tuple[int, int]]]:
         out: dict[str, list[tuple[int, int]]] = {}

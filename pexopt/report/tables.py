@@ -76,6 +76,22 @@ def splits_table(res: SolveResult) -> Table | None:
     return t
 
 
+def inplace_line(res: SolveResult) -> str | None:
+    """Operators that write over a dying input (and the temporary they need)."""
+    bufs = {b.name: b for b in res.plan.buffers}
+    parts = []
+    for s in res.plan.steps:
+        if s.mode != "whole":
+            continue
+        for w in s.writes:
+            b = bufs.get(w)
+            if b is None or b.alias_of is None or bufs[b.alias_of].kind != "tensor":
+                continue
+            tmp = "".join(f" through a {bufs[x].size:,} B temporary" for x in s.scratch)
+            parts.append(f"{s.op} over {b.alias_of}{tmp}")
+    return "in place: " + "; ".join(parts) if parts else None
+
+
 def peak_line(res: SolveResult) -> str:
     pk = res.peak
     bufs = ", ".join(f"{n} ({b:,} B)" for n, b in pk.buffers[:4])
