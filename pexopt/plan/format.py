@@ -92,6 +92,9 @@ def write_atomic(path: str | Path, text: str | bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)  # mkstemp creates 0600; give the file the usual permissions
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,340 @@
+"""Figures (matplotlib, Agg, no pyplot state) for one plan and for a sweep.
+
+`report_plan(plan, graph, out_dir)`: memory timeline + arena layout (PNG and SVG) + summary.md.
+`report_sweep(results_jsonl, out_dir)`: per model, arena vs plan steps (PNG and SVG) +
+summary.md. Sizes in kB = 1024 B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from pexopt.graph.ir import Graph
+from pexopt.plan.format import Buffer, Plan, write_atomic
+from pexopt.report.markdown import KB, group_rows, plan_summary, sweep_summary
+
+KIND_COLORS = {"tensor": "#4C72B0", "slice": "#DD8452", "accumulator": "#C44E52",
+               "scratch": "#8C8C8C"}
+SPLIT_SHADE = "#F2D16B"
+BUDGET_COLOR = "#D62728"
+ARENA_COLOR = "#222222"
+OTHER_COLOR = "#C8C8C8"
+NAMED_COLORS = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2",
+                "#393B79", "#BCBD22", "#17BECF")  # tab10 without its grey ("other" is grey)
+MAX_NAMED = 10  # buffers shown by name in the timeline; the rest is "other"
+MAX_LABELS = 8  # buffers labelled in the layout
+DPI = 130
+
+
+def _short(name: str, n: int = 34) -> str:
+    return name if len(name) <= n else name[: n - 3] + "..."
+
+
+def _new_figure(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "svg"):
+        p = out_dir / f"{stem}.{ext}"
+        tmp = out_dir / f".{stem}.tmp.{ext}"
+        fig.savefig(tmp, format=ext, dpi=DPI)
+        tmp.replace(p)
+        paths.append(p)
+    return paths
+
+
+# -- per plan ---------------------------------------------------------------------------------
+
+def live_matrix(plan: Plan) -> dict[str, list[int]]:
+    """Buffer name -> bytes it occupies at each step (an in-place pair is counted once)."""
+    n = len(plan.steps)
+    handover = {(b.alias_of, b.first_step) for b in plan.buffers if b.alias_of}
+    res: dict[str, list[int]] = {}
+    for b in plan.buffers:
+        row = [0] * n
+        for s in range(max(0, b.first_step), min(n - 1, b.last_step) + 1):
+            if (b.name, s) in handover and s == b.last_step:
+                continue  # overwritten in place by the output born at this step
+            row[s] = b.size
+        res[b.name] = row
+    return res
+
+
+def split_ranges(plan: Plan) -> list[tuple[int, int]]:
+    """Contiguous step ranges [first, last] run slice by slice (split subgraphs)."""
+    ranges: list[tuple[int, int]] = []
+    for s in plan.steps:
+        if s.mode == "whole":
+            continue
+        if ranges and ranges[-1][1] == s.index - 1:
+            ranges[-1] = (ranges[-1][0], s.index)
+        else:
+            ranges.append((s.index, s.index))
+    return ranges
+
+
+def split_buffers(plan: Plan) -> set[str]:
+    """Buffers of split subgraphs: slice buffers, accumulators, outputs written slice by slice."""
+    names = {b.name for b in plan.buffers if b.kind in ("slice", "accumulator")}
+    for s in plan.steps:
+        if s.mode in ("slice", "accumulate", "requantize"):
+            names.update(w for w in s.writes)
+    return names
+
+
+def _shade_splits(ax: Any, ranges: Sequence[tuple[int, int]], left: float) -> None:
+    for i, (a, b) in enumerate(ranges):
+        ax.axvspan(a + left, b + 1 + left, color=SPLIT_SHADE, alpha=0.35, lw=0, zorder=0,
+                   label="split subgraph (runs slice by slice)" if i == 0 else None)
+
+
+def _hlines(ax: Any, plan: Plan) -> None:
+    ax.axhline(plan.arena_bytes / KB, color=ARENA_COLOR, ls=":", lw=1.2,
+               label=f"arena {plan.arena_bytes / KB:,.1f} kB")
+    if plan.budget_bytes is not None:
+        ax.axhline(plan.budget_bytes / KB, color=BUDGET_COLOR, ls="--", lw=1.5,
+                   label=f"budget {plan.budget_bytes / KB:,.1f} kB"
+                   + ("" if plan.fits else " (does NOT fit)"))
+
+
+def _model_name(plan: Plan, graph: Graph | None) -> str:
+    return graph.name if graph is not None else Path(plan.model.get("path", "model")).stem
+
+
+def plot_timeline(plan: Plan, graph: Graph | None = None) -> Figure:
+    """Live bytes per step, stacked by buffer (the largest by name, the rest as 'other')."""
+    live = live_matrix(plan)
+    n = len(plan.steps)
+    by_size = sorted(plan.buffers, key=lambda b: (-b.size, b.name))
+    small = 0.04 * max(1, plan.arena_bytes)
+    named = [b for b in by_size if b.size >= small][:MAX_NAMED]
+    named_set = {b.name for b in named}
+    other = [sum(live[b.name][s] for b in plan.buffers if b.name not in named_set)
+             for s in range(n)]
+    fig = _new_figure(12, 5.2)
+    ax = fig.add_subplot()
+    x = list(range(n))
+    bottom = [0.0] * n
+    splits = split_buffers(plan)
+    for i, b in enumerate(named):
+        h = [v / KB for v in live[b.name]]
+        idx = [s for s in x if h[s] > 0]  # no empty bars (they bloat the SVG)
+        ax.bar(idx, [h[s] for s in idx], bottom=[bottom[s] for s in idx], width=1.0,
+               align="edge", color=NAMED_COLORS[i % len(NAMED_COLORS)], edgecolor="none",
+               hatch="///" if b.name in splits else None,
+               label=f"{_short(b.name)} ({b.size / KB:,.1f} kB, {b.kind})")
+        bottom = [u + v for u, v in zip(bottom, h)]
+    if any(other):
+        idx = [s for s in x if other[s] > 0]
+        ax.bar(idx, [other[s] / KB for s in idx], bottom=[bottom[s] for s in idx], width=1.0,
+               align="edge", color=OTHER_COLOR, edgecolor="none",
+               label=f"other ({len(plan.buffers) - len(named)} smaller buffers)")
+    _shade_splits(ax, split_ranges(plan), 0.0)
+    _hlines(ax, plan)
+    top = max([plan.arena_bytes, plan.budget_bytes or 0]) / KB
+    ax.set_ylim(0, top * 1.08 if top else 1)
+    ax.set_xlim(0, max(1, n))
+    ax.set_xlabel("plan step (operator, or one slice of a split operator)")
+    ax.set_ylabel("live bytes (kB, 1 kB = 1024 B)")
+    ax.set_title(f"{_model_name(plan, graph)}: live memory per step "
+                 f"(arena {plan.arena_bytes / KB:,.1f} kB, {n} steps, "
+                 f"{len(plan.splits)} split subgraph{'s' if len(plan.splits) != 1 else ''})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
+              title="buffers (hatched: split subgraph)", title_fontsize=8)
+    return fig
+
+
+def plot_layout(plan: Plan, graph: Graph | None = None) -> Figure:
+    """Buffers as rectangles: x = steps first..last+1, y = offset..offset+size (kB)."""
+    n = len(plan.steps)
+    fig = _new_figure(12, 6)
+    ax = fig.add_subplot()
+    splits = split_buffers(plan)
+    _shade_splits(ax, split_ranges(plan), 0.0)
+    for b in plan.buffers:
+        hl = b.name in splits
+        ax.add_patch(Rectangle((b.first_step, b.offset / KB), b.last_step + 1 - b.first_step,
+                               b.size / KB, facecolor=KIND_COLORS.get(b.kind, "#999999"),
+                               alpha=0.85, edgecolor="black" if hl else "white",
+                               lw=1.4 if hl else 0.6, hatch="///" if hl else None, zorder=2))
+    _hlines(ax, plan)
+    top = max([plan.arena_bytes, plan.budget_bytes or 0]) / KB
+    ax.set_xlim(0, max(1, n))
+    ax.set_ylim(0, top * 1.08 if top else 1)
+    ax.set_xlabel("plan step (a buffer spans its first to last step)")
+    ax.set_ylabel("arena offset (kB, 1 kB = 1024 B)")
+    ax.set_title(f"{_model_name(plan, graph)}: arena layout ({len(plan.buffers)} buffers, "
+                 f"arena {plan.arena_bytes / KB:,.1f} kB)")
+    ax.grid(alpha=0.25, zorder=0)
+    kinds = sorted({b.kind for b in plan.buffers}, key=lambda k: list(KIND_COLORS).index(k)
+                   if k in KIND_COLORS else 99)
+    handles = [Patch(facecolor=KIND_COLORS.get(k, "#999999"), label=k) for k in kinds]
+    if splits:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///",
+                             label="split subgraph buffer"))
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title="buffer kind",
+              title_fontsize=8)
+    _label_buffers(fig, ax, plan.buffers)  # after the legend: it changes the axes' size
+    return fig
+
+
+def _label_buffers(fig: Figure, ax: Any, buffers: Sequence[Buffer]) -> None:
+    """Label the largest buffers (by area) where the text fits inside their rectangle."""
+    fig.draw_without_rendering()  # settle the layout: data -> pixel transform
+    to_px = ax.transData.transform
+    char_w, line_h = 7 * DPI / 72 * 0.62, 7 * DPI / 72 * 1.25  # 7 pt text
+    placed: list[tuple[float, float, float, float]] = []
+    cands = sorted((b for b in buffers if not b.alias_of),
+                   key=lambda b: (-(b.size * (b.last_step + 1 - b.first_step)), b.name))
+    for b in cands:
+        if len(placed) >= MAX_LABELS:
+            break
+        (x0, y0), (x1, y1) = to_px((b.first_step, b.offset / KB)), \
+            to_px((b.last_step + 1, (b.offset + b.size) / KB))
+        w, h = x1 - x0, y1 - y0
+        size = f"{b.size / KB:,.1f} kB"
+        options = []
+        n = int((w - 6) // char_w)  # characters that fit across
+        if n >= 8 and h - 2 >= 2 * line_h:
+            name = _short(b.name, min(n, 30))
+            options.append((f"{name}\n{size}", 0, max(len(name), len(size)) * char_w,
+                            2 * line_h))
+        n = int((h - 6) // char_w) - len(size) - 1  # characters that fit along, turned
+        if n >= 8 and w - 2 >= line_h:
+            name = _short(b.name, min(n, 30))
+            options.append((f"{name} {size}", 90, line_h, (len(name) + 1 + len(size)) * char_w))
+        options += [(size, 0, len(size) * char_w, line_h), (size, 90, line_h, len(size) * char_w)]
+        for text, rot, tw, th in options:
+            if tw <= w - 4 and th <= h - 2:
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                box = (cx - tw / 2, cy - th / 2, cx + tw / 2, cy + th / 2)
+                if any(box[0] < p[2] and p[0] < box[2] and box[1] < p[3] and p[1] < box[3]
+                       for p in placed):
+                    break
+                placed.append(box)
+                ax.annotate(text, ((b.first_step + b.last_step + 1) / 2,
+                                   (b.offset + b.size / 2) / KB), fontsize=7, ha="center",
+                            va="center", rotation=rot, zorder=4,
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                  "alpha": 0.75})
+                break
+
+
+def report_plan(plan: Plan, graph: Graph | None, out_dir: str | Path) -> dict[str, Path]:
+    """Write memory_timeline.{png,svg}, arena_layout.{png,svg} and summary.md to out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for stem, fn in (("memory_timeline", plot_timeline), ("arena_layout", plot_layout)):
+        png, svg = _save(fn(plan, graph), out, stem)
+        paths[f"{stem}_png"], paths[f"{stem}_svg"] = png, svg
+    md = plan_summary(plan, graph, [("memory per step", "memory_timeline.png"),
+                                    ("arena layout", "arena_layout.png")])
+    write_atomic(out / "summary.md", md)
+    paths["summary"] = out / "summary.md"
+    return paths
+
+
+# -- per sweep --------------------------------------------------------------------------------
+
+MODE_STYLE = {"layerwise": ("o", "#4C72B0", "layer by layer", 120),
+              "split": ("s", "#DD8452", "partial execution (split)", 55)}  # big under small
+
+
+def pareto_front(points: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(steps, arena) points not beaten on both axes, by steps."""
+    front: list[tuple[int, int]] = []
+    for s, a in sorted(set(points)):
+        if not front or a < front[-1][1]:
+            front.append((s, a))
+    return front
+
+
+def plot_pareto(name: str, rows: Sequence[dict[str, Any]]) -> Figure:
+    ok = [r for r in rows if not r.get("error") and r.get("arena") is not None
+          and r.get("steps") is not None]
+    fig = _new_figure(8.5, 5)
+    ax = fig.add_subplot()
+    labelled: set[tuple[int, int]] = set()
+    for mode, (marker, color, label, size) in MODE_STYLE.items():
+        pts = sorted({(int(r["steps"]), int(r["arena"])) for r in ok if r.get("mode") == mode})
+        if pts:
+            ax.scatter([s for s, _ in pts], [a / KB for _, a in pts], marker=marker, s=size,
+                       color=color, edgecolor="black", lw=0.6, zorder=3, label=label)
+        for s, a in pts:
+            if (s, a) not in labelled:
+                labelled.add((s, a))
+                ax.annotate(f"{a / KB:,.1f} kB", (s, a / KB), xytext=(7, 7),
+                            textcoords="offset points", fontsize=8, zorder=4)
+    front = pareto_front([(int(r["steps"]), int(r["arena"])) for r in ok])
+    if len(front) > 1:
+        xs, ys = [s for s, _ in front], [a / KB for _, a in front]
+        ax.step(xs, ys, where="post", color="#555555", lw=1, ls="-", zorder=2,
+                label="Pareto front")
+    budgets = sorted({int(r["budget"]) for r in rows if r.get("budget")})
+    for b in budgets:
+        fits = [r for r in ok if int(r["budget"]) == b]
+        n_fit = sum(bool(r.get("fits")) for r in fits)
+        ax.axhline(b / KB, color=BUDGET_COLOR, ls="--", lw=1, alpha=0.8,
+                   label=f"budget {b / KB:,.0f} kB ({n_fit} of {len(fits)} points fit)")
+        ax.annotate(f"budget {b / KB:,.0f} kB", (0.995, b / KB),
+                    xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7,
+                    color=BUDGET_COLOR)
+    tflm = sorted({int(r["tflm_arena"]) for r in ok if r.get("tflm_arena")})
+    if tflm:
+        ax.axhline(tflm[0] / KB, color="#2CA02C", ls=":", lw=1.3,
+                   label=f"TFLM arena {tflm[0] / KB:,.1f} kB")
+    failed = len(rows) - len(ok)
+    ax.set_xlabel("plan steps (kernel calls; a latency proxy, pexopt has no latency model yet)")
+    ax.set_ylabel("arena (kB, 1 kB = 1024 B)")
+    ax.set_title(f"{name}: arena vs plan steps" + (f" ({failed} failed points)" if failed
+                                                    else ""))
+    tops = [b / KB for b in budgets] + [int(r["arena"]) / KB for r in ok] + [t / KB for t in tflm]
+    ax.set_ylim(0, max(tops) * 1.12 if tops else 1)
+    if ok:
+        xs = [int(r["steps"]) for r in ok]
+        pad = max(1.0, 0.08 * (max(xs) - min(xs)))
+        ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    else:
+        ax.text(0.5, 0.5, "no successful points", transform=ax.transAxes, ha="center")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def report_sweep(results_jsonl: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Per model: pareto_<model>.{png,svg}; and summary.md with a table per model."""
+    from pexopt.sweep.runner import inside, latest_rows, read_results
+
+    src = Path(results_jsonl)
+    if not src.is_file():
+        from pexopt.errors import PexError
+
+        raise PexError(f"{src}: no such results file")
+    rows = latest_rows(read_results(src))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    figures: dict[str, str] = {}
+    for name, grows in group_rows(rows).items():
+        stem = inside(out, f"pareto_{name}", "").name
+        png, svg = _save(plot_pareto(name, grows), out, stem)
+        paths[f"{stem}_png"], paths[f"{stem}_svg"] = png, svg
+        figures[name] = png.name
+    write_atomic(out / "summary.md", sweep_summary(rows, str(src), figures))
+    paths["summary"] = out / "summary.md"
+    return paths

@@ -1,0 +1,440 @@
+"""Sweep files (YAML): which models, input sizes, budgets and modes to plan, validated up front.
+
+Every error names the file, the line and the field (``sweep.yaml:7: budgets[1]: ...``); all of
+them are collected and raised as one `PexError`, before anything runs or is written.
+
+    models: [../models/mbv1_w025_r96_int8.onnx, "../models/mbv2_*_int8.onnx"]  # paths, globs
+    resolutions: [96, 128x160]     # optional: rescale the image input (height x width)
+    budgets: [64k, 128k]           # SRAM sizes (k = 1024)
+    modes: [layerwise, split]      # optional, default [split]
+    latency: [50ms]                # optional, recorded only (no latency model yet)
+    targets: [cortex-m4]           # optional, recorded only
+    solver: {time_limit: 30, workers: 1, seed: 0}
+    simulate: false
+    points:                        # optional: explicit points instead of the product
+      - {model: ../models/resnet8_int8.onnx, budget: 48k, mode: split}
+
+Relative model paths and globs are relative to the sweep file's folder; a single value may
+stand for a list of one. In `points`, a missing key takes the top-level value when that list has
+exactly one (mode defaults to split). `resolutions` apply to models whose single image input can
+be resized and whose shapes re-infer (see rescale.py); other models fail that point, with the
+reason, when the sweep runs.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pexopt.errors import PexError
+
+MODES = ("layerwise", "split")
+FUTURE_MODES = ("prune",)  # accepted by the schema once pexopt implements them
+TOP_KEYS = ("models", "resolutions", "budgets", "latency", "targets", "modes", "solver",
+            "simulate", "points")
+SOLVER_KEYS = ("time_limit", "workers", "seed")
+POINT_KEYS = ("model", "resolution", "budget", "mode", "latency", "target")
+LATENCY_NOTE = "latency target recorded, not enforced (pexopt has no latency model yet)"
+_LATENCY_RE = re.compile(r"\s*[0-9]*\.?[0-9]+(e[+-]?[0-9]+)?\s*(us|ms|s|cycles)?\s*", re.I)
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """CP-SAT settings shared by every point (workers = CP-SAT threads per point)."""
+
+    time_limit: float = 30.0
+    workers: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One independent planning task."""
+
+    model: str  # absolute path of the ONNX file
+    resolution: tuple[int, int] | None  # (height, width) of the image input, None = as is
+    budget: int  # bytes
+    mode: str  # layerwise | split
+    latency: str | None = None  # recorded, not enforced
+    target: str | None = None  # recorded
+
+    @property
+    def model_name(self) -> str:
+        return Path(self.model).stem
+
+    def settings(self) -> dict[str, Any]:
+        """What defines the point besides the model's bytes (part of its resume key)."""
+        return {"resolution": res_text(self.resolution), "budget": self.budget,
+                "mode": self.mode, "latency": self.latency, "target": self.target}
+
+    def label(self) -> str:
+        parts = [self.model_name]
+        if self.resolution:
+            parts.append(f"r{res_text(self.resolution)}")
+        parts += [f"b{self.budget}", self.mode]
+        if self.target:
+            parts.append(f"t{self.target}")
+        if self.latency:
+            parts.append(f"l{self.latency}")
+        return "__".join(parts)
+
+
+@dataclass
+class Sweep:
+    path: Path
+    points: list[Point]
+    solver: SolverSettings = field(default_factory=SolverSettings)
+    simulate: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        return {"solver": asdict(self.solver), "simulate": self.simulate}
+
+
+def res_text(res: tuple[int, int] | None) -> str | None:
+    return None if res is None else f"{res[0]}x{res[1]}"
+
+
+# -- validation -------------------------------------------------------------------------------
+
+class _Errors:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, node: yaml.Node | None, where: str, msg: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.items.append((line, f"{self.path}:{line}: {where}: {msg}"))
+
+    def raise_any(self) -> None:
+        texts = [t for _, t in sorted(self.items, key=lambda x: x[0])]  # stable: by line
+        if len(texts) == 1:
+            raise PexError(texts[0])
+        if texts:
+            raise PexError(f"{len(texts)} errors: " + "; ".join(texts))
+
+
+class _Reader:
+    """Typed access to a composed YAML node tree (which keeps line numbers)."""
+
+    def __init__(self, loader: yaml.SafeLoader, errors: _Errors) -> None:
+        self.loader, self.err = loader, errors
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            return _NotScalar
+        return self.loader.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...]
+                ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        if not isinstance(node, yaml.MappingNode):
+            self.err.add(node, where or "(top level)",
+                         f"expected a mapping of {', '.join(allowed)}, got {_kind(node)}")
+            return None
+        res: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for k, v in node.value:
+            key = self.scalar(k)
+            name = f"{where}.{key}" if where else str(key)
+            if not isinstance(key, str):
+                self.err.add(k, where or "(top level)", f"key {_show(k)} is not a name")
+            elif key not in allowed:
+                self.err.add(k, name, f"unknown key '{key}' (known: {', '.join(allowed)})")
+            elif key in res:
+                self.err.add(k, name, f"duplicate key '{key}'")
+            else:
+                res[key] = (k, v)
+        return res
+
+    def items(self, node: yaml.Node, where: str) -> list[tuple[yaml.Node, str]]:
+        """A list (or a single scalar, taken as a list of one) -> (node, field) pairs."""
+        if isinstance(node, yaml.SequenceNode):
+            return [(n, f"{where}[{i}]") for i, n in enumerate(node.value)]
+        if isinstance(node, yaml.ScalarNode) and self.scalar(node) is not None:
+            return [(node, where)]
+        self.err.add(node, where, f"expected a list, got {_kind(node)}")
+        return []
+
+
+class _NotScalarType:
+    pass
+
+
+_NotScalar = _NotScalarType()
+
+
+def _kind(node: yaml.Node | None) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if node is None or node.tag.endswith(":null"):
+        return "nothing"
+    return f"{node.tag.rsplit(':', 1)[-1]} '{node.value}'"
+
+
+def _show(node: yaml.Node) -> str:
+    return f"'{node.value}'" if isinstance(node, yaml.ScalarNode) else _kind(node)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, int | float)) and not isinstance(v, bool)
+
+
+def parse_resolution(v: Any) -> tuple[int, int]:
+    """96 -> (96, 96); '96x128' -> (96, 128) (height x width)."""
+    if _is_int(v) and v > 0:
+        return (v, v)
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]+)\s*(?:[xX]\s*([0-9]+))?\s*", v)
+        if m:
+            h = int(m.group(1))
+            w = int(m.group(2)) if m.group(2) else h
+            if h > 0 and w > 0:
+                return (h, w)
+    raise ValueError(f"'{v}' is not an input size like 96 or 96x128")
+
+
+def _budget(v: Any) -> int:
+    from pexopt.pipeline import parse_bytes
+
+    if _is_int(v):
+        if v <= 0:
+            raise ValueError(f"'{v}' must be a positive number of bytes")
+        return v
+    if isinstance(v, str | float) and not isinstance(v, bool):
+        try:
+            return parse_bytes(str(v), "budget")
+        except PexError:
+            raise ValueError(f"'{v}' is not a size like 131072, 128k, 128KiB or 0.5M") from None
+    raise ValueError(f"expected a size like 128k, got {type(v).__name__} '{v}'")
+
+
+def _mode(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a mode ({', '.join(MODES)}), got {type(v).__name__} '{v}'")
+    if v in FUTURE_MODES:
+        raise ValueError(f"mode '{v}' is not available yet")
+    if v not in MODES:
+        raise ValueError(f"unknown mode '{v}' (modes: {', '.join(MODES)})")
+    return v
+
+
+def _latency(v: Any) -> str:
+    if _is_num(v) and v > 0:
+        return f"{v}ms"
+    if isinstance(v, str) and _LATENCY_RE.fullmatch(v):
+        return v.strip()
+    raise ValueError(f"'{v}' is not a latency like 50ms, 2s, 800us or 1e6cycles "
+                     "(a bare number is milliseconds)")
+
+
+def _target(v: Any) -> str:
+    if isinstance(v, str) and v.strip():
+        return v.strip()
+    raise ValueError(f"expected a target name, got {type(v).__name__} '{v}'")
+
+
+def _model(v: Any, base: Path) -> list[str]:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError(f"expected a model path or glob, got {type(v).__name__} '{v}'")
+    p = Path(v).expanduser()
+    full = p if p.is_absolute() else base / p
+    if glob.has_magic(v):
+        found = sorted(str(Path(f).resolve()) for f in glob.glob(str(full), recursive=True)
+                       if Path(f).is_file())
+        if not found:
+            raise ValueError(f"no file matches '{v}' (looked for {full})")
+        return found
+    if not full.exists():
+        raise ValueError(f"model '{v}' not found (looked for {full})")
+    if not full.is_file():
+        raise ValueError(f"model '{v}' is not a file ({full})")
+    return [str(full.resolve())]
+
+
+_PARSERS = {"budget": _budget, "mode": _mode, "latency": _latency, "target": _target,
+            "resolution": parse_resolution}
+_LIST_KEYS = {"budgets": "budget", "modes": "mode", "latency": "latency", "targets": "target",
+              "resolutions": "resolution"}
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file; any problem is one PexError naming file, line, field."""
+    path = Path(path)
+    if not path.is_file():
+        raise PexError(f"{path}: no such sweep file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PexError(f"{path}: cannot read the sweep file ({type(e).__name__})") from None
+    err = _Errors(path)
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = mark.line + 1 if mark else 1
+            raise PexError(f"{path}:{line}: YAML syntax error: {e.problem or e}") from None
+        except yaml.YAMLError as e:
+            raise PexError(f"{path}: YAML error: {e}") from None
+        sweep = _read(_Reader(loader, err), root, path)
+    finally:
+        loader.dispose()
+    err.raise_any()
+    assert sweep is not None
+    return sweep
+
+
+def _read(r: _Reader, root: yaml.Node | None, path: Path) -> Sweep | None:
+    err = r.err
+    if root is None:
+        err.add(None, "(top level)", "the sweep file is empty")
+        return None
+    top = r.mapping(root, "", TOP_KEYS)
+    if top is None:
+        return None
+    base = path.parent
+    values: dict[str, list[tuple[Any, yaml.Node]]] = {}  # key -> [(value, node)]
+    for key, single in _LIST_KEYS.items():
+        if key in top:
+            values[key] = _parse_list(r, top[key][1], key, _PARSERS[single])
+    if "models" in top:
+        values["models"] = []
+        for n, where in r.items(top["models"][1], "models"):
+            try:
+                values["models"] += [(m, n) for m in _model(r.scalar(n), base)]
+            except ValueError as e:
+                err.add(n, where, str(e))
+    solver = _solver(r, top["solver"][1]) if "solver" in top else SolverSettings()
+    simulate = False
+    if "simulate" in top:
+        v = r.scalar(top["simulate"][1])
+        if isinstance(v, bool):
+            simulate = v
+        else:
+            err.add(top["simulate"][1], "simulate", f"expected true or false, got "
+                    f"{_kind(top['simulate'][1])}")
+    if "points" in top:
+        points = _points(r, top["points"], values, base)
+    else:
+        points = _product(r, root, top, values)
+    if err.items:
+        return None
+    uniq = list(dict.fromkeys(points))
+    return Sweep(path=path, points=uniq, solver=solver, simulate=simulate)
+
+
+def _parse_list(r: _Reader, node: yaml.Node, key: str, parse: Any) -> list[tuple[Any, yaml.Node]]:
+    res = []
+    for n, where in r.items(node, key):
+        v = r.scalar(n)
+        if v is _NotScalar:
+            r.err.add(n, where, f"expected a value, got {_kind(n)}")
+            continue
+        try:
+            res.append((parse(v), n))
+        except ValueError as e:
+            r.err.add(n, where, str(e))
+    return res
+
+
+def _solver(r: _Reader, node: yaml.Node) -> SolverSettings:
+    m = r.mapping(node, "solver", SOLVER_KEYS)
+    if not m:
+        return SolverSettings()
+    kw: dict[str, Any] = {}
+    for key, (_, vn) in m.items():
+        v = r.scalar(vn)
+        where = f"solver.{key}"
+        if key == "time_limit" and not (_is_num(v) and v > 0):
+            r.err.add(vn, where, f"expected a positive number of seconds, got {_kind(vn)}")
+        elif key == "workers" and not (_is_int(v) and v >= 1):
+            r.err.add(vn, where, f"expected a whole number >= 1, got {_kind(vn)}")
+        elif key == "seed" and not _is_int(v):
+            r.err.add(vn, where, f"expected a whole number, got {_kind(vn)}")
+        else:
+            kw[key] = float(v) if key == "time_limit" else v
+    return SolverSettings(**kw)
+
+
+def _product(r: _Reader, root: yaml.Node, top: dict, values: dict) -> list[Point]:
+    for key in ("models", "budgets"):
+        if key not in top:
+            r.err.add(root, key, f"missing key '{key}' (or give explicit 'points')")
+    if r.err.items:
+        return []
+    dims = {"models": values["models"], "resolutions": values.get("resolutions", [(None, None)]),
+            "budgets": values["budgets"], "modes": values.get("modes", [("split", None)]),
+            "latency": values.get("latency", [(None, None)]),
+            "targets": values.get("targets", [(None, None)])}
+    empty = [k for k, v in dims.items() if not v]
+    for k in empty:
+        if k != "models":  # an unmatched model already has its own error
+            r.err.add(top[k][1], k, f"empty product: '{k}' is empty, so the sweep has no points")
+    if not dims["models"] and not r.err.items:
+        r.err.add(top["models"][1], "models", "empty product: no models")
+    if r.err.items:
+        return []
+    return [Point(model=m, resolution=res, budget=b, mode=mo, latency=lat, target=t)
+            for (m, _), (res, _), (b, _), (mo, _), (lat, _), (t, _)
+            in itertools.product(*dims.values())]
+
+
+def _points(r: _Reader, entry: tuple[yaml.Node, yaml.Node], values: dict, base: Path
+            ) -> list[Point]:
+    node = entry[1]
+    if not isinstance(node, yaml.SequenceNode):
+        r.err.add(node, "points", f"expected a list of points, got {_kind(node)}")
+        return []
+    if not node.value:
+        r.err.add(node, "points", "empty product: 'points' is empty, so the sweep has no points")
+        return []
+    defaults = {"model": "models", "resolution": "resolutions", "budget": "budgets",
+                "mode": "modes", "latency": "latency", "target": "targets"}
+    res = []
+    for i, pn in enumerate(node.value):
+        where = f"points[{i}]"
+        m = r.mapping(pn, where, POINT_KEYS)
+        if m is None:
+            continue
+        got: dict[str, list[Any]] = {}
+        ok = True
+        for key in POINT_KEYS:
+            if key in m:
+                vn = m[key][1]
+                v = r.scalar(vn)
+                try:
+                    if v is _NotScalar:
+                        raise ValueError(f"expected a value, got {_kind(vn)}")
+                    got[key] = _model(v, base) if key == "model" else [_PARSERS[key](v)]
+                except ValueError as e:
+                    r.err.add(vn, f"{where}.{key}", str(e))
+                    ok = False
+                continue
+            top = values.get(defaults[key])
+            if top is not None and len(top) == 1:
+                got[key] = [top[0][0]]
+            elif top is not None and len(top) > 1:
+                r.err.add(pn, f"{where}.{key}", f"missing '{key}' (the top-level "
+                          f"'{defaults[key]}' has {len(top)} values, so none is a default)")
+                ok = False
+            elif key in ("model", "budget"):
+                r.err.add(pn, f"{where}.{key}", f"missing '{key}'")
+                ok = False
+            else:
+                got[key] = ["split" if key == "mode" else None]
+        if ok:
+            res += [Point(model=mo, resolution=got["resolution"][0], budget=got["budget"][0],
+                          mode=got["mode"][0], latency=got["latency"][0],
+                          target=got["target"][0]) for mo in got["model"]]
+    return res
