@@ -30,6 +30,7 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
 from pexopt.ops import OpKind
 from pexopt.plan.format import Buffer, Plan, Step
+from pexopt.plan.validator import check
 from pexopt.simulate import kernels as K
 from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import stored_int8
@@ -62,14 +63,15 @@ def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path
            target: str = "cortex-m4", backend_default: str = "cmsis") -> list[Path]:
     """Write the C sources of `plan` into `out_dir` (replaced atomically); returns the files.
 
-    Raises PexError (one line, naming the node) for anything the emitter cannot compile;
-    nothing is written then.
+    The plan is validated against the graph first. Raises PexError (one line, naming the node)
+    for anything the emitter cannot compile; nothing is written then.
     """
     if target not in TARGETS:
         raise PexError(f"codegen: unknown target '{target}' (one of {', '.join(TARGETS)})")
     if backend_default not in BACKENDS:
         raise PexError(f"codegen: unknown backend '{backend_default}' (cmsis or portable)")
     check_supported(graph)
+    check(plan, graph)  # never emit a plan that is not valid for this model
     params = load_params(model_path, graph)
     em = _Emitter(plan, graph, params, TARGETS[target], backend_default == "cmsis",
                   Path(model_path).name, target)
@@ -119,6 +121,7 @@ def _write_folder(out: Path, files: dict[str, str]) -> list[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     old: Path | None = None
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         for name, text in files.items():
             with open(tmp / name, "w", encoding="ascii", newline="\n") as f:
                 f.write(text)
@@ -246,7 +249,6 @@ class _OpConsts:
     bias: str = ""
     mult: str = ""
     shift: str = ""
-    lut: str = ""
     luts: dict[int, str] = field(default_factory=dict)
     a: str = ""
     b: str = ""
@@ -436,7 +438,7 @@ class _Emitter:
         return c
 
     def base_name(self, op: Op, what: str) -> str:
-        return self.names.ident(op.name, prefix=f"pex_{what}_")
+        return self.names.ident(op.name, prefix=f"pex_{what}_", key=op.id)
 
     def quant_arrays(self, op: Op, p: OpParams, c: _OpConsts) -> None:
         c.bias = self.array("int32_t", self.base_name(op, "b"), p.bias.astype(np.int64))

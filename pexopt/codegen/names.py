@@ -2,8 +2,9 @@
 
 ONNX node and tensor names are arbitrary strings. `NameTable.ident` maps them to C identifiers
 (ASCII letters, digits, underscore; never a keyword or a reserved name; unique per table);
-`comment` makes a string safe inside a `/* ... */` comment (no comment delimiters, no newlines,
-no backslashes or trigraph starts). Nothing else in the emitter writes model-controlled text.
+`comment` makes a string safe inside a `/* ... */` comment: one line of a small character set
+(no '*', '\\', '?', quotes, '#', '<', '>'), so no comment delimiter, line splice, trigraph or
+directive-looking text survives. Nothing else in the emitter writes model-controlled text.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ C_KEYWORDS: frozenset[str] = frozenset({
 MAX_IDENT = 40  # characters taken from the name; C99 guarantees 63 significant characters
 
 _BAD = re.compile(r"[^A-Za-z0-9_]+")
-_COMMENT_OK = re.compile(r"[^A-Za-z0-9 _.,:;=+\-#@()\[\]{}<>|~!%&^$/]")
+_COMMENT_OK = re.compile(r"[^A-Za-z0-9 _.,:;=+\-@()\[\]{}|~!%&^$/]")
 
 
 def sanitize(name: str) -> str:
@@ -44,22 +45,24 @@ class NameTable:
 
     def __init__(self, reserved: set[str] | None = None) -> None:
         self._taken: set[str] = set(reserved or ())
-        self._by_key: dict[tuple[str, str], str] = {}
+        self._by_key: dict[tuple[str, object], str] = {}
 
-    def ident(self, name: str, prefix: str = "") -> str:
-        """The identifier of (`prefix`, `name`); the same call returns the same identifier."""
-        key = (prefix, str(name))
-        if key in self._by_key:
-            return self._by_key[key]
+    def ident(self, name: str, prefix: str = "", key: object = None) -> str:
+        """The identifier of (`prefix`, `key`) made from `name` (`key` defaults to `name`; give
+        distinct keys to distinct objects with equal names); the same call returns the same
+        identifier."""
+        k0 = (prefix, str(name) if key is None else key)
+        if k0 in self._by_key:
+            return self._by_key[k0]
         base = prefix + sanitize(name)
         if base in C_KEYWORDS or base.startswith("_"):
             base = "n" + base
         cand, k = base, 2
         while cand in self._taken or cand in C_KEYWORDS:
-            cand = f"{base}_{k}"
+            cand = f"{base.rstrip('_')}_{k}"
             k += 1
         self._taken.add(cand)
-        self._by_key[key] = cand
+        self._by_key[k0] = cand
         return cand
 
 
