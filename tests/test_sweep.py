@@ -211,7 +211,7 @@ def test_all_errors_in_one_message(tmp_path: Path) -> None:
 def test_shipped_sweep_files_are_valid(models_dir: Path, shared_models_dir: Path) -> None:
     assert len(load_sweep(QUICK).points) == 8
     vww = load_sweep(ROOT / "sweeps" / "vww.yaml")
-    assert len(vww.points) == 24 and {p.mode for p in vww.points} == {"layerwise", "split"}
+    assert len(vww.points) == 32 and {p.mode for p in vww.points} == {"layerwise", "split"}
 
 
 # -- names never leave the output folder ----------------------------------------------------
