@@ -89,6 +89,8 @@ TimeLimit = Annotated[float, typer.Option("--time-limit", help="Solver seconds."
 Workers = Annotated[int, typer.Option("--workers", help="CP-SAT worker threads.")]
 Seed = Annotated[int, typer.Option("--seed", help="Solver random seed.")]
 Align = Annotated[int, typer.Option("--align", help="Offset alignment in bytes.")]
+Target = Annotated[str, typer.Option(
+    "--target", help="cortex-m4, cortex-m7 or cortex-m55 (sizes CMSIS-NN scratch).")]
 
 
 def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
@@ -174,6 +176,9 @@ def solve(model: Path,
           verify: Annotated[bool, typer.Option(
               "--verify", help="Simulate the plan in a byte-exact arena before writing it.")]
           = False,
+          emit_c: Annotated[Path | None, typer.Option(
+              "--emit-c", help="Also generate C into this folder.")] = None,
+          target: Target = "cortex-m4",
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
     from pexopt.pipeline import parse_bytes, solve_model
@@ -189,6 +194,8 @@ def solve(model: Path,
     report = _simulate(plan, res.graph, model) if verify else None
     if output is not None:
         write_atomic(output, plan.to_json())
+    if emit_c is not None:
+        _emit(plan, res.graph, model, emit_c, target, "cmsis")
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
@@ -349,6 +356,35 @@ def _replace_section(readme: Path, md: str) -> None:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     write_atomic(readme, f"{head}{start}\n{md}{end}{tail}")
+
+
+@app.command()
+@friendly
+def codegen(plan_file: Path, model: Path,
+            output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")]
+            = Path("pex_out"),
+            target: Target = "cortex-m4",
+            backend: Annotated[str, typer.Option(
+                "--backend", help="cmsis (CMSIS-NN where it matches, default) or portable.")]
+            = "cmsis",
+            input_shape: Shapes = None) -> None:
+    """Generate C (pex_model.h/.c, weights, kernels, README) from a validated plan."""
+    from pexopt.pipeline import ImportOptions
+
+    plan = load_plan(plan_file)
+    graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
+                          input_shapes=_shapes(input_shape)).load(model)
+    _emit(plan, graph, model, output, target, backend)
+
+
+def _emit(plan, graph, model: Path, output: Path, target: str, backend: str) -> None:  # noqa: ANN001
+    from pexopt.codegen.emit import emit_c
+
+    if backend not in ("cmsis", "portable"):
+        raise PexError(f"--backend: '{backend}' is not cmsis or portable")
+    files = emit_c(plan, graph, model, output, target=target, backend_default=backend)
+    out.print(f"C written to {output}/ ({len(files)} files, arena {plan.arena_bytes:,} B); "
+              f"see {output}/README.md", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

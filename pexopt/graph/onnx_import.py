@@ -123,12 +123,18 @@ class _Importer:
             return
         zp = self.const_vals.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        shape = [1] * x.ndim
-        if s.ndim == 1 and x.ndim > 0:
+        if s.size > 1 or (zp is not None and zp.size > 1):  # per-axis
+            if not -x.ndim <= axis < x.ndim or x.shape[axis] != s.size:
+                axis = 0 if x.ndim == 1 else axis  # a rank-1 tensor has only axis 0
+            if not -x.ndim <= axis < x.ndim or x.shape[axis] != s.size:
+                raise ModelError(f"{self._where(node)}: {s.size} scales do not match axis "
+                                 f"{axis} of a {x.shape} tensor")
+            shape = [1] * x.ndim
             shape[axis] = -1
-        s = s.reshape(shape) if s.ndim == 1 and x.ndim > 0 else s
-        zp = (zp.reshape(shape) if zp.ndim == 1 and x.ndim > 0 else zp) if zp is not None else 0
-        self.const_vals[node.output[0]] = (x.astype(np.float64) - zp) * s
+            s = s.reshape(shape)
+            zp = zp.reshape(shape) if zp is not None and zp.size > 1 else zp
+        zp = np.asarray(zp if zp is not None else 0).astype(np.float64)
+        self.const_vals[node.output[0]] = (x.astype(np.float64) - zp) * s.astype(np.float64)
 
     def alias_and_collect(self) -> None:
         for node in self.g.node:
