@@ -303,6 +303,9 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
           random_dags: Annotated[int, typer.Option(
               "--random-dags", help="Also bench N random branching DAGs.")] = 0,
           dag_ops: Annotated[int, typer.Option("--dag-ops", help="Operators per DAG.")] = 60,
+          target: Annotated[str | None, typer.Option(
+              "--target", help="Also run both plans' C under QEMU: cortex-m4 or cortex-m7.")]
+          = None,
           out_dir: Annotated[Path, typer.Option("--out", help="Folder for bench.json/.md.")] =
           Path("bench_out"),
           update_readme: Annotated[Path | None, typer.Option(
@@ -314,7 +317,12 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     from rich.progress import Progress
 
     from pexopt.pipeline import bench_model, bench_random_dag
-    from pexopt.report.tables import bench_markdown, bench_table
+    from pexopt.report.tables import (
+        bench_markdown,
+        bench_table,
+        target_markdown,
+        target_table,
+    )
 
     opts = _opts(dtype, input_external, None)
     params = _params(time_limit, workers, seed, align)
@@ -326,7 +334,7 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
         task = bar.add_task("bench", total=len(models) + max(0, random_dags))
         for m in models:
             bar.update(task, description=f"bench {m.name}")
-            rows.append(bench_model(m, opts, params))
+            rows.append(bench_model(m, opts, params, target))
             bar.advance(task)
         for seed in range(max(0, random_dags)):
             bar.update(task, description=f"bench random DAG {seed}")
@@ -334,8 +342,11 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
             bar.advance(task)
     data = {"version": __version__, "workers": workers, "time_limit": time_limit,
             "dtype": dtype, "input_external": input_external,
-            "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}
+            "target": target,
+            "rows": [{**asdict(r), "ratio": r.ratio, "overhead": r.overhead} for r in rows]}
     md = bench_markdown(rows, workers)
+    if target is not None:
+        md += "\n" + target_markdown(rows, target)
     write_atomic(out_dir / "bench.json", json.dumps(data, indent=1) + "\n")
     write_atomic(out_dir / "bench.md", md)
     if update_readme is not None:
@@ -344,6 +355,8 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
         print(json.dumps(data))
     elif not quiet:
         _print_table(bench_table(rows))
+        if target is not None:
+            _print_table(target_table(rows, target))
         out.print(f"written: {out_dir / 'bench.json'}, {out_dir / 'bench.md'}", highlight=False,
                   soft_wrap=True)
 

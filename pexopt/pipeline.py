@@ -122,16 +122,44 @@ class BenchRow:
     seconds: float
     input_counted: bool
     peak: str = ""  # the operator at the plan's peak and its largest live buffers
+    insns_layerwise: int | None = None  # instructions per inference under QEMU (--target)
+    insns_split: int | None = None
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+    exact_on_target: bool | None = None
+    target_note: str = ""  # why the target measurement is missing
+
+    @property
+    def overhead(self) -> float | None:
+        """Extra instructions of the partial-execution plan over layer by layer."""
+        if not self.insns_layerwise or self.insns_split is None:
+            return None
+        return self.insns_split / self.insns_layerwise - 1
 
     @property
     def ratio(self) -> float:
         return self.arena / self.tflm if self.tflm else 1.0
 
 
-def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams) -> BenchRow:
-    """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run."""
-    return _row(Path(path).stem, solve_model(path, opts, params, budget=None),
-                not opts.input_external)
+def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams,
+                target: str | None = None) -> BenchRow:
+    """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run;
+    with a target, both plans' generated C also runs under QEMU (instructions, flash, RAM)."""
+    res = solve_model(path, opts, params, budget=None)
+    row = _row(Path(path).stem, res, not opts.input_external)
+    if target is not None:
+        from pexopt.target.measure import measure_plan
+
+        flat = solve_model(path, opts, replace(params, split=False), budget=None)
+        try:
+            a = measure_plan(flat.plan, flat.graph, path, target)
+            b = measure_plan(res.plan, res.graph, path, target)
+        except PexError as e:  # e.g. an operator codegen does not support: say so, go on
+            return replace(row, target_note=str(e))
+        row = replace(row, insns_layerwise=a.instructions, insns_split=b.instructions,
+                      flash_bytes=b.flash_bytes, ram_bytes=b.ram_bytes,
+                      exact_on_target=a.exact and b.exact)
+    return row
 
 
 def bench_random_dag(n_ops: int, seed: int, params: SolverParams) -> BenchRow:

@@ -350,3 +350,22 @@ def test_resnet8_bit_exact_on_m4(tools: None, models_dir: Path, tmp_path: Path) 
     r = run_firmware(fw, timeout=120).check()
     assert r.output == np.asarray(expect, dtype=np.int8).tobytes()
     assert r.insns is not None and r.insns > 0
+
+
+def test_bench_target_runs_both_plans_under_qemu(tmp_path: Path) -> None:
+    """`pexopt bench --target cortex-m4`: instructions of both plans, bit-exact on the target."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pexopt.cli import app
+
+    model = Path(__file__).resolve().parents[1] / "models" / "dscnn_kws_int8.onnx"
+    res = CliRunner().invoke(app, ["bench", str(model), "--target", "cortex-m4", "--out",
+                                   str(tmp_path), "--time-limit", "10", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert row["insns_layerwise"] > 1_000_000 and row["insns_split"] > 1_000_000
+    assert row["exact_on_target"] is True
+    assert row["flash_bytes"] > 20_000 and row["ram_bytes"] >= row["arena"]
+    assert "instructions" in (tmp_path / "bench.md").read_text()

@@ -110,6 +110,19 @@ def bench_cells(r: BenchRow) -> list[str]:
             f"{r.seconds:.2f}", r.peak]
 
 
+TARGET_COLS = ("model", "layer by layer arena", "partial execution arena",
+               "instructions (layer by layer)", "instructions (partial execution)",
+               "overhead", "flash B", "RAM B", "bit-exact vs simulator", "note")
+
+
+def target_cells(r: BenchRow) -> list[str]:
+    ov = r.overhead
+    return [r.model, kb(r.layerwise), kb(r.arena), kb(r.insns_layerwise), kb(r.insns_split),
+            "-" if ov is None else f"{100 * ov:+.1f}%", kb(r.flash_bytes), kb(r.ram_bytes),
+            "-" if r.exact_on_target is None else ("yes" if r.exact_on_target else "NO"),
+            r.target_note[:80]]
+
+
 def bench_table(rows: list[BenchRow]) -> Table:
     t = Table(title="pexopt bench (int8, graph input in the arena unless noted)")
     for c in BENCH_COLS:
@@ -118,6 +131,25 @@ def bench_table(rows: list[BenchRow]) -> Table:
     for r in rows:
         t.add_row(*bench_cells(r))
     return t
+
+
+def target_table(rows: list[BenchRow], target: str) -> Table:
+    """Instructions per inference of the generated C under QEMU, both plans."""
+    t = Table(title=f"generated C on {target} under QEMU (portable kernels)")
+    for c in TARGET_COLS:
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for r in rows:
+        t.add_row(*target_cells(r))
+    return t
+
+
+def target_markdown(rows: list[BenchRow], target: str) -> str:
+    head = "| " + " | ".join(TARGET_COLS) + " |\n"
+    sep = "|" + "|".join("---" if c == "model" else "---:" for c in TARGET_COLS) + "|\n"
+    body = "".join("| " + " | ".join(target_cells(r)) + " |\n" for r in rows)
+    return (head + sep + body + f"\nInstructions executed inside pex_invoke on {target} "
+            "(QEMU, exact count by a TCG plugin; instructions, not cycles); flash = .text + "
+            ".data; RAM = .data + .bss (arena included) + stack high-water mark.\n")
 
 
 def bench_markdown(rows: list[BenchRow], workers: int) -> str:
