@@ -288,3 +288,19 @@ def test_ray_backend_matches_local(quick_run, tmp_path: Path) -> None:
         a, b = load_plan(out / r["plan"]), load_plan(local_out / r["plan"])
         a.solver.seconds = b.solver.seconds = 0
         assert a == b
+
+
+def test_codegen_per_point(tmp_path: Path) -> None:
+    """`codegen: true` writes each point's generated C next to its plan."""
+    from pexopt.sweep.runner import run_sweep
+
+    model = Path(__file__).resolve().parents[1] / "models" / "resnet8_int8.onnx"
+    sweep = tmp_path / "cg.yaml"
+    sweep.write_text(f"models: [{model}]\nbudgets: [64k]\nmodes: [split]\ncodegen: true\n"
+                     "solver: {time_limit: 10, workers: 1}\n")
+    s = run_sweep(sweep, tmp_path / "out", workers=1, quiet=True)
+    assert s.failed == 0 and s.computed == 1
+    row = s.rows[0]
+    folder = tmp_path / "out" / row["codegen"]
+    assert (folder / "pex_model.c").is_file() and (folder / "pex_kernels.c").is_file()
+    assert "PEX_ARENA_BYTES" in (folder / "pex_model.h").read_text()

@@ -37,7 +37,7 @@ from pexopt.errors import PexError
 MODES = ("layerwise", "split")
 FUTURE_MODES = ("prune",)  # accepted by the schema once pexopt implements them
 TOP_KEYS = ("models", "resolutions", "budgets", "latency", "targets", "modes", "solver",
-            "simulate", "points")
+            "simulate", "codegen", "points")
 SOLVER_KEYS = ("time_limit", "workers", "seed")
 POINT_KEYS = ("model", "resolution", "budget", "mode", "latency", "target")
 LATENCY_NOTE = "latency target recorded, not enforced (pexopt has no latency model yet)"
@@ -91,9 +91,11 @@ class Sweep:
     points: list[Point]
     solver: SolverSettings = field(default_factory=SolverSettings)
     simulate: bool = False
+    codegen: bool = False
 
     def settings(self) -> dict[str, Any]:
-        return {"solver": asdict(self.solver), "simulate": self.simulate}
+        return {"solver": asdict(self.solver), "simulate": self.simulate,
+                "codegen": self.codegen}
 
 
 def res_text(res: tuple[int, int] | None) -> str | None:
@@ -316,14 +318,14 @@ def _read(r: _Reader, root: yaml.Node | None, path: Path) -> Sweep | None:
             except ValueError as e:
                 err.add(n, where, str(e))
     solver = _solver(r, top["solver"][1]) if "solver" in top else SolverSettings()
-    simulate = False
-    if "simulate" in top:
-        v = r.scalar(top["simulate"][1])
-        if isinstance(v, bool):
-            simulate = v
-        else:
-            err.add(top["simulate"][1], "simulate", f"expected true or false, got "
-                    f"{_kind(top['simulate'][1])}")
+    flags = {"simulate": False, "codegen": False}
+    for key in flags:
+        if key in top:
+            v = r.scalar(top[key][1])
+            if isinstance(v, bool):
+                flags[key] = v
+            else:
+                err.add(top[key][1], key, f"expected true or false, got {_kind(top[key][1])}")
     if "points" in top:
         points = _points(r, top["points"], values, base)
     else:
@@ -331,7 +333,8 @@ def _read(r: _Reader, root: yaml.Node | None, path: Path) -> Sweep | None:
     if err.items:
         return None
     uniq = list(dict.fromkeys(points))
-    return Sweep(path=path, points=uniq, solver=solver, simulate=simulate)
+    return Sweep(path=path, points=uniq, solver=solver, simulate=flags["simulate"],
+                 codegen=flags["codegen"])
 
 
 def _parse_list(r: _Reader, node: yaml.Node, key: str, parse: Any) -> list[tuple[Any, yaml.Node]]:

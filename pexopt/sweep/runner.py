@@ -31,7 +31,7 @@ from pexopt.sweep.config import LATENCY_NOTE, Point, SolverSettings, Sweep, load
 BACKENDS = ("local", "ray")
 ROW_FIELDS = (
     "key", "model", "model_path", "sha256", "resolution", "budget", "mode", "latency", "target",
-    "time_limit", "solver_workers", "seed", "simulate",
+    "time_limit", "solver_workers", "seed", "simulate", "codegen",
     "arena", "layerwise_arena", "tflm_arena", "fits", "status", "bound", "gap",
     "solve_seconds", "task_seconds", "splits", "steps", "ops", "verify", "plan", "planned_model",
     "error",
@@ -39,8 +39,10 @@ ROW_FIELDS = (
 )
 TIMING_FIELDS = ("solve_seconds", "task_seconds")  # the only fields that differ between runs
 PLAN_TEXT = "_plan_json"  # a worker's plan, carried in its row to the parent (never stored)
+C_FILES = "_c_files"  # likewise the generated C: file name -> text
 RESULTS_JSONL, RESULTS_CSV, PLANS_DIR, MODELS_DIR = ("results.jsonl", "results.csv", "plans",
                                                      "models")
+C_DIR = "c"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Task:
     simulate: bool
     out_dir: str  # absolute
     plan_name: str  # sanitised file stem, unique per key
+    codegen: bool = False
     version: str = __version__
 
 
@@ -119,7 +122,8 @@ def make_tasks(sweep: Sweep, out_dir: Path) -> list[Task]:
                 shas[p.model] = "unreadable:" + p.model
         key = point_key(shas[p.model], p, sweep)
         tasks.append(Task(key=key, point=p, sha256=shas[p.model], solver=sweep.solver,
-                          simulate=sweep.simulate, out_dir=str(out_dir.resolve()),
+                          simulate=sweep.simulate, codegen=sweep.codegen,
+                          out_dir=str(out_dir.resolve()),
                           plan_name=safe_name(p.label(), 80) + "__" + key[:10]))
     return tasks
 
@@ -133,7 +137,8 @@ def base_row(task: Task) -> dict[str, Any]:
                resolution=res_text(p.resolution), budget=p.budget, mode=p.mode,
                latency=p.latency, target=p.target, time_limit=task.solver.time_limit,
                solver_workers=task.solver.workers, seed=task.solver.seed,
-               simulate=task.simulate, notes=LATENCY_NOTE if p.latency else None,
+               simulate=task.simulate, codegen=task.codegen,
+               notes=LATENCY_NOTE if p.latency else None,
                pexopt_version=task.version)
     return row
 
@@ -193,6 +198,14 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
                             "plan not written")
             return
         row["verify"] = "exact" if rep.max_error == 0 else f"ok (max error {rep.max_error:.2g})"
+    if task.codegen:  # generate C; the parent writes it next to the plan
+        import tempfile
+
+        from pexopt.codegen.emit import emit_c
+
+        with tempfile.TemporaryDirectory(prefix="pexopt-sweep-") as tmp:
+            files = emit_c(plan, res.graph, path, Path(tmp) / "pex_out")
+            row[C_FILES] = {f.name: f.read_text() for f in files}
     dest = inside(out / PLANS_DIR, task.plan_name, ".json")  # checked here and when written
     row["plan"] = f"{PLANS_DIR}/{dest.name}"
     row[PLAN_TEXT] = plan.to_json()  # written by the parent: workers may be on other machines
@@ -292,12 +305,18 @@ class ResultsWriter:
     def write(self, row: dict[str, Any]) -> None:
         """The point's plan file first (atomic), then its row in both results files."""
         text = row.pop(PLAN_TEXT, None)
+        c_files = row.pop(C_FILES, None)
         if text is not None and row.get("plan"):
             from pexopt.plan.format import write_atomic
 
             dest = inside(self.out / PLANS_DIR, Path(row["plan"]).stem, ".json")
             write_atomic(dest, text)
             row["plan"] = f"{PLANS_DIR}/{dest.name}"
+            if c_files:
+                folder = inside(self.out / C_DIR, dest.stem, "")
+                for name, body in c_files.items():
+                    write_atomic(inside(folder, Path(name).stem, Path(name).suffix), body)
+                row["codegen"] = f"{C_DIR}/{folder.name}"
         with _no_sigint():
             self.jsonl.write(json.dumps(row, sort_keys=False) + "\n")
             self.jsonl.flush()
