@@ -14,7 +14,6 @@ samples (a smoke test; the bundled `models/*_int8.onnx` are made the same way).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ import onnx
 
 from pexopt import __version__
 from pexopt.errors import PexError
+from pexopt.plan.format import write_atomic
 
 PRODUCER = "pexopt.quantize"
 CALIB_SEED = 20240  # the seed of models/build_models.py
@@ -135,21 +135,6 @@ def canonicalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return model
 
 
-def _write_atomic(data: bytes, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
@@ -216,6 +201,6 @@ def quantize_model(float_onnx: str | os.PathLike, out_path: str | os.PathLike,
     except onnx.checker.ValidationError as e:
         raise PexError(f"{src}: the quantised model is invalid: {_first_line(e)}") from e
     data = qmodel.SerializeToString(deterministic=True)
-    _write_atomic(data, out)
+    write_atomic(out, data)
     return QuantizeReport(out, len(samples), len(qmodel.graph.node), len(data),
                           hashlib.sha256(data).hexdigest())

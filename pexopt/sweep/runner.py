@@ -26,6 +26,7 @@ from typing import Any
 
 from pexopt import __version__
 from pexopt.errors import PexError
+from pexopt.graph.onnx_load import sha256_file
 from pexopt.sweep.config import LATENCY_NOTE, Point, SolverSettings, Sweep, load_sweep, res_text
 
 BACKENDS = ("local", "ray")
@@ -96,14 +97,6 @@ def inside(folder: Path, name: str, suffix: str) -> Path:
     return p
 
 
-def model_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def point_key(sha256: str, point: Point, sweep: Sweep, version: str = __version__) -> str:
     """sha256 of the model's bytes + point settings + solver settings + pexopt version."""
     blob = json.dumps({"model_sha256": sha256, **point.settings(), **sweep.settings(),
@@ -117,7 +110,7 @@ def make_tasks(sweep: Sweep, out_dir: Path) -> list[Task]:
     for p in sweep.points:
         if p.model not in shas:
             try:
-                shas[p.model] = model_sha256(p.model)
+                shas[p.model] = sha256_file(p.model)
             except OSError:  # vanished since validation: the task records the error
                 shas[p.model] = "unreadable:" + p.model
         key = point_key(shas[p.model], p, sweep)
