@@ -1,0 +1,142 @@
+"""Property-based fuzzing: random CNN-like ONNX models (tests/fuzz_graphs.py), float32 and int8 QDQ.
+
+For every model: solve layer by layer and with partial execution (5 s, 1 worker); both plans
+validate, the split arena is never larger than the layer-by-layer one, and both plans executed in
+the byte-exact arena equal the unsplit reference (bit for bit for int8, within tolerance for
+float32) on one input.
+
+Quick profile by default (`FUZZ_EXAMPLES` per flavour); the long profile:
+    PEXOPT_FUZZ_EXAMPLES=5000 python -m pytest -q tests/test_fuzz.py
+Every failure found becomes a plain regression test at the end of this file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuzz_graphs import Spec, build_model, fixed_input, specs  # noqa: E402
+
+from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
+from pexopt.plan.validator import validate  # noqa: E402
+from pexopt.simulate.verify import verify_plan  # noqa: E402
+from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
+
+FUZZ_EXAMPLES = int(os.environ.get("PEXOPT_FUZZ_EXAMPLES", "300"))  # per flavour
+ORT_FLOAT_TOL = 1e-3  # float32 models: simulator vs onnxruntime, relative to the output range
+
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, derandomize=True, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                print_blob=False)
+
+
+def check_model(model: onnx.ModelProto, int8: bool, folder: Path) -> None:
+    """Solve (layer by layer, split), validate, compare arenas, simulate bit-exactly."""
+    path = folder / ("fuzz_int8.onnx" if int8 else "fuzz.onnx")
+    onnx.save(model, str(path))
+    opts = ImportOptions(dtype="int8" if int8 else "float32")
+    out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    # verify's relative error divides by the output's range (floored at 1e-12): meaningless for
+    # a one-element output (see test_ort_error_of_one_element_output below)
+    ort_check = not int8 and math.prod(out_dims) > 1
+    arenas = {}
+    for split in (False, True):
+        res = solve_model(path, opts, SolverParams(time_limit=5, workers=1, split=split),
+                          budget=None)
+        assert validate(res.plan, res.graph) == [], f"split={split}"
+        rep = verify_plan(res.plan, res.graph, path, n_inputs=1, seed=0)
+        assert rep.exact, f"split={split}: max error {rep.max_error} {rep.notes}"
+        if ort_check and rep.ort_max_error is not None:
+            assert rep.ort_max_error <= ORT_FLOAT_TOL, \
+                f"split={split}: simulator vs onnxruntime {rep.ort_max_error}"
+        arenas[split] = res.plan.arena_bytes
+    assert arenas[True] <= arenas[False], arenas
+
+
+def run_spec(spec: Spec, int8: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="pexfuzz") as d:
+        check_model(build_model(spec, int8), int8, Path(d))
+
+
+@FUZZ
+@given(spec=specs(min_head=2))  # head=1: test_split_float_one_element_output_exact (xfail)
+def test_fuzz_float32(spec: Spec) -> None:
+    run_spec(spec, int8=False)
+
+
+@FUZZ
+@given(spec=specs())
+def test_fuzz_int8_qdq(spec: Spec) -> None:
+    run_spec(spec, int8=True)
+
+
+def test_generated_models_check_and_run() -> None:
+    """The generator itself: a few fixed specs pass onnx.checker (inside build_model) and run in
+    onnxruntime, float and QDQ."""
+    import numpy as np
+    import onnxruntime as ort
+
+    for spec in REGRESSION_SPECS:
+        for int8 in (False, True):
+            m = build_model(spec, int8)
+            sess = ort.InferenceSession(m.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+            (y,) = sess.run(None, {"x": fixed_input(spec)})
+            assert np.isfinite(y).all()
+
+
+# -- regressions: fixed specs (plain functions, no hypothesis) --------------------------------
+
+REGRESSION_SPECS = [
+    # every layer kind once, with a head
+    Spec(3, 16, 16, 0, (("conv", 8, 3, 2, 1, "relu"), ("dw", 3, 1, 1, "clip"), ("pw", 16, ""),
+                        ("res", 3, "relu"), ("cat", 4, 4, "relu"), ("pool", "max", 2, 2),
+                        ("act", "clip")), head=10),
+    # a 1-channel input, 5x5 convs without pads down to 1x1, average pool
+    Spec(1, 9, 9, 7, (("conv", 5, 5, 1, 0, ""), ("pool", "avg", 3, 2), ("dw", 1, 2, 0, "relu"))),
+]
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+@pytest.mark.parametrize("k", range(len(REGRESSION_SPECS)))
+def test_regression_specs(k: int, int8: bool, tmp_path: Path) -> None:
+    check_model(build_model(REGRESSION_SPECS[k], int8), int8, tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="verify_plan's relative error divides by np.ptp of the "
+                   "reference output floored at 1e-12: a one-element float output (a 1-class "
+                   "Gemm head) turns a 2e-9 float32 rounding difference to onnxruntime into "
+                   "'max error 1.9e+03 of the range'; the same metric decides `exact` for float "
+                   "plans, so a split of such a model could be refused by --verify")
+def test_ort_error_of_one_element_output(tmp_path: Path) -> None:
+    spec = Spec(c=1, h=4, w=4, seed=0, layers=(("dw", 1, 1, 0, ""),), head=1)
+    path = tmp_path / "one.onnx"
+    onnx.save(build_model(spec, int8=False), str(path))
+    res = solve_model(path, ImportOptions(dtype="float32"),
+                      SolverParams(time_limit=5, workers=1, split=False), budget=None)
+    rep = verify_plan(res.plan, res.graph, path, n_inputs=1, seed=0)
+    assert rep.exact
+    assert rep.ort_max_error is not None and rep.ort_max_error <= ORT_FLOAT_TOL
+
+
+ONE_OUTPUT_BUG = ("verify_plan compares float outputs by max|diff| / max(np.ptp(reference), "
+                  "1e-12) (simulate/verify.py _rel): for a one-element output (1-class Gemm "
+                  "head) ptp is 0, so the float32-vs-float64 accumulator difference of a split "
+                  "Gemm (~1e-9 absolute) reads as 7e3 'of the range' and exact=False: "
+                  "`solve --verify` refuses a correct plan")
+
+
+@pytest.mark.xfail(strict=True, reason=ONE_OUTPUT_BUG)
+def test_split_float_one_element_output_exact(tmp_path: Path) -> None:
+    """Found by test_fuzz_float32: x(1,1,4,4) -> Conv 1x1 (3 ch, stride 1, no pad) ->
+    GlobalAveragePool -> Flatten -> Gemm (1 class); float32; split=True."""
+    spec = Spec(c=1, h=4, w=4, seed=0, layers=(("conv", 3, 1, 1, 0, ""),), head=1)
+    check_model(build_model(spec, int8=False), False, tmp_path)
