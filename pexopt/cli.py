@@ -21,7 +21,7 @@ from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import parse_shape
 from pexopt.plan.format import load_plan, write_atomic
-from pexopt.plan.validator import validate
+from pexopt.plan.validator import PlanInvalid, validate
 from pexopt.solver.cpsat_layout import SolverParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -40,6 +40,9 @@ def friendly(fn: F) -> F:
     def wrapper(*a: Any, **kw: Any) -> Any:
         try:
             return fn(*a, **kw)
+        except PlanInvalid as e:  # a plan the validator rejects (README: exit 1)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INVALID) from None
         except PexError as e:
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -282,6 +285,9 @@ def validate_cmd(plan_file: Path, model: Path, input_shape: Shapes = None,
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
     violations = validate(plan, graph)
+    wrong_model = [v for v in violations if v.code == "model_hash"]
+    if wrong_model:  # everything else follows from that
+        violations = wrong_model
     if as_json:
         print(json.dumps({"valid": not violations,
                           "violations": [asdict(v) for v in violations]}))

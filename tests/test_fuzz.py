@@ -67,7 +67,7 @@ def run_spec(spec: Spec, int8: bool) -> None:
 
 
 @FUZZ
-@given(spec=specs(min_head=2))  # head=1: test_split_float_one_element_output_exact (xfail)
+@given(spec=specs())
 def test_fuzz_float32(spec: Spec) -> None:
     run_spec(spec, int8=False)
 
@@ -111,11 +111,6 @@ def test_regression_specs(k: int, int8: bool, tmp_path: Path) -> None:
     check_model(build_model(REGRESSION_SPECS[k], int8), int8, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="verify_plan's relative error divides by np.ptp of the "
-                   "reference output floored at 1e-12: a one-element float output (a 1-class "
-                   "Gemm head) turns a 2e-9 float32 rounding difference to onnxruntime into "
-                   "'max error 1.9e+03 of the range'; the same metric decides `exact` for float "
-                   "plans, so a split of such a model could be refused by --verify")
 def test_ort_error_of_one_element_output(tmp_path: Path) -> None:
     spec = Spec(c=1, h=4, w=4, seed=0, layers=(("dw", 1, 1, 0, ""),), head=1)
     path = tmp_path / "one.onnx"
@@ -127,14 +122,6 @@ def test_ort_error_of_one_element_output(tmp_path: Path) -> None:
     assert rep.ort_max_error is not None and rep.ort_max_error <= ORT_FLOAT_TOL
 
 
-ONE_OUTPUT_BUG = ("verify_plan compares float outputs by max|diff| / max(np.ptp(reference), "
-                  "1e-12) (simulate/verify.py _rel): for a one-element output (1-class Gemm "
-                  "head) ptp is 0, so the float32-vs-float64 accumulator difference of a split "
-                  "Gemm (~1e-9 absolute) reads as 7e3 'of the range' and exact=False: "
-                  "`solve --verify` refuses a correct plan")
-
-
-@pytest.mark.xfail(strict=True, reason=ONE_OUTPUT_BUG)
 def test_split_float_one_element_output_exact(tmp_path: Path) -> None:
     """Found by test_fuzz_float32: x(1,1,4,4) -> Conv 1x1 (3 ch, stride 1, no pad) ->
     GlobalAveragePool -> Flatten -> Gemm (1 class); float32; split=True."""

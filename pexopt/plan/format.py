@@ -124,6 +124,25 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def plan_from_dict(d: Any, where: str = "plan") -> Plan:
+    """A Plan from parsed JSON; wrong types are one-line PlanErrors naming the field."""
+    try:
+        return _plan_from_dict(d, where)
+    except PlanError:
+        raise
+    except (TypeError, ValueError, AttributeError) as e:
+        raise PlanError(f"{where}: malformed plan ({e})") from None
+
+
+def _slice(v: Any, w: str) -> list[int] | None:
+    if v is None:
+        return None
+    if (not isinstance(v, list) or len(v) != 2
+            or not all(isinstance(c, int) and not isinstance(c, bool) for c in v)):
+        raise PlanError(f"{w}: field 'slice' must be null or [c0, c1]")
+    return list(v)
+
+
+def _plan_from_dict(d: Any, where: str) -> Plan:
     if not isinstance(d, dict):
         raise PlanError(f"{where}: not a plan object")
     fmt = d.get("format")
@@ -135,11 +154,10 @@ def plan_from_dict(d: Any, where: str = "plan") -> Plan:
         w = f"{where}: steps[{i}]"
         if not isinstance(s, dict):
             raise PlanError(f"{w}: not an object")
-        sl = s.get("slice")
         steps.append(Step(index=_req(s, "index", int, w), op=_req(s, "op", str, w),
                           kind=_req(s, "kind", str, w), reads=list(_req(s, "reads", list, w)),
                           writes=list(_req(s, "writes", list, w)),
-                          slice=list(sl) if sl is not None else None,
+                          slice=_slice(s.get("slice"), w),
                           mode=str(s.get("mode", "whole")),
                           scratch=list(s.get("scratch", []))))
     buffers = []
@@ -154,16 +172,35 @@ def plan_from_dict(d: Any, where: str = "plan") -> Plan:
                               last_step=_req(b, "last_step", int, w),
                               alias_of=b.get("alias_of")))
     s = _req(d, "solver", dict, where)
-    solver = SolverInfo(status=str(s.get("status", "")), bound=int(s.get("bound", 0)),
-                        gap=float(s.get("gap", 0.0)), seconds=float(s.get("seconds", 0.0)),
-                        seed=int(s.get("seed", 0)), workers=int(s.get("workers", 0)),
-                        time_limit=float(s.get("time_limit", 0.0)))
-    budget = d.get("budget_bytes")
+    w = f"{where}: solver"
+    solver = SolverInfo(status=str(s.get("status", "")), bound=_num(s, "bound", int, 0, w),
+                        gap=_num(s, "gap", float, 0.0, w),
+                        seconds=_num(s, "seconds", float, 0.0, w),
+                        seed=_num(s, "seed", int, 0, w), workers=_num(s, "workers", int, 0, w),
+                        time_limit=_num(s, "time_limit", float, 0.0, w))
     return Plan(model={"path": str(model.get("path", "")), "sha256": str(model.get("sha256", ""))},
                 arena_bytes=_req(d, "arena_bytes", int, where),
-                budget_bytes=int(budget) if budget is not None else None,
-                fits=bool(d.get("fits", False)), align=int(d.get("align", 1)),
+                budget_bytes=_num(d, "budget_bytes", int, None, where),
+                fits=bool(d.get("fits", False)), align=_num(d, "align", int, 1, where),
                 dtype=str(d.get("dtype", "int8")),
                 input_external=bool(d.get("input_external", False)), steps=steps,
-                buffers=buffers, solver=solver, baselines=dict(d.get("baselines", {})),
+                buffers=buffers, solver=solver, baselines=_dict(d, "baselines", where),
                 splits=list(d.get("splits", [])))
+
+
+def _num(d: dict, key: str, typ: type, default: Any, where: str) -> Any:
+    """An optional number field; a string or other type is an error naming the field."""
+    v = d.get(key, default)
+    if v is None and default is None:
+        return None
+    ok = (int,) if typ is int else (int, float)
+    if isinstance(v, bool) or not isinstance(v, ok):
+        raise PlanError(f"{where}: field '{key}' must be a number, not {type(v).__name__}")
+    return typ(v)
+
+
+def _dict(d: dict, key: str, where: str) -> dict:
+    v = d.get(key, {})
+    if not isinstance(v, dict):
+        raise PlanError(f"{where}: field '{key}' must be an object")
+    return dict(v)

@@ -65,7 +65,7 @@ def random_feeds(graph: Graph, ox: OnnxIndex, n: int, seed: int) -> list[dict[st
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64), b.astype(np.float64)
-    span = max(float(np.ptp(b)), 1e-12)
+    span = max(float(np.ptp(b)), float(np.max(np.abs(b))) if b.size else 0.0, 1e-9)
     return float(np.max(np.abs(a - b))) / span if a.size else 0.0
 
 
