@@ -149,5 +149,5 @@ def test_simulate_refusal_names_the_rule(solved: Solved, mbv2: Path, tmp_path: P
     bad = tmp_path / "overlap.json"
     bad.write_text(json.dumps(d))
     res = run("simulate", bad, mbv2)
-    assert res.exit_code == 2
+    assert res.exit_code == 1  # README: a plan the validator rejects
     assert "[overlap]" in res.stderr, res.stderr
