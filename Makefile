@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_MODEL := models/mbv2_w035_r144_int8.onnx
 BUILT := models/mbv2_w035_r144_int8.onnx
 
-.PHONY: demo test models bench bench-readme lint clean
+.PHONY: demo test models bench bench-readme lint clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP) $(BUILT)
 
 test: $(STAMP) $(BUILT)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# the long fuzz profile: 5,000 random graphs per flavour (float, int8), about 10 minutes
+fuzz: $(STAMP) $(BUILT)
+	PEXOPT_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pexopt tests models
