@@ -96,7 +96,7 @@ def solve_graph(graph: Graph, tflm: int, params: SolverParams, budget: int | Non
         share = min(5.0, params.time_limit / 4)
         flat = solve_layout(graph, replace(params, split=False, time_limit=share))
         layerwise = flat.arena
-        params = replace(params, time_limit=max(0.5, params.time_limit - flat.seconds))
+        params = replace(params, time_limit=max(0.05, params.time_limit - flat.seconds))
     sched = solve_layout(graph, params, progress, start=flat)
     sched.seconds = time.time() - t0
     baselines = {"tflm_arena_bytes": tflm}

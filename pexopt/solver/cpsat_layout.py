@@ -388,7 +388,7 @@ class _Model:
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = p.workers
         solver.parameters.random_seed = p.seed
-        solver.parameters.max_time_in_seconds = max(0.05, time_limit)
+        solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         if p.deterministic_time is not None:
             solver.parameters.max_deterministic_time = p.deterministic_time
         t0 = time.time()
@@ -463,11 +463,17 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         greedy = start
     stages = [f"greedy {greedy.arena}"]
     budget = params.time_limit
-    fixed_limit = budget if not params.reorder else max(0.5, 0.6 * budget)
+    deadline = t0 + budget
+
+    def left(share: float = 1.0) -> float:
+        """Seconds for the next stage: a share of the budget, never past the deadline."""
+        return max(0.0, min(share * budget, 0.97 * (deadline - time.time())))
+
     fixed_model = _Model(graph, params, file_order, segments, lb, greedy.arena)
     if params.hint:
         fixed_model.hint(greedy)
-    name, fixed, fbound = fixed_model.solve(fixed_limit, "file order", progress)
+    name, fixed, fbound = fixed_model.solve(left(0.6 if params.reorder else 1.0),
+                                            "file order", progress)
     best = fixed if fixed is not None else greedy
     best.segments = fixed_model.segments if fixed is not None else []
     stages.append(f"file order {name} {best.arena}")
@@ -477,22 +483,21 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         # pairs counted once): search the orders for it, up to a quarter of the time
         lb, good = order_search_bound(graph, lb, best.arena,
                                       all_inplace_candidates(graph) if params.inplace else None,
-                                      seconds=0.25 * budget)
+                                      seconds=left(0.25))
         bound = lb
         stages.append(f"order search bound {lb}")
         if good is not None and good != best.order:  # lay out the order the search found
             model = _Model(graph, params, good, segments, lb, best.arena)
-            _, other, _ = model.solve(max(0.5, 0.1 * budget), "searched order", progress)
+            _, other, _ = model.solve(left(0.1), "searched order", progress)
             if other is not None and other.arena < best.arena:
                 best = other
                 stages.append(f"searched order {other.arena}")
     if params.reorder and best.arena > lb and len(graph.ops) > 1:
         best.bound = lb  # the file-order stage's bound holds for the file order only
-        remaining = max(0.5, budget - (time.time() - t0))
         free_model = _Model(graph, params, None, segments, lb, best.arena)
         if params.hint:
             free_model.hint(best)
-        name, free, fbound2 = free_model.solve(0.8 * remaining, "reorder", progress)
+        name, free, fbound2 = free_model.solve(0.8 * left(), "reorder", progress)
         stages.append(f"reorder {name} {free.arena if free else '-'}")
         if free is not None:
             bound = max(lb, fbound2)
@@ -504,8 +509,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         best = replace(start, bound=best.bound, stages=[])
         stages.append(f"kept the start schedule {best.arena}")
     if best.splits or best.inplace:
-        best = _simplest(graph, params, best, segments, lb,
-                         max(0.5, min(0.25 * budget, budget - (time.time() - t0))))
+        best = _simplest(graph, params, best, segments, lb, left(0.25))
     best.bound = min(max(best.bound, bound), best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
     best.seconds = time.time() - t0
