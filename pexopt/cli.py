@@ -511,6 +511,51 @@ def quantize(model: Path,
 
 
 @app.command()
+@friendly
+def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
+           simulate_too: Annotated[bool, typer.Option(
+               "--simulate/--no-simulate", help="Also run the plan in the arena.")] = True,
+           as_json: Json = False) -> None:
+    """Everything to attach to a report about a plan that failed on a device."""
+    import hashlib
+    import platform
+    from importlib import metadata
+
+    from pexopt.graph.onnx_load import sha256_file
+    from pexopt.pipeline import ImportOptions
+
+    info: dict[str, Any] = {"pexopt": __version__, "python": platform.python_version(),
+                            "platform": platform.platform()}
+    for pkg in ("ortools", "onnx", "onnxruntime", "numpy"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            info[pkg] = None
+    info["plan_sha256"] = hashlib.sha256(plan_file.read_bytes()).hexdigest() \
+        if plan_file.is_file() else None
+    info["model_sha256"] = sha256_file(model) if model.is_file() else None
+    plan = load_plan(plan_file)
+    info.update(plan_format=plan.format, plan_model_sha256=plan.model.get("sha256"),
+                arena_bytes=plan.arena_bytes, steps=len(plan.steps), buffers=len(plan.buffers),
+                solver=asdict(plan.solver))
+    graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
+                          input_shapes=_shapes(input_shape)).load(model)
+    violations = validate(plan, graph)
+    info["valid"] = not violations
+    info["violations"] = [f"{v.code}: {v.message}" for v in violations[:20]]
+    if simulate_too and not violations:
+        from pexopt.simulate.verify import verify_plan
+
+        rep = verify_plan(plan, graph, model)
+        info["simulation"] = {**asdict(rep), "ok": rep.ok}
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    for k, v in info.items():
+        out.print(f"{k}: {v}", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     print(__version__)

@@ -474,3 +474,15 @@ def test_console_script(resnet8: Path, tmp_path: Path) -> None:
     assert p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
     assert "Traceback" not in p.stderr and "no such file" in p.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_doctor_collects_versions_hashes_and_verdicts(resnet8: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    assert run("solve", resnet8, "-o", plan, "--quiet", *FAST).exit_code == 0
+    res = run("doctor", plan, resnet8, "--json")
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["valid"] is True and info["violations"] == []
+    assert info["model_sha256"] == info["plan_model_sha256"]
+    assert info["ortools"] and info["onnx"] and info["pexopt"]
+    assert info["simulation"]["ok"] is True
