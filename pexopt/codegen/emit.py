@@ -470,13 +470,18 @@ class _Emitter:
                 c.dw_blocks = blocks
         c.weights = self.array("int8_t", self.base_name(op, "w"), wts.astype(np.int64))
         self.quant_arrays(op, p, c)
+        self.weight_struct(op, c, "pex_conv_t",
+                           [n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, dh, dw, a.pads[0],
+                            a.pads[1], groups, ch_mult, -p.in_zp, p.out_zp, int(p.act_min),
+                            int(p.act_max)])
+        return c
+
+    def weight_struct(self, op: Op, c: _OpConsts, ctype: str, vals: list[int]) -> None:
+        """The const parameter struct of a conv/FC: integers, then its weight arrays."""
         c.struct = self.base_name(op, "p")
-        vals = [n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, dh, dw, a.pads[0], a.pads[1],
-                groups, ch_mult, -p.in_zp, p.out_zp, int(p.act_min), int(p.act_max)]
         init = "    " + ", ".join(str(int(v)) for v in vals) + \
             f",\n    {c.weights}, {c.bias}, {c.mult}, {c.shift}"
-        self.define("pex_conv_t", c.struct, None, init)
-        return c
+        self.define(ctype, c.struct, None, init)
 
     def fc_consts(self, op: Op, p: OpParams) -> _OpConsts:
         c = self.oc(op)
@@ -487,11 +492,8 @@ class _Emitter:
         in_last = int(p.extra.get("in_last", k))
         c.weights = self.array("int8_t", self.base_name(op, "w"), p.weights.astype(np.int64))
         self.quant_arrays(op, p, c)
-        c.struct = self.base_name(op, "p")
-        vals = [rows, k, cout, in_last, -p.in_zp, p.out_zp, int(p.act_min), int(p.act_max)]
-        init = "    " + ", ".join(str(int(v)) for v in vals) + \
-            f",\n    {c.weights}, {c.bias}, {c.mult}, {c.shift}"
-        self.define("pex_fc_t", c.struct, None, init)
+        self.weight_struct(op, c, "pex_fc_t", [rows, k, cout, in_last, -p.in_zp, p.out_zp,
+                                               int(p.act_min), int(p.act_max)])
         return c
 
     def pool_consts(self, op: Op, p: OpParams) -> _OpConsts:
