@@ -484,25 +484,14 @@ def calibration_inputs(
 
 def canonicalize(m: onnx.ModelProto) -> onnx.ModelProto:
     """Make serialisation independent of hash-map orders and tool versions."""
+    from pexopt.quantize import sort_model  # the same ordering as `pexopt quantize`
+
     m.producer_name = PRODUCER
     m.producer_version = "1"
     m.domain = ""
     m.model_version = 0
     del m.metadata_props[:]
-    g = m.graph
-    inits = sorted(g.initializer, key=lambda t: t.name)
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    vis = sorted(g.value_info, key=lambda v: v.name)
-    del g.value_info[:]
-    g.value_info.extend(vis)
-    # the ORT optimiser in quant_pre_process adds imports for every domain it knows
-    # (ai.onnx.ml, com.microsoft, org.pytorch.aten, ...); keep only the used ones
-    used = {n.domain for n in g.node} | {""}
-    ops = sorted((o for o in m.opset_import if o.domain in used), key=lambda o: o.domain)
-    del m.opset_import[:]
-    m.opset_import.extend(ops)
-    return m
+    return sort_model(m)
 
 
 def quantize(float_model: onnx.ModelProto) -> onnx.ModelProto:

@@ -119,8 +119,13 @@ def canonicalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     model.model_version = 0
     model.doc_string = ""
     del model.metadata_props[:]
+    model.graph.name = name
+    return sort_model(model)
+
+
+def sort_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Sort initializers and value infos by name, drop opset imports no node uses."""
     g = model.graph
-    g.name = name
     inits = sorted(g.initializer, key=lambda t: t.name)
     del g.initializer[:]
     g.initializer.extend(inits)

@@ -89,14 +89,45 @@ static void pex_st32(void *base, int32_t index, int32_t v)
 
 /* ---------------------------------------------------------------- convolutions */
 
+/* Sum over the kernel taps of one output pixel of (x + off) * w, for n input channels:
+   `in` points at the first channel to read (pixel stride in_pix), `wf` at the filter's first
+   weight of those channels (w_pix weights per tap). Taps in the padding contribute nothing. */
+static int32_t pex_conv_taps(const pex_conv_t *p, const int8_t *in, int32_t in_pix, int32_t b,
+                             int32_t iy0, int32_t ix0, const int8_t *wf, int32_t w_pix,
+                             int32_t n)
+{
+    const int32_t off = p->in_offset;
+    int32_t s = 0;
+    int32_t ky, kx, c;
+    for (ky = 0; ky < p->kh; ++ky) {
+        const int32_t iy = iy0 + ky * p->dh;
+        if (iy < 0 || iy >= p->in_h) {
+            continue;
+        }
+        for (kx = 0; kx < p->kw; ++kx) {
+            const int32_t ix = ix0 + kx * p->dw;
+            const int8_t *xp;
+            const int8_t *wp;
+            if (ix < 0 || ix >= p->in_w) {
+                continue;
+            }
+            xp = in + ((b * p->in_h + iy) * p->in_w + ix) * in_pix;
+            wp = wf + (ky * p->kw + kx) * w_pix;
+            for (c = 0; c < n; ++c) {
+                s += ((int32_t)xp[c] + off) * (int32_t)wp[c];
+            }
+        }
+    }
+    return s;
+}
+
 void pex_conv_s8(const pex_conv_t *p, const int8_t *in, int32_t in_pix, int8_t *out,
                  int32_t out_pix, int32_t oc0, int32_t oc1)
 {
     const int32_t cig = p->in_c / p->groups;
     const int32_t cog = p->out_c / p->groups;
     const int32_t filter = p->kh * p->kw * cig;
-    const int32_t off = p->in_offset;
-    int32_t b, oy, ox, o, ky, kx, c;
+    int32_t b, oy, ox, o;
     for (b = 0; b < p->batches; ++b) {
         for (oy = 0; oy < p->out_h; ++oy) {
             const int32_t iy0 = oy * p->sh - p->pad_t;
@@ -105,27 +136,8 @@ void pex_conv_s8(const pex_conv_t *p, const int8_t *in, int32_t in_pix, int8_t *
                 int8_t *dst = out + ((b * p->out_h + oy) * p->out_w + ox) * out_pix;
                 for (o = oc0; o < oc1; ++o) {
                     const int32_t g = o / cog;
-                    const int8_t *wf = p->weights + o * filter;
-                    int32_t acc = p->bias[o];
-                    for (ky = 0; ky < p->kh; ++ky) {
-                        const int32_t iy = iy0 + ky * p->dh;
-                        if (iy < 0 || iy >= p->in_h) {
-                            continue;
-                        }
-                        for (kx = 0; kx < p->kw; ++kx) {
-                            const int32_t ix = ix0 + kx * p->dw;
-                            const int8_t *xp;
-                            const int8_t *wp;
-                            if (ix < 0 || ix >= p->in_w) {
-                                continue;
-                            }
-                            xp = in + ((b * p->in_h + iy) * p->in_w + ix) * in_pix + g * cig;
-                            wp = wf + (ky * p->kw + kx) * cig;
-                            for (c = 0; c < cig; ++c) {
-                                acc += ((int32_t)xp[c] + off) * (int32_t)wp[c];
-                            }
-                        }
-                    }
+                    const int32_t acc = p->bias[o] + pex_conv_taps(
+                        p, in + g * cig, in_pix, b, iy0, ix0, p->weights + o * filter, cig, cig);
                     dst[o - oc0] = pex_requant(acc, p->mult[o], p->shift[o], p->out_offset,
                                                p->act_min, p->act_max);
                 }
@@ -139,8 +151,7 @@ void pex_conv_acc_s8(const pex_conv_t *p, const int8_t *in, int32_t in_pix, int3
 {
     const int32_t n = ic1 - ic0;
     const int32_t filter = p->kh * p->kw * p->in_c;
-    const int32_t off = p->in_offset;
-    int32_t b, oy, ox, o, ky, kx, c;
+    int32_t b, oy, ox, o;
     for (b = 0; b < p->batches; ++b) {
         for (oy = 0; oy < p->out_h; ++oy) {
             const int32_t iy0 = oy * p->sh - p->pad_t;
@@ -148,28 +159,9 @@ void pex_conv_acc_s8(const pex_conv_t *p, const int8_t *in, int32_t in_pix, int3
                 const int32_t ix0 = ox * p->sw - p->pad_l;
                 const int32_t pix = (b * p->out_h + oy) * p->out_w + ox;
                 for (o = 0; o < p->out_c; ++o) {
-                    const int8_t *wf = p->weights + o * filter + ic0;
-                    int32_t s = 0;
+                    const int32_t s = pex_conv_taps(p, in, in_pix, b, iy0, ix0,
+                                                    p->weights + o * filter + ic0, p->in_c, n);
                     int32_t cur;
-                    for (ky = 0; ky < p->kh; ++ky) {
-                        const int32_t iy = iy0 + ky * p->dh;
-                        if (iy < 0 || iy >= p->in_h) {
-                            continue;
-                        }
-                        for (kx = 0; kx < p->kw; ++kx) {
-                            const int32_t ix = ix0 + kx * p->dw;
-                            const int8_t *xp;
-                            const int8_t *wp;
-                            if (ix < 0 || ix >= p->in_w) {
-                                continue;
-                            }
-                            xp = in + ((b * p->in_h + iy) * p->in_w + ix) * in_pix;
-                            wp = wf + (ky * p->kw + kx) * p->in_c;
-                            for (c = 0; c < n; ++c) {
-                                s += ((int32_t)xp[c] + off) * (int32_t)wp[c];
-                            }
-                        }
-                    }
                     cur = first ? p->bias[o] : pex_ld32(acc, pix * p->out_c + o);
                     pex_st32(acc, pix * p->out_c + o, pex_wrap32((int64_t)cur + s));
                 }

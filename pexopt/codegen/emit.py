@@ -27,7 +27,7 @@ import numpy as np
 
 from pexopt.codegen.names import NameTable, comment
 from pexopt.errors import PexError
-from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.graph.ir import Graph, Op, QParams, Tensor
 from pexopt.ops import OpKind
 from pexopt.plan.format import Buffer, Plan, Step
 from pexopt.plan.validator import check
@@ -1059,23 +1059,11 @@ class _Emitter:
             f"#define PEX_ARENA_BYTES {max(1, self.plan.arena_bytes)}",
             "",
             "/* Input: int8, quantised as real = scale * (q - zero_point), NHWC when 4-D. */",
-            f"#define PEX_INPUT_SIZE {tin.elements}",
-            f"#define PEX_INPUT_SCALE {float(qi.scale)!r}f",
-            f"#define PEX_INPUT_ZERO_POINT {int(qi.zero_point)}",
-            f"#define PEX_INPUT_RANK {len(tin.shape)}",
-            f"#define PEX_INPUT_DIMS {{{', '.join(str(d) for d in tin.shape)}}}",
-        ]
-        lines += _shape_macros("INPUT", tin.shape)
-        lines += [
+            *_io_macros("INPUT", tin, qi),
             "",
             "/* Output: int8 (the quantised values even when the ONNX output is dequantised). */",
-            f"#define PEX_OUTPUT_SIZE {tout.elements}",
-            f"#define PEX_OUTPUT_SCALE {float(qo.scale)!r}f",
-            f"#define PEX_OUTPUT_ZERO_POINT {int(qo.zero_point)}",
-            f"#define PEX_OUTPUT_RANK {len(tout.shape)}",
-            f"#define PEX_OUTPUT_DIMS {{{', '.join(str(d) for d in tout.shape)}}}",
+            *_io_macros("OUTPUT", tout, qo),
         ]
-        lines += _shape_macros("OUTPUT", tout.shape)
         lines += [
             "",
             "/* Run the model: input has PEX_INPUT_SIZE bytes, output PEX_OUTPUT_SIZE bytes.",
@@ -1210,6 +1198,16 @@ def _shape_macros(what: str, shape: tuple[int, ...]) -> list[str]:
     if len(shape) == 2:
         return [f"#define PEX_{what}_N {shape[0]}", f"#define PEX_{what}_C {shape[1]}"]
     return []
+
+
+def _io_macros(prefix: str, t: Tensor, q: QParams) -> list[str]:
+    """Size, quantisation and shape macros of the model input or output."""
+    return [f"#define PEX_{prefix}_SIZE {t.elements}",
+            f"#define PEX_{prefix}_SCALE {float(q.scale)!r}f",
+            f"#define PEX_{prefix}_ZERO_POINT {int(q.zero_point)}",
+            f"#define PEX_{prefix}_RANK {len(t.shape)}",
+            f"#define PEX_{prefix}_DIMS {{{', '.join(str(d) for d in t.shape)}}}",
+            *_shape_macros(prefix, t.shape)]
 
 
 def _conv_scratch(arch: str, one_by_one: bool, one_by_n: bool, sh: int, sw: int, cin: int,

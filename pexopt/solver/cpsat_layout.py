@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from ortools.sat.python import cp_model
 
 from pexopt.graph.ir import Graph, ancestors, descendants
+from pexopt.ops import SPECS
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.solver.baselines import Lifetime, greedy_by_size
 from pexopt.solver.bounds import (
@@ -88,8 +89,7 @@ def buffer_tensors(graph: Graph) -> list[int]:
     return [t.id for t in graph.tensors if not t.external and t.nbytes > 0]
 
 
-def lifetimes(graph: Graph, order: list[int], inplace: dict[int, int] | None = None
-              ) -> dict[int, tuple[int, int]]:
+def lifetimes(graph: Graph, order: list[int]) -> dict[int, tuple[int, int]]:
     """Tensor id -> (first step, last step), inclusive, for a whole-tensor order."""
     pos = {op: i for i, op in enumerate(order)}
     n = len(order)
@@ -108,8 +108,6 @@ def lifetimes(graph: Graph, order: list[int], inplace: dict[int, int] | None = N
 def dw_inplace_ok(graph: Graph, k: int, i: int) -> bool:
     """A depthwise conv may overwrite its input channel by channel if shapes are equal."""
     op = graph.ops[k]
-    from pexopt.ops import SPECS
-
     if not SPECS[op.kind].inplace_temp or len(op.outputs) != 1:
         return False
     t_in, t_out = graph.tensors[i], graph.tensors[op.outputs[0]]
