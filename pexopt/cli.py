@@ -177,8 +177,9 @@ def solve(model: Path,
           no_inplace: Annotated[bool, typer.Option("--no-inplace",
                                                    help="Never write in place.")] = False,
           verify: Annotated[bool, typer.Option(
-              "--verify", help="Simulate the plan in a byte-exact arena before writing it.")]
-          = False,
+              "--verify/--no-verify",
+              help="Simulate the plan in a byte-exact arena before writing it (default: on; "
+                   "a plan that is not bit-exact is never written).")] = True,
           emit_c: Annotated[Path | None, typer.Option(
               "--emit-c", help="Also generate C into this folder.")] = None,
           target: Target = "cortex-m4",

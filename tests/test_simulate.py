@@ -144,7 +144,11 @@ def test_simulation_detects_mutations(case_path: tuple[str, bool]) -> None:
           f"by kind {dict(r['caught_by_kind'])} of {dict(r['by_kind'])}")
     for e in r["escaped"]:
         print("  escaped:", e)
-    assert r["detected"] >= 0.95 * r["n"], (
+    # a handover can escape legitimately: the kernel reads each input element before it writes
+    # the overlapping output bytes (streaming in place), so the outputs stay right; the share of
+    # such cases depends on the layout the solver picked, hence a margin, not an exact count
+    assert r["caught_by_kind"]["other"] == r["by_kind"]["other"], r["escaped"]
+    assert r["detected"] >= 0.9 * r["n"], (
         f"{r['n'] - r['detected']} of {r['n']} mutations escaped the simulation "
         f"({r['by_kind']['handover'] - r['caught_by_kind']['handover']} of them handovers: "
         "an op's output placed over an input that dies at that op)")

@@ -16,6 +16,7 @@ from typing import Any
 from pexopt.errors import PlanError
 
 FORMAT = "pexopt-plan/1"
+VOLATILE_SOLVER_FIELDS = ("seconds", "workers")  # not written: plans are byte-reproducible
 
 
 @dataclass
@@ -44,12 +45,15 @@ class Buffer:
 
 @dataclass
 class SolverInfo:
+    """How the plan was solved. `seconds` and `workers` stay in memory only: the file holds
+    nothing that depends on the wall clock or the thread count, so it is reproducible."""
+
     status: str
     bound: int
     gap: float
-    seconds: float
+    seconds: float | None
     seed: int
-    workers: int
+    workers: int | None
     time_limit: float
 
 
@@ -71,6 +75,8 @@ class Plan:
 
     def to_json(self) -> str:
         d = asdict(self)
+        for volatile in VOLATILE_SOLVER_FIELDS:
+            d["solver"].pop(volatile, None)
         d = {"format": d.pop("format"), **d}
         return json.dumps(d, indent=1) + "\n"
 
@@ -175,8 +181,8 @@ def _plan_from_dict(d: Any, where: str) -> Plan:
     w = f"{where}: solver"
     solver = SolverInfo(status=str(s.get("status", "")), bound=_num(s, "bound", int, 0, w),
                         gap=_num(s, "gap", float, 0.0, w),
-                        seconds=_num(s, "seconds", float, 0.0, w),
-                        seed=_num(s, "seed", int, 0, w), workers=_num(s, "workers", int, 0, w),
+                        seconds=_num(s, "seconds", float, None, w),
+                        seed=_num(s, "seed", int, 0, w), workers=_num(s, "workers", int, None, w),
                         time_limit=_num(s, "time_limit", float, 0.0, w))
     return Plan(model={"path": str(model.get("path", "")), "sha256": str(model.get("sha256", ""))},
                 arena_bytes=_req(d, "arena_bytes", int, where),

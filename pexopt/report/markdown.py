@@ -55,7 +55,7 @@ def plan_summary(plan: Plan, graph: Graph | None, figures: Sequence[tuple[str, s
             ("budget", fmt_bytes(plan.budget_bytes)), ("fits", fits),
             ("lower bound", fmt_bytes(plan.solver.bound)),
             ("gap", f"{100 * plan.solver.gap:.1f}%"), ("status", plan.solver.status),
-            ("solve time", f"{plan.solver.seconds:.2f} s"),
+            ("solve time", "-" if plan.solver.seconds is None else f"{plan.solver.seconds:.2f} s"),
             ("steps / buffers", f"{len(plan.steps)} / {len(plan.buffers)}"),
             ("activations", f"{plan.dtype}, graph input "
              + ("external (not counted)" if plan.input_external else "in the arena"))]

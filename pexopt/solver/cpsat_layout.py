@@ -13,6 +13,10 @@ Options, each a boolean the solver may take:
   its internal tensors vanish and one workspace box (all slice buffers) covers g's positions;
   its full inputs live until g's last op; a slice-written output starts at g's first op; an
   accumulated output is preceded by an int32 accumulator box at the same offset.
+
+Latency (when a cost model is given): the estimated cost is the sum of every op's whole cost,
+corrected by (segment cost - whole costs of its ops) for the chosen segment width and by the
+extra cost of each in-place depthwise; `latency` bounds it, and objective "latency" minimises it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from ortools.sat.python import cp_model
 
@@ -35,6 +40,18 @@ from pexopt.solver.bounds import (
 )
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
+TOO_SLOW = "LATENCY_NOT_MET"  # status of a schedule found only above the latency bound
+
+
+class CostModel(Protocol):
+    """Estimated cost (instructions, integers) of running an operator whole, a split segment
+    at one slice width, or a depthwise op in place; supplied by a target profile."""
+
+    def op(self, graph: Graph, k: int) -> int: ...
+
+    def segment(self, graph: Graph, seg: Segment, width: int) -> int: ...
+
+    def inplace(self, graph: Graph, k: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,8 @@ class SolverParams:
     max_widths: int = 8
     slice_widths: tuple[int, ...] | None = None
     deterministic_time: float | None = None
+    cost: CostModel | None = field(default=None, compare=False)  # latency estimate per choice
+    latency: int | None = None  # hard bound on the estimated cost (needs `cost`)
 
 
 @dataclass
@@ -335,10 +354,29 @@ class _Model:
                 y = m.new_optional_fixed_size_interval_var(off[s.output], acc, u, f"ay{s.id}")
                 m.add(top >= off[s.output] + acc).only_enforce_if(u)
                 boxes.append((x, y, acc, u))
+        self.latency = self._latency_expr()
+        if self.latency is not None and params.latency is not None:
+            m.add(self.latency <= params.latency)
         m.add_no_overlap_2d([b[0] for b in boxes], [b[1] for b in boxes])
         if params.cumulative:
             m.add_cumulative([b[0] for b in boxes], [b[2] for b in boxes], top)
         self.boxes = boxes
+
+    def _latency_expr(self) -> cp_model.LinearExprT | None:
+        """Estimated cost of the schedule as a linear expression of the choices."""
+        cost, g = self.p.cost, self.g
+        if cost is None:
+            return None
+        whole = [cost.op(g, k) for k in range(self.n)]
+        expr: cp_model.LinearExprT = sum(whole)
+        for s in self.segments:
+            base = sum(whole[k] for k in s.ops)
+            for w in s.widths:
+                expr += (cost.segment(g, s, w) - base) * self.width[(s.id, w)]
+        for (o, _i), b in self.choice.items():
+            k = self.prod[o]
+            expr += cost.inplace(g, k) * b
+        return expr
 
     def _var(self, expr: cp_model.LinearExprT, name: str) -> cp_model.LinearExprT:
         """An int var equal to expr (max equality wants variables or constants)."""
@@ -380,6 +418,9 @@ class _Model:
         m, p = self.m, self.p
         if objective == "arena":
             m.minimize(self.top)
+        elif objective == "latency":
+            assert self.latency is not None, "objective 'latency' needs a cost model"
+            m.minimize(self.latency)
         else:  # simplest plan at the arena already reached: fewest slices, no needless in place
             m.minimize(sum(self.width[(s.id, w)] * len(s.slices(w)) for s in self.segments
                            for w in s.widths) + sum(self.choice.values()))
@@ -430,6 +471,17 @@ def extent(graph: Graph, sched: Schedule) -> int:
     return max(ends, default=0)
 
 
+def schedule_cost(graph: Graph, sched: Schedule, cost: CostModel) -> int:
+    """The estimated cost of a schedule: the same sum the CP-SAT model constrains."""
+    by_id = {s.id: s for s in sched.segments}
+    in_split = {k for sid in sched.splits for k in by_id[sid].ops}
+    prod = graph.producer()
+    total = sum(cost.op(graph, k) for k in range(len(graph.ops)) if k not in in_split)
+    total += sum(cost.segment(graph, by_id[sid], w) for sid, w in sched.splits.items())
+    total += sum(cost.inplace(graph, prod[o]) for o in sched.inplace)
+    return total
+
+
 def greedy_schedule(graph: Graph, order: list[int], params: SolverParams) -> Schedule:
     """Greedy-by-size offsets (no in-place, no split) for an order: the first hint."""
     life = lifetimes(graph, order)
@@ -455,9 +507,14 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     else:
         lb = 0
     file_order = list(range(len(graph.ops)))
+    def fast_enough(sc: Schedule) -> bool:
+        return params.cost is None or params.latency is None or \
+            schedule_cost(graph, sc, params.cost) <= params.latency
+
     greedy = greedy_schedule(graph, file_order, params)
     if (start is not None and start.order == file_order and not start.splits
-            and start.arena < greedy.arena and start.params.align == params.align):
+            and start.arena < greedy.arena and start.params.align == params.align
+            and fast_enough(start)):
         greedy = start
     stages = [f"greedy {greedy.arena}"]
     budget = params.time_limit
@@ -467,7 +524,8 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         """Seconds for the next stage: a share of the budget, never past the deadline."""
         return max(0.0, min(share * budget, 0.97 * (deadline - time.time())))
 
-    fixed_model = _Model(graph, params, file_order, segments, lb, greedy.arena)
+    fixed_model = _Model(graph, params, file_order, segments, lb,
+                         greedy.arena if fast_enough(greedy) else None)
     if params.hint:
         fixed_model.hint(greedy)
     name, fixed, fbound = fixed_model.solve(left(0.6 if params.reorder else 1.0),
@@ -487,33 +545,63 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         if good is not None and good != best.order:  # lay out the order the search found
             model = _Model(graph, params, good, segments, lb, best.arena)
             _, other, _ = model.solve(left(0.1), "searched order", progress)
-            if other is not None and other.arena < best.arena:
+            if other is not None and (other.arena < best.arena or not fast_enough(best)):
                 best = other
                 stages.append(f"searched order {other.arena}")
     if params.reorder and best.arena > lb and len(graph.ops) > 1:
         best.bound = lb  # the file-order stage's bound holds for the file order only
-        free_model = _Model(graph, params, None, segments, lb, best.arena)
+        free_model = _Model(graph, params, None, segments, lb,
+                            best.arena if fast_enough(best) else None)
         if params.hint:
             free_model.hint(best)
         name, free, fbound2 = free_model.solve(0.8 * left(), "reorder", progress)
         stages.append(f"reorder {name} {free.arena if free else '-'}")
         if free is not None:
             bound = max(lb, fbound2)
-            if free.arena <= best.arena:
+            if free.arena <= best.arena or not fast_enough(best):
                 best = free
     elif not params.reorder:
         bound = max(lb, fbound) if fixed is not None else lb
-    if start is not None and start.arena < best.arena:
+    if start is not None and start.arena < best.arena and fast_enough(start):
         best = replace(start, bound=best.bound, stages=[])
         stages.append(f"kept the start schedule {best.arena}")
-    if best.splits or best.inplace:
+    canon = None
+    if best.arena <= max(best.bound, bound):
+        canon = _canonical(graph, params, best.arena, segments, lb, left(0.25))
+        if canon is not None:
+            canon.bound = best.bound
+            best = canon
+            stages.append(f"canonical {best.arena}")
+    if canon is None and (best.splits or best.inplace):
         best = _simplest(graph, params, best, segments, lb, left(0.25))
     best.bound = min(max(best.bound, bound), best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
+    if not fast_enough(best):
+        best.status = TOO_SLOW
     best.seconds = time.time() - t0
     best.stages = stages
     best.params = params
     return best
+
+
+def _canonical(graph: Graph, params: SolverParams, arena: int, segments: list[Segment],
+               lb: int, limit: float) -> Schedule | None:
+    """At a proven-optimal arena, the simplest plan found by one deterministic search thread.
+
+    The model, its hint (greedy, file order) and the single thread do not depend on what the
+    earlier stages found nor on the worker count, so the same model and options give the same
+    plan bytes. Accepted only when the search finishes (OPTIMAL): a time-out would not be
+    reproducible; the caller then keeps the plan it had.
+    """
+    one = replace(params, workers=1)
+    file_order = list(range(len(graph.ops)))
+    model = _Model(graph, one, None if params.reorder else file_order, segments, lb, arena)
+    if params.hint:
+        model.hint(greedy_schedule(graph, file_order, one))
+    name, sched, _ = model.solve(limit, "canonical", None, objective="simple")
+    if name != "OPTIMAL" or sched is None or sched.arena > arena:
+        return None
+    return sched
 
 
 def _simplest(graph: Graph, params: SolverParams, best: Schedule, segments: list[Segment],
@@ -525,4 +613,24 @@ def _simplest(graph: Graph, params: SolverParams, best: Schedule, segments: list
     if sched is None or sched.arena > best.arena:
         return best
     sched.bound = best.bound
+    return sched
+
+
+def solve_fastest(graph: Graph, params: SolverParams, arena_limit: int | None,
+                  hint: Schedule | None = None) -> Schedule | None:
+    """The schedule of least estimated cost whose arena is at most `arena_limit` (None when no
+    schedule was found in the time limit), ignoring `params.latency`."""
+    assert params.cost is not None, "solve_fastest needs a cost model"
+    free = replace(params, latency=None)
+    segments = find_segments(graph, params.max_segment_len, params.max_widths,
+                             params.slice_widths) if params.split else []
+    file_order = list(range(len(graph.ops)))
+    model = _Model(graph, free, None if params.reorder else file_order, segments, 0, arena_limit)
+    if params.hint:
+        model.hint(hint if hint is not None else greedy_schedule(graph, file_order, free))
+    name, sched, _ = model.solve(params.time_limit, "fastest", None, objective="latency")
+    if sched is None:
+        return None
+    sched.status = name
+    sched.params = params
     return sched
