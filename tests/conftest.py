@@ -35,6 +35,17 @@ def _in_ci() -> bool:
     return os.environ.get("CI") == "true"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201, ARG001
+    """In CI a skipped test is a failed one: a missing tool or file must not pass silently."""
+    outcome = yield
+    report = outcome.get_result()
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"
+
+
 @pytest.fixture(scope="session")
 def shared_models_dir() -> Path:
     """../shared/models/onnx; missing: a failure in CI, a skip elsewhere."""
