@@ -120,7 +120,11 @@ def prune_onnx(model: onnx.ModelProto, groups: Groups, keep: dict[int, np.ndarra
                 b = node.input[2]
                 ax = w.vector_axis(node, b, lay[out].axis, len(_rank(m, out, lay[out])),
                                    lay[out].channels)
-                node.input[2] = w.cut(b, [(ax if ax is not None else 0, k_out)])
+                if ax is not None:
+                    node.input[2] = w.cut(b, [(ax, k_out)])
+                elif w.consts.raw(b).size > 1:
+                    raise PexError(f"pruning: bias '{b}' of '{node_name(node)}' is not per "
+                                   "output channel")
         elif rule == Channels.FOLLOW and k_out is not None:
             src = lay[node.input[0]]
             for j, c in enumerate(node.input[1:], start=1):

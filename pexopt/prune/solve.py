@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pexopt.errors import PexError
 from pexopt.graph.onnx_load import load_model
 from pexopt.pipeline import ImportOptions, SolveResult, solve_model
 from pexopt.prune.groups import Groups, find_groups
@@ -39,6 +40,7 @@ class PruneOptions:
     min_keep: float = 0.25
     step: int = 4
     rounds: int = 6
+    simulate: bool = True  # run the chosen plan in the byte-exact simulator before returning
     extra: ExtraConstraints | None = None  # e.g. a latency bound over the kept counts
 
 
@@ -48,6 +50,7 @@ class Candidate:
     result: SolveResult
     model_bytes: bytes
     cost: int
+    path: Path | None = None  # where its model was solved from (temporary for a pruned one)
 
 
 @dataclass
@@ -97,7 +100,7 @@ class _Searcher:
         p.write_bytes(data)
         opts = replace(self.opts, input_shapes={})  # the pruned model has the fixed shapes
         res = solve_model(p, opts, self.params, self.budget)
-        return Candidate(dict(keep), res, data, self.cost(keep))
+        return Candidate(dict(keep), res, data, self.cost(keep), p)
 
 
 def prune_to_budget(path: str | Path, opts: ImportOptions, params: SolverParams, budget: int,
@@ -145,8 +148,20 @@ def prune_to_budget(path: str | Path, opts: ImportOptions, params: SolverParams,
             else:
                 cap -= arena - budget
             struct, struct_keep = cand.result, keep
+        if popts.simulate:
+            _check_simulation(best)
         out.chosen = best
         return out
+
+
+def _check_simulation(c: Candidate) -> None:
+    """The pruned model's plan must execute bit-exactly like its unsplit reference."""
+    from pexopt.simulate.verify import verify_plan
+
+    if c.path is not None and not verify_plan(c.result.plan, c.result.graph, c.path,
+                                              n_inputs=1, onnxruntime=False).ok:
+        raise PexError("pruning: the pruned model's plan does not simulate exactly "
+                       "(a bug; please report it)")
 
 
 def removed_importance(out: PruneOutcome) -> tuple[float, float]:
