@@ -287,6 +287,8 @@ def test_prune_to_budget_fits_and_respects_min_keep_and_step(int8_path: Path) ->
         c = out.tables[g].channels
         assert k >= 0.5 * c and (k % 4 == 0 or k == c)
     assert any(k < out.tables[g].channels for g, k in out.chosen.keep.items())
+    smallest = sum(t.cost[0] for t in out.tables.values())
+    assert out.chosen.cost < smallest  # the pruning model beat the maximal-pruning fallback
     impossible = prune_to_budget(int8_path, opts, PARAMS, 64, popts)
     assert impossible.chosen is None and impossible.min_arena > 64
 
@@ -362,3 +364,23 @@ def test_cli_hint_names_the_pruning_that_would_fit(int8_path: Path) -> None:
                               "--workers", "1"])
     line = _bad(res)
     assert res.exit_code == 3 and "rerun with --prune" in line and "of MACs kept" in line
+
+
+def test_cost_bound_hook_limits_the_macs_of_the_chosen_pruning(int8_path: Path) -> None:
+    from pexopt.prune.macs import cost_bound
+
+    opts = ImportOptions()
+    graph = opts.load(int8_path)
+    groups = find_groups(load_model(int8_path))
+    total = sum(o.macs for o in graph.ops)
+    budget = solve_model(int8_path, opts, PARAMS, None).plan.arena_bytes - 1024
+    free = prune_to_budget(int8_path, opts, PARAMS, budget, PruneOptions(min_keep=0.5))
+    free_macs = sum(o.macs for o in free.chosen.result.graph.ops)
+    bound = 0.9 * free_macs  # below what the memory budget alone keeps
+    popts = PruneOptions(min_keep=0.5, extra=cost_bound(graph, groups, {}, bound))
+    out = prune_to_budget(int8_path, opts, PARAMS, budget, popts)
+    macs = sum(o.macs for o in out.chosen.result.graph.ops)
+    assert macs <= bound < free_macs <= total
+    smallest = {g: t.counts[0] for g, t in out.tables.items()}
+    assert out.chosen.keep != smallest  # found by the model, not the maximal-pruning fallback
+    assert out.chosen.result.plan.arena_bytes <= budget
