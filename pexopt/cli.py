@@ -202,7 +202,8 @@ def solve(model: Path,
     opts = _opts(dtype, input_external, input_shape)
     params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
                      not no_split)
-    popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned, output)
+    popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
+                        output or emit_c)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         res = solve_model(model, opts, params, budget, progress=live)
     pruning, hint = None, None
@@ -231,8 +232,8 @@ def solve(model: Path,
         write_atomic(write_pruned, outcome.chosen.model_bytes)
     if output is not None:
         write_atomic(output, plan.to_json())
-    if emit_c is not None:
-        _emit(plan, res.graph, model, emit_c, target, "cmsis")
+    if emit_c is not None:  # a pruned plan's weights are those of the pruned model
+        _emit(plan, res.graph, write_pruned if pruning else model, emit_c, target, "cmsis")
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
@@ -272,7 +273,7 @@ def solve(model: Path,
 
 
 def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
-                write_pruned: Path | None, output: Path | None):  # noqa: ANN202
+                write_pruned: Path | None, writes: Path | None):  # noqa: ANN202
     """Check the --prune options together; None when not pruning."""
     from pexopt.prune.solve import PruneOptions
 
@@ -286,8 +287,9 @@ def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
         raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
     if step < 1:
         raise PexError("--prune-step must be at least 1")
-    if output is not None and write_pruned is None:
-        raise PexError("--prune with -o needs --write-pruned (the plan is for the pruned model)")
+    if writes is not None and write_pruned is None:
+        raise PexError("--prune with -o or --emit-c needs --write-pruned (the plan is for the "
+                       "pruned model)")
     return PruneOptions(min_keep=min_keep, step=step)
 
 

@@ -56,6 +56,7 @@ class Channels(str, enum.Enum):
     TIE: element-wise over several activations: channel i of each input is one channel.
     CONCAT: output channels are the inputs' channels, part after part.
     RESHAPE: a view that keeps channels only when every other non-batch dimension is 1.
+    REDUCE: follows its input when the channel axis is not among the reduced axes.
     FIXED: channels cannot be removed (what an unknown operator gets).
     """
 
@@ -64,6 +65,7 @@ class Channels(str, enum.Enum):
     TIE = "tie"
     CONCAT = "concat"
     RESHAPE = "reshape"
+    REDUCE = "reduce"
     FIXED = "fixed"
 
 
@@ -117,7 +119,7 @@ SPECS: dict[OpKind, OpSpec] = {
         _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
         _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
         _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
-        _spec(OpKind.REDUCE_MEAN),
+        _spec(OpKind.REDUCE_MEAN, prune=Channels.REDUCE),
         _spec(OpKind.RELU, elementwise=True, inplace=True, is_activation=True,
               split=Split.SAME_SLICE, prune=Channels.FOLLOW),
         _spec(OpKind.CLIP, elementwise=True, inplace=True, is_activation=True,
@@ -178,9 +180,14 @@ ALIAS_CHANNELS: dict[str, Channels] = {
     "Unsqueeze": Channels.RESHAPE,
 }
 
+# View ops whose input 1 is the target shape (pruning rewrites its channel entry).
+SHAPE_INPUT_OPS: frozenset[str] = frozenset({"Reshape"})
+
 # ONNX op type -> (output-channel axis, input-channel axis) of its weight (input 1), for pruning.
 # Gemm's axes swap when transB=1 (pexopt.prune.groups reads the attribute).
 WEIGHT_AXES: dict[str, tuple[int, int]] = {"Conv": (0, 1), "Gemm": (1, 0), "MatMul": (1, 0)}
+# ... and the channel axis of its activation input and output (NCHW for Conv, last otherwise).
+ACTIVATION_CHANNEL_AXIS: dict[str, int] = {"Conv": 1, "Gemm": -1, "MatMul": -1}
 
 # ONNX ops whose per-channel constants are 1-D vectors along the channel axis (not broadcast
 # from the right): BatchNormalization's parameters, a Conv bias, per-axis QDQ scales.

@@ -384,3 +384,30 @@ def test_cost_bound_hook_limits_the_macs_of_the_chosen_pruning(int8_path: Path) 
     smallest = {g: t.counts[0] for g, t in out.tables.items()}
     assert out.chosen.keep != smallest  # found by the model, not the maximal-pruning fallback
     assert out.chosen.result.plan.arena_bytes <= budget
+
+
+def _max_pruned_runs_and_simulates(src: Path, tmp_path: Path) -> None:
+    m = load_model(src)
+    p = save(prune_onnx(m, find_groups(m), _keep_min(m)), tmp_path / "pruned.onnx")
+    s0 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    i = s0.get_inputs()[0]
+    x = np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                 dtype=np.float32 if "float" in i.type else np.int8)
+    assert run_ort(p, x).shape == s0.run(None, {i.name: x})[0].shape
+    res = solve_model(p, ImportOptions(), PARAMS, None)
+    before = solve_model(src, ImportOptions(), PARAMS, None)
+    assert res.plan.arena_bytes < before.plan.arena_bytes
+    assert verify_plan(res.plan, res.graph, p, n_inputs=1).ok
+
+
+@pytest.mark.parametrize("name", ["resnet8_int8", "mcunet_mixed_int8", "dscnn_kws_int8"])
+def test_bundled_models_prune_run_and_simulate(models_dir: Path, tmp_path: Path,
+                                               name: str) -> None:
+    _max_pruned_runs_and_simulates(models_dir / f"{name}.onnx", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["tinyengine_vww", "mlperf_vww_96_int8"])
+def test_shared_models_prune_run_and_simulate(shared_models_dir: Path, tmp_path: Path,
+                                              name: str) -> None:
+    """TFLite-converted graphs: NHWC transposes, ReduceMean pooling, per-axis QDQ."""
+    _max_pruned_runs_and_simulates(shared_models_dir / f"{name}.onnx", tmp_path)

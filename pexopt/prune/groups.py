@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from pexopt.ops import ALIAS_CHANNELS, ONNX_KIND, SPECS, WEIGHT_AXES, Channels, OpKind
+from pexopt.ops import (
+    ACTIVATION_CHANNEL_AXIS,
+    ALIAS_CHANNELS,
+    ONNX_KIND,
+    SHAPE_INPUT_OPS,
+    SPECS,
+    WEIGHT_AXES,
+    Channels,
+    OpKind,
+)
 from pexopt.prune.consts import Consts
 
 
@@ -182,12 +191,11 @@ class _Analysis:
         ishape = self.shapes.get(acts[0], ())
         if out is None or not ishape:
             return False
-        rank = len(self.shapes[out])
-        want_axis = 1 if node.op_type == "Conv" else rank - 1  # NCHW conv, [.., C] for FC
+        act_axis = ACTIVATION_CHANNEL_AXIS[node.op_type]
+        out_axis = act_axis % len(self.shapes[out])
         out_ax, in_ax = weight_axes(node)
         wshape = self.consts.shape(node.input[1])
-        if x.axis != (1 if node.op_type == "Conv" else len(ishape) - 1) \
-                or wshape[in_ax] != x.channels:
+        if x.axis != act_axis % len(ishape) or wshape[in_ax] != x.channels:
             self.fix(x)  # the input's channels do not map to weight columns one to one
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if bias is not None and not self.consts.is_const(bias):
@@ -195,7 +203,7 @@ class _Analysis:
         c = wshape[out_ax]
         grp = self.new_group(c)
         self.producers[grp] = [node_name(node)]
-        self.layouts[out] = Layout(want_axis, (Part(grp, c),))
+        self.layouts[out] = Layout(out_axis, (Part(grp, c),))
         return True
 
     def _follow(self, node: onnx.NodeProto, acts: list[str]) -> bool:
@@ -216,9 +224,10 @@ class _Analysis:
     def _tie(self, node: onnx.NodeProto, acts: list[str]) -> bool:
         out = self._out(node)
         lays = [self.layouts[a] for a in acts]
-        shapes = {self.shapes.get(a) for a in acts}
+        ranks = {len(self.shapes.get(a, ())) for a in acts}
         sizes = {tuple(p.size for p in la.parts) for la in lays}
-        if out is None or len(shapes) != 1 or len(sizes) != 1 or len({la.axis for la in lays}) != 1:
+        # broadcasting over other dimensions (x * gate[N, C, 1, 1]) keeps channel identity
+        if out is None or len(ranks) != 1 or len(sizes) != 1 or len({la.axis for la in lays}) != 1:
             return False
         for la in lays[1:]:
             for p, q in zip(lays[0].parts, la.parts):
@@ -238,6 +247,24 @@ class _Analysis:
         self.layouts[out] = Layout(axis, tuple(p for la in lays for p in la.parts))
         return True
 
+    def _reduce(self, node: onnx.NodeProto, acts: list[str]) -> bool:
+        out = self._out(node)
+        src = self.layouts[acts[0]]
+        rank = len(self.shapes.get(acts[0], ()))
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is None and len(node.input) > 1 and node.input[1] in self.consts.inits:
+            axes = [int(a) for a in self.consts.raw(node.input[1]).ravel()]  # opset 18
+        if out is None or not axes or not rank:
+            return False  # no axes: everything is reduced
+        axes = [a % rank for a in axes]
+        if src.axis in axes:
+            return False
+        keep = _attr(node, "keepdims", 1)
+        self.layouts[out] = Layout(src.axis if keep else src.axis - sum(a < src.axis
+                                                                        for a in axes),
+                                   src.parts)
+        return True
+
     def _reshape(self, node: onnx.NodeProto, acts: list[str]) -> bool:
         """Keeps channels only for [N, C, 1, 1] <-> [N, C]-like views (no index mapping)."""
         out = self._out(node)
@@ -254,7 +281,7 @@ class _Analysis:
         if len(hits) != 1 or any(d != 1 for d in rest) or oshape[0] != ishape[0] or c <= 1:
             return False
         shape_in = node.input[1] if len(node.input) > 1 else ""
-        if shape_in and shape_in not in self.consts.inits:
+        if node.op_type in SHAPE_INPUT_OPS and shape_in not in self.consts.inits:
             return False  # a computed target shape cannot be rewritten
         self.layouts[out] = Layout(hits[0], src.parts)
         return True

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from pexopt.errors import PexError
-from pexopt.ops import CHANNEL_VECTOR_OPS, WEIGHT_AXES, Channels
+from pexopt.ops import CHANNEL_VECTOR_OPS, SHAPE_INPUT_OPS, WEIGHT_AXES, Channels
 from pexopt.prune.consts import Consts, dq_axis
 from pexopt.prune.groups import Groups, Layout, node_name, weight_axes
 
@@ -140,7 +140,7 @@ def prune_onnx(model: onnx.ModelProto, groups: Groups, keep: dict[int, np.ndarra
             for a in node.attribute:
                 if a.name == "group" and a.i == src.channels:
                     a.i = len(k_out)
-        elif rule == Channels.RESHAPE and k_out is not None and len(node.input) > 1:
+        elif rule == Channels.RESHAPE and k_out is not None and node.op_type in SHAPE_INPUT_OPS:
             shape = numpy_helper.to_array(w.consts.inits[node.input[1]]).copy()
             ax = lay[out].axis
             if shape[ax] == lay[out].channels:
