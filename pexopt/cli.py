@@ -304,10 +304,11 @@ def _prune_fail(summary, as_json: bool, line: str) -> None:  # noqa: ANN001
 def _prune_hint(model: Path, opts, params: SolverParams, budget: int, res) -> str:  # noqa: ANN001
     """What pruning (default --min-keep and step) would do for a plan that does not fit."""
     from pexopt.prune.report import hint_line, summarize
-    from pexopt.prune.solve import prune_to_budget
+    from pexopt.prune.solve import PruneOptions, prune_to_budget
 
-    try:
-        return hint_line(summarize(prune_to_budget(model, opts, params, budget, base=res)))
+    try:  # a suggestion only: `--prune` re-runs the search and simulates what it returns
+        return hint_line(summarize(prune_to_budget(model, opts, params, budget,
+                                                   PruneOptions(simulate=False), base=res)))
     except PexError as e:  # the model cannot be pruned this way: say so, still exit 3
         return f"no pruning suggestion ({e})"
 

@@ -22,8 +22,8 @@ from pexopt.plan.format import Buffer, Plan
 from pexopt.prune.groups import Groups
 from pexopt.prune.importance import CostTable
 
-# Extension point (e.g. a latency bound): add constraints over group -> kept-channels variables.
-# A per-op cost coefficient model would add `sum(coef_op * macs_op(keep)) <= bound` here.
+# Extension point (e.g. a latency bound): add constraints over group -> kept-channels variables;
+# pexopt.prune.macs.cost_bound builds `sum(coef_op * MACs_op(keep)) <= bound` from per-op costs.
 ExtraConstraints = Callable[[cp_model.CpModel, dict[int, cp_model.IntVar]], None]
 
 
