@@ -306,8 +306,10 @@ def test_mbv2_int8_prunes_into_64k_keeping_80pct_macs(models_dir: Path, tmp_path
     assert d["fits"] and d["arena_bytes"] <= 65536
     pr = d["prune"]
     assert pr["arena_before"] == 124416 and pr["macs_kept"] >= 0.8
-    assert {r["layer"] for r in pr["rows"] if r["channels_after"] < r["channels_before"]} \
-        >= {"stem_conv"}
+    rows = {r["layer"]: r for r in pr["rows"]}
+    assert rows["stem_conv"]["producer"] and rows["stem_conv"]["importance_removed"] > 0
+    assert rows["stem_conv"]["channels_after"] < rows["stem_conv"]["channels_before"] == 16
+    assert not rows["block1_dw_conv"]["producer"]  # it follows stem_conv's channels
     x = np.random.default_rng(0).random((1, 3, 144, 144)).astype(np.float32)
     assert run_ort(pruned, x).shape == run_ort(model, x).shape == (1, 1000)
     check = runner.invoke(app, ["validate", str(plan), str(pruned)])
@@ -411,3 +413,14 @@ def test_shared_models_prune_run_and_simulate(shared_models_dir: Path, tmp_path:
                                               name: str) -> None:
     """TFLite-converted graphs: NHWC transposes, ReduceMean pooling, per-axis QDQ."""
     _max_pruned_runs_and_simulates(shared_models_dir / f"{name}.onnx", tmp_path)
+
+
+def test_cli_prune_when_it_already_fits_keeps_the_model(int8_path: Path, tmp_path: Path) -> None:
+    pruned, plan = tmp_path / "p.onnx", tmp_path / "plan.json"
+    res = runner.invoke(app, ["solve", str(int8_path), "--sram", "1M", "--prune", "--json",
+                              "--write-pruned", str(pruned), "-o", str(plan), "--workers", "1"])
+    assert res.exit_code == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["prune"]["channels_removed"] == 0 and d["prune"]["rows"] == []
+    assert pruned.read_bytes() == int8_path.read_bytes()
+    assert runner.invoke(app, ["validate", str(plan), str(pruned)]).exit_code == 0

@@ -20,6 +20,7 @@ class LayerRow:
     importance_removed: float  # normalised L1 of its removed filters (producers only)
     macs_before: int
     macs_after: int
+    producer: bool = False  # its own filters were pruned (else it follows its input's channels)
 
 
 @dataclass
@@ -55,6 +56,7 @@ def summarize(out: PruneOutcome) -> PruneSummary:
     g1 = out.chosen.result.graph
     after = {o.name: o for o in g1.ops}
     norms = out.norms
+    producers = {p for names in out.groups.producers.values() for p in names}
     rows = []
     for op in g0.ops:
         new = after.get(op.name)
@@ -64,13 +66,13 @@ def summarize(out: PruneOutcome) -> PruneSummary:
         c0, c1 = t0.shape[-1], t1.shape[-1]
         if c0 == c1 and op.macs == new.macs:
             continue
-        imp = 0.0
-        if op.name in norms and c1 < c0:
+        imp, producer = 0.0, op.name in producers and op.name in norms and c1 < c0
+        if producer:
             kept = _kept_of(out, op.name)
             imp = float(norms[op.name].sum() - norms[op.name][kept].sum()) if kept is not None \
                 else 0.0
         rows.append(LayerRow(op.name, op.kind.value, c0, c1, t0.nbytes - t1.nbytes, imp,
-                             op.macs, new.macs))
+                             op.macs, new.macs, producer))
     removed_ch = sum(t.channels - out.chosen.keep[g] for g, t in out.tables.items())
     return PruneSummary(True, out.base.plan.budget_bytes or 0, out.base.plan.arena_bytes,
                         out.chosen.result.plan.arena_bytes, out.min_arena, macs0,
@@ -86,13 +88,15 @@ def _kept_of(out: PruneOutcome, producer: str) -> np.ndarray | None:
 
 def prune_table(s: PruneSummary) -> Table:
     t = Table(title="pruning: layers that lost channels")
-    for col in ("layer", "kind", "channels", "kept", "bytes saved", "importance removed",
-                "MACs before", "MACs after"):
+    for col in ("layer", "kind", "channels", "kept", "kept %", "bytes saved",
+                "importance removed", "MACs before", "MACs after", "MACs kept %"):
         t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for r in s.rows:
         t.add_row(r.layer, r.kind, f"{r.channels_before}", f"{r.channels_after}",
-                  f"{r.bytes_saved:,}", f"{r.importance_removed:.3f}",
-                  f"{r.macs_before:,}", f"{r.macs_after:,}")
+                  f"{100 * r.channels_after / max(1, r.channels_before):.0f}",
+                  f"{r.bytes_saved:,}", f"{r.importance_removed:.3f}" if r.producer else "-",
+                  f"{r.macs_before:,}", f"{r.macs_after:,}",
+                  f"{100 * r.macs_after / max(1, r.macs_before):.0f}")
     return t
 
 

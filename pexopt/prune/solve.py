@@ -61,7 +61,7 @@ class PruneOutcome:
     groups: Groups
     tables: dict[int, CostTable]
     chosen: Candidate | None
-    min_arena: int  # the arena at maximum pruning (every group at its smallest allowed count)
+    min_arena: int  # the arena at maximal pruning (the unpruned arena if that already fits)
     rounds: list[dict[str, int | bool]] = field(default_factory=list)
     norms: dict[str, np.ndarray] = field(default_factory=dict)  # producer -> filter importance
 
