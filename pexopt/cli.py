@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -183,6 +184,16 @@ def solve(model: Path,
           emit_c: Annotated[Path | None, typer.Option(
               "--emit-c", help="Also generate C into this folder.")] = None,
           target: Target = "cortex-m4",
+          prune: Annotated[bool, typer.Option(
+              "--prune", help="Remove the least important channels until --sram fits.")]
+          = False,
+          min_keep: Annotated[float, typer.Option(
+              "--min-keep", help="With --prune: keep at least this fraction of each layer.")]
+          = 0.25,
+          prune_step: Annotated[int, typer.Option(
+              "--prune-step", help="With --prune: channel counts in steps of this.")] = 4,
+          write_pruned: Annotated[Path | None, typer.Option(
+              "--write-pruned", help="With --prune: write the pruned ONNX model here.")] = None,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
     from pexopt.pipeline import parse_bytes, solve_model
@@ -192,21 +203,47 @@ def solve(model: Path,
     opts = _opts(dtype, input_external, input_shape)
     params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
                      not no_split)
+    popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
+                        output or emit_c)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         res = solve_model(model, opts, params, budget, progress=live)
+    pruning, hint = None, None
+    if popts is not None:  # the plan becomes the pruned model's plan
+        from pexopt.prune.report import summarize, summary_line
+        from pexopt.prune.solve import prune_to_budget
+
+        outcome = prune_to_budget(model, opts, params, budget or 0, popts, base=res)
+        pruning = summarize(outcome)
+        if outcome.chosen is None:
+            _prune_fail(pruning, as_json, summary_line(pruning))
+        res = outcome.chosen.result
+        res.plan.model["path"] = str(write_pruned) if write_pruned else res.plan.model["path"]
+    elif not res.plan.fits:
+        hint = _prune_hint(model, opts, params, budget or 0, res)
     plan = res.plan
-    report = _simulate(plan, res.graph, model) if verify else None
+    report = None
+    if verify and pruning is not None:  # simulate against the pruned model's own bytes
+        with tempfile.TemporaryDirectory(prefix="pexopt_verify_") as tmp:
+            pruned_path = Path(tmp) / "pruned.onnx"
+            pruned_path.write_bytes(outcome.chosen.model_bytes)
+            report = _simulate(plan, res.graph, pruned_path)
+    elif verify:
+        report = _simulate(plan, res.graph, model)
+    if pruning is not None and write_pruned is not None:
+        write_atomic(write_pruned, outcome.chosen.model_bytes)
     if output is not None:
         write_atomic(output, plan.to_json())
-    if emit_c is not None:
-        _emit(plan, res.graph, model, emit_c, target, "cmsis")
+    if emit_c is not None:  # a pruned plan's weights are those of the pruned model
+        _emit(plan, res.graph, write_pruned if pruning else model, emit_c, target, "cmsis")
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
                           "fits": plan.fits, "solver": asdict(plan.solver),
                           "layerwise_arena_bytes": res.layerwise, "splits": plan.splits,
                           "peak": asdict(res.peak), "plan": str(output) if output else None,
-                          "verify": asdict(report) if report else None}))
+                          "verify": asdict(report) if report else None,
+                          "prune": pruning.to_dict() if pruning else None,
+                          "prune_hint": hint}))
     elif not quiet:
         _print_table(solve_table(res))
         st = splits_table(res)
@@ -218,13 +255,63 @@ def solve(model: Path,
         out.print(peak_line(res), highlight=False, soft_wrap=True, markup=False)
         if report is not None:
             out.print(_verify_line(report), highlight=False, soft_wrap=True)
+        if pruning is not None:
+            from pexopt.prune.report import prune_table, summary_line
+
+            _print_table(prune_table(pruning))
+            out.print(summary_line(pruning), highlight=False, soft_wrap=True, markup=False)
+            if write_pruned is not None:
+                out.print(f"pruned model written to {write_pruned}", highlight=False,
+                          soft_wrap=True, markup=False)
         if output is not None:
             out.print(f"plan written to {output}", highlight=False, soft_wrap=True, markup=False)
     if not plan.fits:
         err.print(f"does not fit: the smallest arena found is {plan.arena_bytes:,} B, "
-                  f"budget {budget:,} B ({peak_line(res)})", highlight=False, soft_wrap=True,
+                  f"budget {budget:,} B ({peak_line(res)})"
+                  + (f"; {hint}" if hint else ""), highlight=False, soft_wrap=True,
                   markup=False)
         raise typer.Exit(EXIT_NO_FIT)
+
+
+def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
+                write_pruned: Path | None, writes: Path | None):  # noqa: ANN202
+    """Check the --prune options together; None when not pruning."""
+    from pexopt.prune.solve import PruneOptions
+
+    if not prune:
+        if write_pruned is not None:
+            raise PexError("--write-pruned needs --prune")
+        return None
+    if budget is None:
+        raise PexError("--prune needs --sram (the budget to prune for)")
+    if not 0 < min_keep <= 1:
+        raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
+    if step < 1:
+        raise PexError("--prune-step must be at least 1")
+    if writes is not None and write_pruned is None:
+        raise PexError("--prune with -o or --emit-c needs --write-pruned (the plan is for the "
+                       "pruned model)")
+    return PruneOptions(min_keep=min_keep, step=step)
+
+
+def _prune_fail(summary, as_json: bool, line: str) -> None:  # noqa: ANN001
+    """Even maximal pruning does not fit: one line (or JSON), exit 3, nothing written."""
+    if as_json:
+        print(json.dumps({"fits": False, "prune": summary.to_dict()}))
+    err.print(f"does not fit: {line}", highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(EXIT_NO_FIT)
+
+
+def _prune_hint(model: Path, opts, params: SolverParams, budget: int, res) -> str:  # noqa: ANN001
+    """What pruning (default --min-keep and step) would do for a plan that does not fit."""
+    from pexopt.prune.report import hint_line, summarize
+    from pexopt.prune.solve import PruneOptions, prune_to_budget
+
+    try:  # a suggestion only: `--prune` re-runs the search and simulates what it returns
+        return hint_line(summarize(prune_to_budget(model, opts, params, budget,
+                                                   PruneOptions(simulate=False), base=res)))
+    except PexError as e:  # the model cannot be pruned this way: say so, still exit 3
+        return f"no pruning suggestion ({e})"
 
 
 def _simulate(plan, graph, model: Path):  # noqa: ANN001, ANN202

@@ -47,6 +47,28 @@ class Split(str, enum.Enum):
     CONCAT = "concat"  # output slice is a slice of one input
 
 
+class Channels(str, enum.Enum):
+    """What an operator does to channel identity, for structured pruning (pexopt.prune).
+
+    PRODUCE: its filters (weight axis from `WEIGHT_AXES`) are new, removable channels; it reads
+    its input's channels through weight columns, so those may be removed too.
+    FOLLOW: output channel i is input channel i (per-channel constants are pruned alongside).
+    TIE: element-wise over several activations: channel i of each input is one channel.
+    CONCAT: output channels are the inputs' channels, part after part.
+    RESHAPE: a view that keeps channels only when every other non-batch dimension is 1.
+    REDUCE: follows its input when the channel axis is not among the reduced axes.
+    FIXED: channels cannot be removed (what an unknown operator gets).
+    """
+
+    PRODUCE = "produce"
+    FOLLOW = "follow"
+    TIE = "tie"
+    CONCAT = "concat"
+    RESHAPE = "reshape"
+    REDUCE = "reduce"
+    FIXED = "fixed"
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """Static facts about one operator kind.
@@ -58,6 +80,7 @@ class OpSpec:
     split: channel-slice behaviour; accumulate: may consume input slices into an int32 accumulator.
     inplace_temp: may overwrite its input channel by channel through one H x W temporary
     (TinyEngine's in-place depthwise; only when output and input have the same shape).
+    prune: how it propagates or ties channels when pruning (see `Channels`).
     """
 
     kind: OpKind
@@ -68,6 +91,7 @@ class OpSpec:
     split: Split = Split.NONE
     accumulate: bool = False
     inplace_temp: bool = False
+    prune: Channels = Channels.FIXED
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -77,35 +101,39 @@ def _spec(kind: OpKind, **kw: object) -> OpSpec:
 SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
-        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True),
+        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True,
+              prune=Channels.PRODUCE),
         _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
-              inplace_temp=True),
+              inplace_temp=True, prune=Channels.FOLLOW),
         _spec(OpKind.GROUPED_CONV, takes_activation=True),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
-              accumulate=True),
+              accumulate=True, prune=Channels.PRODUCE),
         _spec(OpKind.MATMUL, takes_activation=True),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, prune=Channels.TIE),
         _spec(OpKind.MUL, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, prune=Channels.TIE),
         _spec(OpKind.CHANNEL_AFFINE, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
-        _spec(OpKind.CONCAT, split=Split.CONCAT),
-        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE),
-        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE),
-        _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE),
-        _spec(OpKind.REDUCE_MEAN),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+        _spec(OpKind.CONCAT, split=Split.CONCAT, prune=Channels.CONCAT),
+        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+        _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+        _spec(OpKind.REDUCE_MEAN, prune=Channels.REDUCE),
         _spec(OpKind.RELU, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW),
         _spec(OpKind.CLIP, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE),
-        _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE),
-        _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE),
-        _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+        _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              prune=Channels.FOLLOW),
+        _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              prune=Channels.FOLLOW),
+        _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              prune=Channels.FOLLOW),
         _spec(OpKind.SOFTMAX),
-        _spec(OpKind.TRANSPOSE),
-        _spec(OpKind.PAD, split=Split.SAME_SLICE),
-        _spec(OpKind.RESIZE, split=Split.SAME_SLICE),
+        _spec(OpKind.TRANSPOSE, prune=Channels.FOLLOW),  # pexopt.prune moves the channel axis
+        _spec(OpKind.PAD, split=Split.SAME_SLICE, prune=Channels.FOLLOW),  # if C is unchanged
+        _spec(OpKind.RESIZE, split=Split.SAME_SLICE, prune=Channels.FOLLOW),  # if C is unchanged
         _spec(OpKind.OPAQUE),
     )
 }
@@ -143,3 +171,25 @@ ONNX_KIND: dict[str, OpKind] = {
 
 # Transposes between ONNX's NCHW convention and pexopt's NHWC memory layout move no bytes.
 LAYOUT_PERMS: frozenset[tuple[int, ...]] = frozenset({(0, 3, 1, 2), (0, 2, 3, 1)})
+
+# Channel behaviour of the view ops (they never become IR operators), for pexopt.prune.
+ALIAS_CHANNELS: dict[str, Channels] = {
+    "QuantizeLinear": Channels.FOLLOW, "DequantizeLinear": Channels.FOLLOW,
+    "Identity": Channels.FOLLOW, "Dropout": Channels.FOLLOW,
+    "Reshape": Channels.RESHAPE, "Flatten": Channels.RESHAPE, "Squeeze": Channels.RESHAPE,
+    "Unsqueeze": Channels.RESHAPE,
+}
+
+# View ops whose input 1 is the target shape (pruning rewrites its channel entry).
+SHAPE_INPUT_OPS: frozenset[str] = frozenset({"Reshape"})
+
+# ONNX op type -> (output-channel axis, input-channel axis) of its weight (input 1), for pruning.
+# Gemm's axes swap when transB=1 (pexopt.prune.groups reads the attribute).
+WEIGHT_AXES: dict[str, tuple[int, int]] = {"Conv": (0, 1), "Gemm": (1, 0), "MatMul": (1, 0)}
+# ... and the channel axis of its activation input and output (NCHW for Conv, last otherwise).
+ACTIVATION_CHANNEL_AXIS: dict[str, int] = {"Conv": 1, "Gemm": -1, "MatMul": -1}
+
+# ONNX ops whose per-channel constants are 1-D vectors along the channel axis (not broadcast
+# from the right): BatchNormalization's parameters, a Conv bias, per-axis QDQ scales.
+CHANNEL_VECTOR_OPS: frozenset[str] = frozenset(
+    {"BatchNormalization", "Conv", "QuantizeLinear", "DequantizeLinear"})

@@ -1,0 +1,1 @@
+"""Structured channel pruning that makes a model fit an SRAM budget (`solve --prune`)."""
