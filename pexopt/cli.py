@@ -222,13 +222,21 @@ def solve(model: Path,
         hint = _prune_hint(model, opts, params, budget or 0, res)
     plan = res.plan
     report = None
+    from pexopt.simulate.arena import executable
+
+    unverified = None
+    if verify and not executable(res.graph):
+        verify = False
+        unverified = ("not simulated: a float model planned with int8 activations computes "
+                      "values its buffers are not sized for; `pexopt quantize` it to simulate "
+                      "and generate C")
     if verify and pruning is not None:  # simulate against the pruned model's own bytes
         with tempfile.TemporaryDirectory(prefix="pexopt_verify_") as tmp:
             pruned_path = Path(tmp) / "pruned.onnx"
             pruned_path.write_bytes(outcome.chosen.model_bytes)
-            report = _simulate(plan, res.graph, pruned_path)
+            report = _simulate(plan, res.graph, pruned_path, opts.input_shapes)
     elif verify:
-        report = _simulate(plan, res.graph, model)
+        report = _simulate(plan, res.graph, model, opts.input_shapes)
     if pruning is not None and write_pruned is not None:
         write_atomic(write_pruned, outcome.chosen.model_bytes)
     if output is not None:
@@ -241,7 +249,7 @@ def solve(model: Path,
                           "fits": plan.fits, "solver": asdict(plan.solver),
                           "layerwise_arena_bytes": res.layerwise, "splits": plan.splits,
                           "peak": asdict(res.peak), "plan": str(output) if output else None,
-                          "verify": asdict(report) if report else None,
+                          "verify": asdict(report) if report else unverified,
                           "prune": pruning.to_dict() if pruning else None,
                           "prune_hint": hint}))
     elif not quiet:
@@ -255,6 +263,8 @@ def solve(model: Path,
         out.print(peak_line(res), highlight=False, soft_wrap=True, markup=False)
         if report is not None:
             out.print(_verify_line(report), highlight=False, soft_wrap=True)
+        if unverified is not None:
+            out.print(unverified, highlight=False, soft_wrap=True, markup=False)
         if pruning is not None:
             from pexopt.prune.report import prune_table, summary_line
 
@@ -314,11 +324,11 @@ def _prune_hint(model: Path, opts, params: SolverParams, budget: int, res) -> st
         return f"no pruning suggestion ({e})"
 
 
-def _simulate(plan, graph, model: Path):  # noqa: ANN001, ANN202
+def _simulate(plan, graph, model: Path, input_shapes=None):  # noqa: ANN001, ANN202
     """Simulate; a mismatch is a bug of ours, so it stops before anything is written."""
     from pexopt.simulate.verify import verify_plan
 
-    report = verify_plan(plan, graph, model)
+    report = verify_plan(plan, graph, model, input_shapes=input_shapes)
     if not report.ok:
         raise PexError(f"simulation: the plan's outputs differ from the unsplit reference "
                        f"(max relative error {report.max_error:.3g}); nothing written")
@@ -352,7 +362,8 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
     check(plan, graph)  # never execute a plan that overlaps
-    report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed)
+    report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed,
+                         input_shapes=_shapes(input_shape))
     if as_json:
         print(json.dumps({**asdict(report), "ok": report.ok}))
     else:
@@ -634,7 +645,7 @@ def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
     if simulate_too and not violations:
         from pexopt.simulate.verify import verify_plan
 
-        rep = verify_plan(plan, graph, model)
+        rep = verify_plan(plan, graph, model, input_shapes=_shapes(input_shape))
         info["simulation"] = {**asdict(rep), "ok": rep.ok}
     if as_json:
         print(json.dumps(info, indent=1))

@@ -156,12 +156,10 @@ def prune_to_budget(path: str | Path, opts: ImportOptions, params: SolverParams,
 
 def _check_simulation(c: Candidate) -> None:
     """The pruned model's plan must execute bit-exactly like its unsplit reference."""
-    from pexopt.graph.ir import DTYPE_BYTES
-    from pexopt.simulate.arena import element_dtype
+    from pexopt.simulate.arena import executable
     from pexopt.simulate.verify import verify_plan
 
-    g = c.result.graph
-    if any(element_dtype(t).itemsize > DTYPE_BYTES[g.dtype] for t in g.tensors):
+    if not executable(c.result.graph):
         return  # a float model planned for int8 activations cannot execute as planned
     if c.path is not None and not verify_plan(c.result.plan, c.result.graph, c.path,
                                               n_inputs=1, onnxruntime=False).ok:

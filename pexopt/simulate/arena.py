@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pexopt.errors import PexError
-from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.graph.ir import DTYPE_BYTES, Graph, Op, Tensor
 from pexopt.ops import SPECS, Split
 from pexopt.plan.format import Buffer, Plan, Step
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
@@ -27,6 +27,12 @@ class SimulationError(PexError):
 
 def element_dtype(t: Tensor) -> np.dtype:
     return np.dtype(np.int8) if stored_int8(t) else np.dtype(np.float32)
+
+
+def executable(graph: Graph) -> bool:
+    """Whether plans of this graph can run here: not for a float model planned with int8
+    activations (its buffers are sized for values it does not compute)."""
+    return all(element_dtype(t).itemsize <= DTYPE_BYTES[graph.dtype] for t in graph.tensors)
 
 
 @dataclass

@@ -70,9 +70,11 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def verify_plan(plan: Plan, graph: Graph, model_path: str | Path, n_inputs: int = 2,
-                seed: int = 0, onnxruntime: bool = True) -> VerifyReport:
-    """Run `plan` in a byte-exact arena on random inputs and compare with the references."""
-    ox = onnx_index(model_path)
+                seed: int = 0, onnxruntime: bool = True,
+                input_shapes: dict[str, tuple[int, ...]] | None = None) -> VerifyReport:
+    """Run `plan` in a byte-exact arena on random inputs and compare with the references
+    (`input_shapes` fixes dynamic input dimensions, as at import)."""
+    ox = onnx_index(model_path, input_shapes or None)
     params = load_params(ox, graph)
     feeds = random_feeds(graph, ox, n_inputs, seed)
     exact, worst = True, 0.0
