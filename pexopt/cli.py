@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -181,7 +181,10 @@ def solve(model: Path,
           = False,
           emit_c: Annotated[Path | None, typer.Option(
               "--emit-c", help="Also generate C into this folder.")] = None,
-          target: Target = "cortex-m4",
+          target: Annotated[str | None, typer.Option(
+              "--target", help="A target profile (cortex-m4, cortex-m7, cortex-m55 or a "
+              "profile .yaml): estimates latency into the plan and picks the codegen core.")]
+          = None,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
     from pexopt.pipeline import parse_bytes, solve_model
@@ -191,21 +194,29 @@ def solve(model: Path,
     opts = _opts(dtype, input_external, input_shape)
     params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
                      not no_split)
+    profile, core = _target_profile(target)
+    if profile is not None and profile.solver.slice_widths is not None:
+        params = replace(params, slice_widths=profile.solver.slice_widths)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         res = solve_model(model, opts, params, budget, progress=live)
     plan = res.plan
+    if profile is not None:
+        from pexopt.latency.cost import estimate, latency_record
+
+        plan.latency = latency_record(profile, estimate(profile, res.graph, plan))
     report = _simulate(plan, res.graph, model) if verify else None
     if output is not None:
         write_atomic(output, plan.to_json())
     if emit_c is not None:
-        _emit(plan, res.graph, model, emit_c, target, "cmsis")
+        _emit(plan, res.graph, model, emit_c, core, "cmsis")
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
                           "fits": plan.fits, "solver": asdict(plan.solver),
                           "layerwise_arena_bytes": res.layerwise, "splits": plan.splits,
                           "peak": asdict(res.peak), "plan": str(output) if output else None,
-                          "verify": asdict(report) if report else None}))
+                          "verify": asdict(report) if report else None,
+                          "latency": plan.latency}))
     elif not quiet:
         _print_table(solve_table(res))
         st = splits_table(res)
@@ -215,6 +226,9 @@ def solve(model: Path,
         if ip is not None:
             out.print(ip, highlight=False, soft_wrap=True, markup=False)
         out.print(peak_line(res), highlight=False, soft_wrap=True, markup=False)
+        if plan.latency is not None:
+            out.print(_latency_line(plan.latency), highlight=False, soft_wrap=True,
+                      markup=False)
         if report is not None:
             out.print(_verify_line(report), highlight=False, soft_wrap=True)
         if output is not None:
@@ -224,6 +238,28 @@ def solve(model: Path,
                   f"budget {budget:,} B ({peak_line(res)})", highlight=False, soft_wrap=True,
                   markup=False)
         raise typer.Exit(EXIT_NO_FIT)
+
+
+def _target_profile(target: str | None):  # noqa: ANN202
+    """(profile or None, codegen core) for solve's --target: a profile name or .yaml path; a
+    codegen-only core without a shipped profile (e.g. cortex-m33) selects the core alone."""
+    from pexopt.codegen.emit import TARGETS
+    from pexopt.latency.profile import load_profile, shipped_profiles
+
+    if target is None:
+        return None, "cortex-m4"
+    if target in TARGETS and target not in shipped_profiles():
+        return None, target
+    profile = load_profile(target)
+    return profile, profile.core
+
+
+def _latency_line(lat: dict) -> str:
+    return (f"estimated latency on {lat['target']} ({lat['core']}): "
+            f"{lat['instructions'] / 1e6:,.2f} M instructions inside pex_invoke, "
+            f"{lat['cycles'] / 1e6:,.2f} M cycles, {lat['ms']:,.2f} ms at "
+            f"{lat['clock_hz'] / 1e6:g} MHz (assuming {lat['cycles_per_instruction']:g} "
+            "cycles per instruction; portable kernels)")
 
 
 def _simulate(plan, graph, model: Path):  # noqa: ANN001, ANN202
@@ -553,6 +589,39 @@ def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
         return
     for k, v in info.items():
         out.print(f"{k}: {v}", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+@friendly
+def calibrate(target: Annotated[str, typer.Option(
+                  "--target", help="cortex-m4, cortex-m7, cortex-m55 or a profile .yaml to "
+                  "refit.")] = "cortex-m4",
+              output: Annotated[Path | None, typer.Option(
+                  "-o", "--output", help="Profile to write (default: <target>.yaml here).")]
+              = None,
+              quick: Annotated[bool, typer.Option(
+                  "--quick", help="A third of the micro models (a rougher fit).")] = False,
+              quiet: Quiet = False) -> None:
+    """Fit a target profile's kernel costs from micro models run under QEMU (instructions)."""
+    from pexopt.latency.calibrate import calibrate as run_calibration
+    from pexopt.latency.calibrate import write_profile
+    from pexopt.target.qemu import require_tools
+
+    require_tools()
+    dest = output if output is not None else Path(f"{Path(target).stem}.yaml")
+    log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))
+    prof, samples = run_calibration(target, quick=quick, progress=log)
+    cmd = f"pexopt calibrate --target {target}" + (" --quick" if quick else "")
+    if output is not None:
+        cmd += f" -o {output}"
+    write_profile(prof, dest, cmd)
+    if not quiet:
+        for cls, e in prof.fit.items():
+            out.print(f"{cls:16s} {e['samples']:3d} models  max error "
+                      f"{100 * e['max_rel_error']:5.1f}%  mean {100 * e['mean_rel_error']:5.1f}%",
+                      highlight=False, markup=False)
+        out.print(f"profile written to {dest} ({len(samples)} micro models)", highlight=False,
+                  soft_wrap=True, markup=False)
 
 
 @app.command()

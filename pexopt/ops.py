@@ -58,6 +58,8 @@ class OpSpec:
     split: channel-slice behaviour; accumulate: may consume input slices into an int32 accumulator.
     inplace_temp: may overwrite its input channel by channel through one H x W temporary
     (TinyEngine's in-place depthwise; only when output and input have the same shape).
+    cost: the latency cost class of its kernel (`pexopt.latency`); a dense conv is refined to
+    conv1x1 or convkxk by its kernel size there.
     """
 
     kind: OpKind
@@ -68,6 +70,7 @@ class OpSpec:
     split: Split = Split.NONE
     accumulate: bool = False
     inplace_temp: bool = False
+    cost: str = "other"
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -77,35 +80,39 @@ def _spec(kind: OpKind, **kw: object) -> OpSpec:
 SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
-        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True),
+        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True,
+              cost="conv"),
         _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
-              inplace_temp=True),
-        _spec(OpKind.GROUPED_CONV, takes_activation=True),
+              inplace_temp=True, cost="depthwise"),
+        _spec(OpKind.GROUPED_CONV, takes_activation=True, cost="conv"),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
-              accumulate=True),
-        _spec(OpKind.MATMUL, takes_activation=True),
+              accumulate=True, cost="fully_connected"),
+        _spec(OpKind.MATMUL, takes_activation=True, cost="fully_connected"),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, cost="elementwise"),
         _spec(OpKind.MUL, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, cost="elementwise"),
         _spec(OpKind.CHANNEL_AFFINE, elementwise=True, inplace=True, takes_activation=True,
               split=Split.SAME_SLICE),
-        _spec(OpKind.CONCAT, split=Split.CONCAT),
-        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE),
-        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE),
-        _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE),
-        _spec(OpKind.REDUCE_MEAN),
+        _spec(OpKind.CONCAT, split=Split.CONCAT, cost="copy"),
+        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE, cost="pool"),
+        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE, cost="pool"),
+        _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE, cost="mean"),
+        _spec(OpKind.REDUCE_MEAN, cost="mean"),
         _spec(OpKind.RELU, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, cost="copy"),
         _spec(OpKind.CLIP, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE),
-        _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE),
-        _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE),
-        _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, cost="copy"),
+        _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              cost="copy"),
+        _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              cost="copy"),
+        _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              cost="copy"),
         _spec(OpKind.SOFTMAX),
-        _spec(OpKind.TRANSPOSE),
-        _spec(OpKind.PAD, split=Split.SAME_SLICE),
-        _spec(OpKind.RESIZE, split=Split.SAME_SLICE),
+        _spec(OpKind.TRANSPOSE, cost="copy"),
+        _spec(OpKind.PAD, split=Split.SAME_SLICE, cost="copy"),
+        _spec(OpKind.RESIZE, split=Split.SAME_SLICE, cost="copy"),
         _spec(OpKind.OPAQUE),
     )
 }
