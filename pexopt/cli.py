@@ -93,7 +93,8 @@ Workers = Annotated[int, typer.Option("--workers", help="CP-SAT worker threads."
 Seed = Annotated[int, typer.Option("--seed", help="Solver random seed.")]
 Align = Annotated[int, typer.Option("--align", help="Offset alignment in bytes.")]
 Target = Annotated[str, typer.Option(
-    "--target", help="cortex-m4, cortex-m7 or cortex-m55 (sizes CMSIS-NN scratch).")]
+    "--target", help="cortex-m4, cortex-m7, cortex-m55 or a profile .yaml naming its core "
+    "(sizes CMSIS-NN scratch).")]
 
 
 def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
@@ -169,7 +170,12 @@ def solve(model: Path,
           output: Annotated[Path | None, typer.Option("-o", "--output",
                                                       help="Write the plan here.")] = None,
           dtype: Dtype = "int8", input_external: External = False, input_shape: Shapes = None,
-          time_limit: TimeLimit = 30.0, workers: Workers = 2, seed: Seed = 0, align: Align = 4,
+          time_limit: Annotated[float | None, typer.Option(
+              "--time-limit", help="Solver seconds (default: the --target profile's, or 30).")]
+          = None,
+          workers: Annotated[int | None, typer.Option(
+              "--workers", help="CP-SAT worker threads (default: the profile's, or 2).")] = None,
+          seed: Seed = 0, align: Align = 4,
           no_reorder: Annotated[bool, typer.Option("--no-reorder",
                                                    help="Keep the file's order.")] = False,
           no_split: Annotated[bool, typer.Option(
@@ -192,9 +198,11 @@ def solve(model: Path,
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
-    params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
-                     not no_split)
     profile, core = _target_profile(target)
+    defaults = profile.solver if profile is not None else SolverParams()
+    params = _params(defaults.time_limit if time_limit is None else time_limit,
+                     defaults.workers if workers is None else workers, seed, align,
+                     not no_reorder, not no_inplace, not no_split)
     if profile is not None and profile.solver.slice_widths is not None:
         params = replace(params, slice_widths=profile.solver.slice_widths)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
@@ -429,7 +437,7 @@ def codegen(plan_file: Path, model: Path,
     plan = load_plan(plan_file)
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
-    _emit(plan, graph, model, output, target, backend)
+    _emit(plan, graph, model, output, _target_profile(target)[1], backend)
 
 
 def _emit(plan, graph, model: Path, output: Path, target: str, backend: str) -> None:  # noqa: ANN001
@@ -600,13 +608,14 @@ def calibrate(target: Annotated[str, typer.Option(
                   "-o", "--output", help="Profile to write (default: <target>.yaml here).")]
               = None,
               quick: Annotated[bool, typer.Option(
-                  "--quick", help="A third of the micro models (a rougher fit).")] = False,
+                  "--quick", help="A subset of the micro models (a rougher fit).")] = False,
               quiet: Quiet = False) -> None:
     """Fit a target profile's kernel costs from micro models run under QEMU (instructions)."""
+    from pexopt.latency.calibrate import base_profile, write_profile
     from pexopt.latency.calibrate import calibrate as run_calibration
-    from pexopt.latency.calibrate import write_profile
     from pexopt.target.qemu import require_tools
 
+    base_profile(target)  # a bad target or profile file: one line before any work
     require_tools()
     dest = output if output is not None else Path(f"{Path(target).stem}.yaml")
     log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))

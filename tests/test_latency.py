@@ -13,6 +13,7 @@ from onnx import helper
 from test_cli import FAST, assert_bad_input, run
 
 from pexopt.latency.cost import (
+    cost_table,
     estimate,
     invoke_instructions,
     op_instructions,
@@ -37,7 +38,7 @@ def test_shipped_profiles_load_and_say_how_they_were_made() -> None:
         p = load_profile(name)
         assert p.name == name and p.core == name
         assert set(p.costs) == set(CLASS_FEATURES)
-        assert p.costs["conv1x1"]["per_macs"] > 0
+        assert p.costs["conv1x1"]["per_mac"] > 0
         text = Path(p.path).read_text()
         assert text.startswith(f"# pexopt target profile {name}: produced by `pexopt calibrate "
                                f"--target {name}")
@@ -58,9 +59,9 @@ def _edit(tmp_path: Path, change) -> Path:  # noqa: ANN001
     (lambda d: d.pop("clock_hz"), ["clock_hz", "missing"]),
     (lambda d: d.update(clock_hz="fast"), ["clock_hz", "number"]),
     (lambda d: d.update(core="cortex-a53"), ["core", "cortex-m4"]),
-    (lambda d: d["costs"]["conv1x1"].update(per_flops=1.0), ["costs.conv1x1.per_flops"]),
-    (lambda d: d["costs"]["depthwise"].pop("per_macs"), ["costs.depthwise.per_macs"]),
-    (lambda d: d["costs"]["pool"].update(per_taps=-1), ["per_taps", ">= 0"]),
+    (lambda d: d["costs"]["conv1x1"].update(per_flop=1.0), ["costs.conv1x1.per_flop"]),
+    (lambda d: d["costs"]["depthwise"].pop("per_mac"), ["costs.depthwise.per_mac"]),
+    (lambda d: d["costs"]["pool"].update(per_tap=-1), ["per_tap", ">= 0"]),
     (lambda d: d["solver"].update(slice_widths=[0]), ["solver.slice_widths"]),
     (lambda d: d.update(colour="red"), ["colour", "unknown field"]),
 ])
@@ -117,7 +118,7 @@ def test_counts_follow_the_portable_kernels(tmp_path: Path) -> None:
     whole = step_instructions(M4, g, 0, "whole")
     parts = sum(step_instructions(M4, g, 0, "slice", (c, c + 1)) for c in range(3))
     c = M4.costs["convkxk"]
-    assert parts == pytest.approx(whole + 2 * (c["per_calls"] + 16 * c["per_pixels"]))
+    assert parts == pytest.approx(whole + 2 * (c["per_call"] + 16 * c["per_pixel"]))
     assert parts > whole
 
 
@@ -157,6 +158,14 @@ def test_estimate_is_the_sum_the_solver_can_use(mbv2_split) -> None:  # noqa: AN
     assert est.cycles == pytest.approx(est.instructions * M4.cycles_per_instruction)
     assert est.ms == pytest.approx(1000 * est.cycles / M4.clock_hz)
     assert sum(est.by_class.values()) == pytest.approx(est.instructions)
+    table = cost_table(M4, g, sched.segments, unit=1000.0)
+    total_k = table.invoke + sum(
+        table.whole_inplace[k] if k in inplace_dw else table.whole[k]
+        for k in range(len(g.ops)) if k not in in_seg)
+    total_k += sum(table.segment[(s.id, sched.splits[s.id])]
+                   for s in sched.segments if s.id in sched.splits)
+    assert total_k * 1000 == pytest.approx(est.instructions, rel=1e-3)
+    assert len(table.segment) == sum(len(s.widths) for s in sched.segments)
 
 
 def test_plan_latency_is_optional_and_round_trips(mbv2_split, tmp_path: Path) -> None:  # noqa: ANN001
@@ -201,3 +210,42 @@ def test_solve_bad_target_is_one_line(small_conv_model: Path, tmp_path: Path) ->
     assert_bad_input(run("solve", small_conv_model, "--target", bad, "-o", out, *FAST),
                      "costs")
     assert not out.exists()
+
+
+def test_every_operator_kind_has_a_priced_cost_class() -> None:
+    from pexopt.ops import SPECS, OpKind
+
+    for kind in OpKind:
+        assert SPECS[kind].cost in set(CLASS_FEATURES) | {"conv"}, kind
+
+
+def test_codegen_target_accepts_a_profile_path(tmp_path: Path) -> None:
+    model = MODELS_DIR / "resnet8_int8.onnx"
+    plan = tmp_path / "plan.json"
+    assert run("solve", model, "-o", plan, "--no-split", *FAST).exit_code == 0
+    mine = _edit(tmp_path, lambda d: d.update(name="my_board", core="cortex-m7"))
+    res = run("codegen", plan, model, "-o", tmp_path / "c", "--target", mine)
+    assert res.exit_code == 0, res.stderr
+    assert "cortex-m7" in (tmp_path / "c" / "README.md").read_text()
+
+
+def test_calibrate_bad_target_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "p.yaml"
+    assert_bad_input(run("calibrate", "--target", "cortex-m99", "-o", out), "cortex-m99")
+    bad = _edit(tmp_path, lambda d: d.update(core="risc-v"))
+    assert_bad_input(run("calibrate", "--target", bad, "-o", out), "core")
+    assert not out.exists()
+
+
+def test_segment_cost_is_the_sum_of_its_steps(mbv2_split) -> None:  # noqa: ANN001
+    from pexopt.latency.cost import segment_steps
+
+    g = mbv2_split.graph
+    uneven = 0
+    for s in mbv2_split.schedule.segments:
+        for w in s.widths:
+            uneven += s.channels % w != 0
+            steps = sum(step_instructions(M4, g, k, mode, sl)
+                        for k, mode, sl in segment_steps(s, w))
+            assert segment_instructions(M4, g, s, w) == pytest.approx(steps, rel=1e-12)
+    assert uneven > 0  # a last, narrower slice is priced too

@@ -58,3 +58,35 @@ def test_calibrate_quick_writes_a_valid_profile(tools: None, tmp_path: Path) -> 
                                       "`pexopt calibrate --target cortex-m4 --quick")
     assert prof.fit["all"]["samples"] >= 10
     assert prof.fit["all"]["max_rel_error"] < 0.15
+
+
+_LAYERWISE: dict[str, tuple[int, float]] = {}  # model -> (measured, estimated), no splits
+
+
+def _layerwise(name: str) -> tuple[int, float]:
+    if name not in _LAYERWISE:
+        model = ROOT / "models" / f"{name}.onnx"
+        res = solve_model(model, ImportOptions(), SolverParams(time_limit=20, workers=2,
+                                                               split=False), None)
+        _LAYERWISE[name] = (measure_plan(res.plan, res.graph, model, "cortex-m4").instructions,
+                            estimate(load_profile("cortex-m4"), res.graph, res.plan).instructions)
+    return _LAYERWISE[name]
+
+
+@pytest.mark.parametrize("width", [1, 2])
+@pytest.mark.parametrize("name", ["mbv2_w035_r96_int8", "mcunet_mixed_int8"])
+def test_narrow_slices_and_their_overhead(tools: None, name: str, width: int) -> None:
+    """Forced narrow slices (the costliest split plans): the total within 15%, and the extra
+    instructions over layer by layer (what a latency bound trades against memory) within 30%."""
+    model = ROOT / "models" / f"{name}.onnx"
+    prof = load_profile("cortex-m4")
+    res = solve_model(model, ImportOptions(), SolverParams(time_limit=20, workers=2,
+                                                           slice_widths=(width,)), None)
+    assert res.plan.splits and all(s["width"] == width for s in res.plan.splits)
+    measured = measure_plan(res.plan, res.graph, model, "cortex-m4").instructions
+    est = estimate(prof, res.graph, res.plan).instructions
+    assert abs(est / measured - 1) <= TOLERANCE, (name, width, est, measured)
+    flat_measured, flat_est = _layerwise(name)
+    extra_measured, extra_est = measured - flat_measured, est - flat_est
+    assert extra_measured > 0
+    assert abs(extra_est / extra_measured - 1) <= 0.30, (name, width, extra_est, extra_measured)

@@ -21,7 +21,14 @@ import numpy as np
 
 from pexopt.errors import PexError
 from pexopt.latency.cost import work_instructions
-from pexopt.latency.features import CLASS_FEATURES, COST_CLASSES, Work, invoke_work, step_work
+from pexopt.latency.features import (
+    CLASS_FEATURES,
+    COST_CLASSES,
+    Work,
+    invoke_work,
+    step_work,
+    unit_key,
+)
 from pexopt.latency.micro import MICRO_MODELS, Micro, probes, write_micro
 from pexopt.latency.nnls import nnls
 from pexopt.latency.profile import Profile, SolverSettings, load_profile, profile_yaml
@@ -113,7 +120,7 @@ def fit(samples: list[Sample]) -> dict[str, dict[str, float]]:
     x[seen] = nnls(a[:, seen] / norms[seen], np.ones(len(samples))) / norms[seen]
     costs: dict[str, dict[str, float]] = {c: {} for c in COST_CLASSES}
     for (c, f), v in zip(cols, x):
-        costs[c][f"per_{f}"] = float(v)
+        costs[c][unit_key(f)] = float(v)
     return costs
 
 
@@ -135,7 +142,7 @@ def base_profile(target: str) -> tuple[Profile, str]:
     if target in BASES:
         b = dict(BASES[target])
         measure_on = b.pop("measure_on")
-        costs = {c: {f"per_{f}": 0.0 for f in CLASS_FEATURES[c]} for c in COST_CLASSES}
+        costs = {c: {unit_key(f): 0.0 for f in CLASS_FEATURES[c]} for c in COST_CLASSES}
         return Profile(name=target, costs=costs, solver=SolverSettings(), measured=MEASURED,
                        **b), measure_on
     prof = load_profile(target)

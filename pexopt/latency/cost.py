@@ -8,14 +8,15 @@ offsets. So for the CP-SAT model:
           + sum over ops k run whole:           op_instructions(p, g, k, inplace=k's choice)
           + sum over chosen (segment, width):   segment_instructions(p, g, segment, width)
 
-equals `estimate(p, g, plan).instructions` of the plan those choices build (tested). Costs are
-floats; round them (e.g. to whole instructions or thousands) for CP-SAT's integer model.
+equals `estimate(p, g, plan).instructions` of the plan those choices build (tested).
+`cost_table` computes every term once, as integers in a chosen unit, for CP-SAT's integer model.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph
@@ -71,13 +72,53 @@ def segment_steps(segment: Segment, width: int
 def segment_instructions(profile: Profile, graph: Graph, segment: Segment, width: int
                          ) -> float:
     """All steps of `segment` split at slice width `width` (its slices, then the requantize)."""
-    return sum(step_instructions(profile, graph, k, mode, sl)
-               for k, mode, sl in segment_steps(segment, width))
+    # a step's counts depend on its slice's width only, so price each distinct width once
+    per_width = Counter(c1 - c0 for c0, c1 in segment.slices(width))
+    last = len(segment.ops) - 1
+    total = sum(n * step_instructions(profile, graph, k,
+                                      "accumulate" if i == last and segment.accumulate
+                                      else "slice", (0, w))
+                for w, n in per_width.items() for i, k in enumerate(segment.ops))
+    if segment.accumulate:
+        total += step_instructions(profile, graph, segment.ops[-1], "requantize")
+    return total
 
 
 def invoke_instructions(profile: Profile, graph: Graph) -> float:
     """pex_invoke's own work besides the steps: copying the input in and the output out."""
     return work_instructions(profile, invoke_work(graph))
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Every term of the solver's latency sum, rounded to integers of `unit` instructions.
+
+    invoke: the constant; whole[k]: op k run whole; whole_inplace[k]: op k run whole in place
+    through its temporary (depthwise ops only); segment[(segment id, width)]: a split segment.
+    """
+
+    unit: float
+    invoke: int
+    whole: list[int]
+    whole_inplace: dict[int, int] = field(default_factory=dict)
+    segment: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+def cost_table(profile: Profile, graph: Graph, segments: Iterable[Segment],
+               unit: float = 1.0) -> CostTable:
+    """The terms of `total` (module doc) for every op and every candidate (segment, width)."""
+    from pexopt.ops import SPECS
+
+    def r(x: float) -> int:
+        return round(x / unit)
+
+    return CostTable(
+        unit=unit, invoke=r(invoke_instructions(profile, graph)),
+        whole=[r(op_instructions(profile, graph, k)) for k in range(len(graph.ops))],
+        whole_inplace={op.id: r(op_instructions(profile, graph, op.id, inplace=True))
+                       for op in graph.ops if SPECS[op.kind].inplace_temp},
+        segment={(s.id, w): r(segment_instructions(profile, graph, s, w))
+                 for s in segments for w in s.widths})
 
 
 def _plan_works(graph: Graph, plan: Plan) -> list[list[Work]]:

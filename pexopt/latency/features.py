@@ -22,8 +22,8 @@ from pexopt.ops import SPECS
 
 FEATURES: tuple[str, ...] = ("calls", "pixels", "outputs", "taps", "macs")
 
-# Cost class -> the counts its coefficients price (a profile has exactly these keys, each as
-# `per_<count>`). Counts a class does not list are collinear with listed ones for its kernel.
+# Cost class -> the counts its coefficients price (a profile has exactly these, as `unit_key`s).
+# Counts a class does not list are collinear with listed ones for its kernel.
 CLASS_FEATURES: dict[str, tuple[str, ...]] = {
     "conv1x1": ("calls", "pixels", "outputs", "macs"),
     "convkxk": ("calls", "pixels", "outputs", "taps", "macs"),
@@ -39,6 +39,12 @@ CLASS_FEATURES: dict[str, tuple[str, ...]] = {
     "other": ("calls", "outputs"),
 }
 COST_CLASSES: tuple[str, ...] = tuple(CLASS_FEATURES)
+
+
+def unit_key(count: str) -> str:
+    """The profile key of a count's coefficient: calls -> per_call, macs -> per_mac."""
+    return f"per_{count[:-1]}"
+
 MODES: tuple[str, ...] = ("whole", "slice", "accumulate", "requantize")
 
 

@@ -180,6 +180,23 @@ def _conv_chain(c: int, h: int, mid: int) -> Callable[[], onnx.ModelProto]:
     return b
 
 
+def _pool_chain(c: int, h: int, e: int) -> Callable[[], onnx.ModelProto]:
+    def b() -> onnx.ModelProto:
+        n = _Net("pc", c, h, h)
+        y = n.pool(n.conv("input", c * e, 1), "MaxPool", 2, 2)
+        return n.model(n.conv(y, c, 1, relu=False))
+    return b
+
+
+def _stem(c: int, h: int, mid: int, out: int) -> Callable[[], onnx.ModelProto]:
+    """A MobileNet stem: strided 3x3 conv, depthwise 3x3, 1x1 projection."""
+    def b() -> onnx.ModelProto:
+        n = _Net("st", c, h, h)
+        y = n.dw(n.conv("input", mid, 3, 2), 3)
+        return n.model(n.conv(y, out, 1, relu=False))
+    return b
+
+
 MICRO_MODELS: tuple[Micro, ...] = (
     Micro("conv1x1_8x16_h16", _conv(8, 16, 16, 1), quick=True),
     Micro("conv1x1_16x8_h16", _conv(16, 16, 8, 1)),
@@ -233,16 +250,32 @@ MICRO_MODELS: tuple[Micro, ...] = (
     Micro("maxpool3s2_24_h12", _pool("MaxPool", 24, 12, 3, 2, 1)),
     Micro("avgpool2_8_h16", _pool("AveragePool", 8, 16, 2, 2)),
     Micro("softmax_16x20", _fc(16, 20, softmax=True)),
+    Micro("maxpool2_4_h16", _pool("MaxPool", 4, 16, 2, 2)),
+    Micro("avgpool3s2_64_h8", _pool("AveragePool", 64, 8, 3, 2, 1)),
+    Micro("pc_8x6_h16_w4", _pool_chain(8, 16, 6), split=4),
+    Micro("pc_8x6_h16_w1", _pool_chain(8, 16, 6), split=1),
+    # one or two output channels over many pixels: what a narrow slice costs per pixel
+    Micro("conv1x1_8x1_h32", _conv(8, 32, 1, 1)),
+    Micro("conv1x1_16x2_h24", _conv(16, 24, 2, 1), quick=True),
+    Micro("conv3x3_8x1_h24", _conv(8, 24, 1, 3)),
+    Micro("dw3x3s2_2_h32", _dw(2, 32, 3, 2)),
+    Micro("dw3x3_1_h32", _dw(1, 32, 3)),
+    Micro("add_1_h32", _add(1, 32)),
+    Micro("st_3x16_h32_layer", _stem(3, 32, 16, 8)),
+    Micro("st_3x16_h32_w1", _stem(3, 32, 16, 8), split=1, quick=True),
+    Micro("st_3x16_h32_w2", _stem(3, 32, 16, 8), split=2),
+    Micro("st_3x24_h24_w4", _stem(3, 24, 24, 16), split=4),
 )
 
 
 PROBES = {"conv1x1": "conv1x1", "conv3x3": "convkxk", "conv3x3s2": "convkxk",
           "conv5x5": "convkxk", "conv7x7s2": "convkxk", "dw3x3": "depthwise",
           "dw3x3s2": "depthwise", "dw5x5": "depthwise", "dw7x7": "depthwise",
-          "fc": "fully_connected", "add": "elementwise", "maxpool2": "pool", "maxpool3s2": "pool",
-          "avgpool2": "pool", "avgpool3": "pool", "avgpool5": "pool", "gap": "mean",
-          "sigmoid": "copy", "concat": "copy", "softmax": "other", "ir": "split chains",
-          "cc": "split chains"}
+          "fc": "fully_connected", "add": "elementwise", "maxpool2": "pool",
+          "maxpool3s2": "pool", "avgpool2": "pool", "avgpool3": "pool", "avgpool3s2": "pool",
+          "avgpool5": "pool", "gap": "mean", "sigmoid": "copy", "concat": "copy",
+          "softmax": "other", "ir": "split chains", "cc": "split chains", "pc": "split chains",
+          "st": "split chains"}
 
 
 def probes(m: Micro) -> str:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pexopt.errors import PexError
-from pexopt.latency.features import CLASS_FEATURES, COST_CLASSES
+from pexopt.latency.features import CLASS_FEATURES, COST_CLASSES, unit_key
 
 FORMAT = "pexopt-profile/1"
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "solver_configs"
@@ -43,7 +43,7 @@ class SolverSettings:
 
 @dataclass(frozen=True)
 class Profile:
-    """One target: `costs[cls][f"per_{count}"]` instructions per unit (see latency.features)."""
+    """One target: `costs[cls][unit_key(count)]` instructions per unit (latency.features)."""
 
     name: str
     core: str  # codegen target (CMSIS-NN architecture, QEMU compiler flags)
@@ -62,7 +62,7 @@ class Profile:
 
     def coefficient(self, cls: str, count: str) -> float:
         """Instructions per unit of `count` for kernel class `cls` (0 if the class omits it)."""
-        return self.costs.get(cls, {}).get(f"per_{count}", 0.0)
+        return self.costs.get(cls, {}).get(unit_key(count), 0.0)
 
 
 def shipped_profiles() -> list[str]:
@@ -95,8 +95,7 @@ def load_profile(name_or_path: str) -> Profile:
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ProfileError(f"{path}{line}: not valid YAML ({type(e).__name__})") from None
     prof = profile_from_dict(data, str(path))
-    return Profile(**{**prof.__dict__, "path": str(path),
-                      "sha256": hashlib.sha256(raw).hexdigest()})
+    return replace(prof, path=str(path), sha256=hashlib.sha256(raw).hexdigest())
 
 
 def _err(where: str, key: str, msg: str) -> ProfileError:
@@ -167,7 +166,7 @@ def profile_from_dict(d: Any, where: str = "profile") -> Profile:
         c = costs_raw.get(cls)
         if not isinstance(c, dict):
             raise _err(where, f"costs.{cls}", "missing or not a mapping")
-        keys = tuple(f"per_{f}" for f in CLASS_FEATURES[cls])
+        keys = tuple(unit_key(f) for f in CLASS_FEATURES[cls])
         _unknown(c, keys, where, f"costs.{cls}.")
         for k in keys:
             if k not in c:
