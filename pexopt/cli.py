@@ -263,7 +263,8 @@ def _target_profile(target: str | None):  # noqa: ANN202
 
 
 def _latency_line(lat: dict) -> str:
-    return (f"estimated latency on {lat['target']} ({lat['core']}): "
+    core = f" ({lat['core']})" if lat['core'] != lat['target'] else ""
+    return (f"estimated latency on {lat['target']}{core}: "
             f"{lat['instructions'] / 1e6:,.2f} M instructions inside pex_invoke, "
             f"{lat['cycles'] / 1e6:,.2f} M cycles, {lat['ms']:,.2f} ms at "
             f"{lat['clock_hz'] / 1e6:g} MHz (assuming {lat['cycles_per_instruction']:g} "

@@ -197,9 +197,13 @@ def test_solve_target_prints_and_records_the_estimate(small_conv_model: Path,
     assert lat is not None and lat["core"] == "cortex-m4" and lat["ms"] > 0
     res = run("solve", small_conv_model, "--json", *FAST)
     assert json.loads(res.stdout)["latency"] is None
-    mine = _edit(tmp_path, lambda d: d.update(name="my_board", core="cortex-m7"))
-    res = run("solve", small_conv_model, "--target", mine, "--json", *FAST)
-    assert json.loads(res.stdout)["latency"]["target"] == "my_board"
+    mine = _edit(tmp_path, lambda d: d.update(name="my_board", core="cortex-m7",
+                                              solver={"time_limit": 7, "workers": 1}))
+    res = run("solve", small_conv_model, "--target", mine, "--json")
+    d = json.loads(res.stdout)
+    assert d["latency"]["target"] == "my_board" and d["latency"]["profile"] == str(mine)
+    assert (d["solver"]["time_limit"], d["solver"]["workers"]) == (7, 1)  # the profile's
+    assert lat["profile"] == "solver_configs/cortex-m4.yaml"
 
 
 def test_solve_bad_target_is_one_line(small_conv_model: Path, tmp_path: Path) -> None:

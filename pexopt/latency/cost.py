@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph
 from pexopt.latency.features import Work, invoke_work, step_work
-from pexopt.latency.profile import Profile
+from pexopt.latency.profile import Profile, display_path
 from pexopt.partial.candidates import Segment
 from pexopt.plan.format import Plan
 
@@ -153,7 +153,7 @@ def estimate(profile: Profile, graph: Graph, plan: Plan) -> Estimate:
 
 def latency_record(profile: Profile, est: Estimate) -> dict:
     """The plan file's optional `latency` object (README: plan format)."""
-    return {"target": profile.name, "core": profile.core, "profile": profile.path,
+    return {"target": profile.name, "core": profile.core, "profile": display_path(profile),
             "profile_sha256": profile.sha256, "instructions": round(est.instructions),
             "cycles": round(est.cycles), "ms": round(est.ms, 3), "clock_hz": profile.clock_hz,
             "cycles_per_instruction": profile.cycles_per_instruction,

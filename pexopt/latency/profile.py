@@ -65,6 +65,14 @@ class Profile:
         return self.costs.get(cls, {}).get(unit_key(count), 0.0)
 
 
+def display_path(p: Profile) -> str:
+    """The profile's file as a plan records it: solver_configs/<name>.yaml for shipped ones."""
+    path = Path(p.path)
+    if path.parent == PROFILE_DIR:
+        return f"{PROFILE_DIR.name}/{path.name}"
+    return p.path
+
+
 def shipped_profiles() -> list[str]:
     """Names of the profiles in solver_configs/."""
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
