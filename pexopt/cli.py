@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -94,7 +94,8 @@ Workers = Annotated[int, typer.Option("--workers", help="CP-SAT worker threads."
 Seed = Annotated[int, typer.Option("--seed", help="Solver random seed.")]
 Align = Annotated[int, typer.Option("--align", help="Offset alignment in bytes.")]
 Target = Annotated[str, typer.Option(
-    "--target", help="cortex-m4, cortex-m7 or cortex-m55 (sizes CMSIS-NN scratch).")]
+    "--target", help="cortex-m4, cortex-m7, cortex-m55 or a profile .yaml naming its core "
+    "(sizes CMSIS-NN scratch).")]
 
 
 def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
@@ -170,7 +171,12 @@ def solve(model: Path,
           output: Annotated[Path | None, typer.Option("-o", "--output",
                                                       help="Write the plan here.")] = None,
           dtype: Dtype = "int8", input_external: External = False, input_shape: Shapes = None,
-          time_limit: TimeLimit = 30.0, workers: Workers = 2, seed: Seed = 0, align: Align = 4,
+          time_limit: Annotated[float | None, typer.Option(
+              "--time-limit", help="Solver seconds (default: the --target profile's, or 30).")]
+          = None,
+          workers: Annotated[int | None, typer.Option(
+              "--workers", help="CP-SAT worker threads (default: the profile's, or 2).")] = None,
+          seed: Seed = 0, align: Align = 4,
           no_reorder: Annotated[bool, typer.Option("--no-reorder",
                                                    help="Keep the file's order.")] = False,
           no_split: Annotated[bool, typer.Option(
@@ -183,7 +189,10 @@ def solve(model: Path,
                    "a plan that is not bit-exact is never written).")] = True,
           emit_c: Annotated[Path | None, typer.Option(
               "--emit-c", help="Also generate C into this folder.")] = None,
-          target: Target = "cortex-m4",
+          target: Annotated[str | None, typer.Option(
+              "--target", help="A target profile (cortex-m4, cortex-m7, cortex-m55 or a "
+              "profile .yaml): estimates latency into the plan and picks the codegen core.")]
+          = None,
           prune: Annotated[bool, typer.Option(
               "--prune", help="Remove the least important channels until --sram fits.")]
           = False,
@@ -201,8 +210,13 @@ def solve(model: Path,
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
-    params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
-                     not no_split)
+    profile, core = _target_profile(target)
+    defaults = profile.solver if profile is not None else SolverParams()
+    params = _params(defaults.time_limit if time_limit is None else time_limit,
+                     defaults.workers if workers is None else workers, seed, align,
+                     not no_reorder, not no_inplace, not no_split)
+    if profile is not None and profile.solver.slice_widths is not None:
+        params = replace(params, slice_widths=profile.solver.slice_widths)
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
                         output or emit_c)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
@@ -221,6 +235,10 @@ def solve(model: Path,
     elif not res.plan.fits:
         hint = _prune_hint(model, opts, params, budget or 0, res)
     plan = res.plan
+    if profile is not None:
+        from pexopt.latency.cost import estimate, latency_record
+
+        plan.latency = latency_record(profile, estimate(profile, res.graph, plan))
     report = None
     from pexopt.simulate.arena import executable
 
@@ -242,7 +260,7 @@ def solve(model: Path,
     if output is not None:
         write_atomic(output, plan.to_json())
     if emit_c is not None:  # a pruned plan's weights are those of the pruned model
-        _emit(plan, res.graph, write_pruned if pruning else model, emit_c, target, "cmsis")
+        _emit(plan, res.graph, write_pruned if pruning else model, emit_c, core, "cmsis")
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
@@ -251,7 +269,7 @@ def solve(model: Path,
                           "peak": asdict(res.peak), "plan": str(output) if output else None,
                           "verify": asdict(report) if report else unverified,
                           "prune": pruning.to_dict() if pruning else None,
-                          "prune_hint": hint}))
+                          "prune_hint": hint, "latency": plan.latency}))
     elif not quiet:
         _print_table(solve_table(res))
         st = splits_table(res)
@@ -261,6 +279,9 @@ def solve(model: Path,
         if ip is not None:
             out.print(ip, highlight=False, soft_wrap=True, markup=False)
         out.print(peak_line(res), highlight=False, soft_wrap=True, markup=False)
+        if plan.latency is not None:
+            out.print(_latency_line(plan.latency), highlight=False, soft_wrap=True,
+                      markup=False)
         if report is not None:
             out.print(_verify_line(report), highlight=False, soft_wrap=True)
         if unverified is not None:
@@ -322,6 +343,29 @@ def _prune_hint(model: Path, opts, params: SolverParams, budget: int, res) -> st
                                                    PruneOptions(simulate=False), base=res)))
     except PexError as e:  # the model cannot be pruned this way: say so, still exit 3
         return f"no pruning suggestion ({e})"
+
+
+def _target_profile(target: str | None):  # noqa: ANN202
+    """(profile or None, codegen core) for solve's --target: a profile name or .yaml path; a
+    codegen-only core without a shipped profile (e.g. cortex-m33) selects the core alone."""
+    from pexopt.codegen.emit import TARGETS
+    from pexopt.latency.profile import load_profile, shipped_profiles
+
+    if target is None:
+        return None, "cortex-m4"
+    if target in TARGETS and target not in shipped_profiles():
+        return None, target
+    profile = load_profile(target)
+    return profile, profile.core
+
+
+def _latency_line(lat: dict) -> str:
+    core = f" ({lat['core']})" if lat['core'] != lat['target'] else ""
+    return (f"estimated latency on {lat['target']}{core}: "
+            f"{lat['instructions'] / 1e6:,.2f} M instructions inside pex_invoke, "
+            f"{lat['cycles'] / 1e6:,.2f} M cycles, {lat['ms']:,.2f} ms at "
+            f"{lat['clock_hz'] / 1e6:g} MHz (assuming {lat['cycles_per_instruction']:g} "
+            "cycles per instruction; portable kernels)")
 
 
 def _simulate(plan, graph, model: Path, input_shapes=None):  # noqa: ANN001, ANN202
@@ -492,7 +536,7 @@ def codegen(plan_file: Path, model: Path,
     plan = load_plan(plan_file)
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
-    _emit(plan, graph, model, output, target, backend)
+    _emit(plan, graph, model, output, _target_profile(target)[1], backend)
 
 
 def _emit(plan, graph, model: Path, output: Path, target: str, backend: str) -> None:  # noqa: ANN001
@@ -652,6 +696,40 @@ def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
         return
     for k, v in info.items():
         out.print(f"{k}: {v}", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+@friendly
+def calibrate(target: Annotated[str, typer.Option(
+                  "--target", help="cortex-m4, cortex-m7, cortex-m55 or a profile .yaml to "
+                  "refit.")] = "cortex-m4",
+              output: Annotated[Path | None, typer.Option(
+                  "-o", "--output", help="Profile to write (default: <target>.yaml here).")]
+              = None,
+              quick: Annotated[bool, typer.Option(
+                  "--quick", help="A subset of the micro models (a rougher fit).")] = False,
+              quiet: Quiet = False) -> None:
+    """Fit a target profile's kernel costs from micro models run under QEMU (instructions)."""
+    from pexopt.latency.calibrate import base_profile, write_profile
+    from pexopt.latency.calibrate import calibrate as run_calibration
+    from pexopt.target.qemu import require_tools
+
+    base_profile(target)  # a bad target or profile file: one line before any work
+    require_tools()
+    dest = output if output is not None else Path(f"{Path(target).stem}.yaml")
+    log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))
+    prof, samples = run_calibration(target, quick=quick, progress=log)
+    cmd = f"pexopt calibrate --target {target}" + (" --quick" if quick else "")
+    if output is not None:
+        cmd += f" -o {output}"
+    write_profile(prof, dest, cmd)
+    if not quiet:
+        for cls, e in prof.fit.items():
+            out.print(f"{cls:16s} {e['samples']:3d} models  max error "
+                      f"{100 * e['max_rel_error']:5.1f}%  mean {100 * e['mean_rel_error']:5.1f}%",
+                      highlight=False, markup=False)
+        out.print(f"profile written to {dest} ({len(samples)} micro models)", highlight=False,
+                  soft_wrap=True, markup=False)
 
 
 @app.command()

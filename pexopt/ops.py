@@ -81,6 +81,8 @@ class OpSpec:
     inplace_temp: may overwrite its input channel by channel through one H x W temporary
     (TinyEngine's in-place depthwise; only when output and input have the same shape).
     prune: how it propagates or ties channels when pruning (see `Channels`).
+    cost: the latency cost class of its kernel (`pexopt.latency`); a dense conv is refined to
+    conv1x1 or convkxk by its kernel size there.
     """
 
     kind: OpKind
@@ -92,6 +94,7 @@ class OpSpec:
     accumulate: bool = False
     inplace_temp: bool = False
     prune: Channels = Channels.FIXED
+    cost: str = "other"
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -102,38 +105,43 @@ SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
         _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True,
-              prune=Channels.PRODUCE),
+              prune=Channels.PRODUCE, cost="conv"),
         _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
-              inplace_temp=True, prune=Channels.FOLLOW),
-        _spec(OpKind.GROUPED_CONV, takes_activation=True),
+              inplace_temp=True, prune=Channels.FOLLOW, cost="depthwise"),
+        _spec(OpKind.GROUPED_CONV, takes_activation=True, cost="conv"),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
-              accumulate=True, prune=Channels.PRODUCE),
-        _spec(OpKind.MATMUL, takes_activation=True),
+              accumulate=True, prune=Channels.PRODUCE, cost="fully_connected"),
+        _spec(OpKind.MATMUL, takes_activation=True, cost="fully_connected"),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.TIE),
+              split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise"),
         _spec(OpKind.MUL, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.TIE),
+              split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise"),
         _spec(OpKind.CHANNEL_AFFINE, elementwise=True, inplace=True, takes_activation=True,
               split=Split.SAME_SLICE, prune=Channels.FOLLOW),
-        _spec(OpKind.CONCAT, split=Split.CONCAT, prune=Channels.CONCAT),
-        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
-        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
-        _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE, prune=Channels.FOLLOW),
-        _spec(OpKind.REDUCE_MEAN, prune=Channels.REDUCE),
+        _spec(OpKind.CONCAT, split=Split.CONCAT, prune=Channels.CONCAT, cost="copy"),
+        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE,
+              prune=Channels.FOLLOW, cost="pool"),
+        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE,
+              prune=Channels.FOLLOW, cost="pool"),
+        _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE, prune=Channels.FOLLOW,
+              cost="mean"),
+        _spec(OpKind.REDUCE_MEAN, prune=Channels.REDUCE, cost="mean"),
         _spec(OpKind.RELU, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW, cost="copy"),
         _spec(OpKind.CLIP, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW, cost="copy"),
         _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW),
+              prune=Channels.FOLLOW, cost="copy"),
         _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW),
+              prune=Channels.FOLLOW, cost="copy"),
         _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW),
+              prune=Channels.FOLLOW, cost="copy"),
         _spec(OpKind.SOFTMAX),
-        _spec(OpKind.TRANSPOSE, prune=Channels.FOLLOW),  # pexopt.prune moves the channel axis
-        _spec(OpKind.PAD, split=Split.SAME_SLICE, prune=Channels.FOLLOW),  # if C is unchanged
-        _spec(OpKind.RESIZE, split=Split.SAME_SLICE, prune=Channels.FOLLOW),  # if C is unchanged
+        _spec(OpKind.TRANSPOSE, prune=Channels.FOLLOW, cost="copy"),  # prune moves the axis
+        _spec(OpKind.PAD, split=Split.SAME_SLICE, prune=Channels.FOLLOW,
+              cost="copy"),  # if C is unchanged
+        _spec(OpKind.RESIZE, split=Split.SAME_SLICE, prune=Channels.FOLLOW,
+              cost="copy"),  # if C is unchanged
         _spec(OpKind.OPAQUE),
     )
 }

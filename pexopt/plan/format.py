@@ -72,12 +72,16 @@ class Plan:
     baselines: dict[str, Any] = field(default_factory=dict)
     splits: list[dict[str, Any]] = field(default_factory=list)
     format: str = FORMAT
+    # estimated instructions/cycles/ms on a target profile (README: plan format); optional
+    latency: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
         for volatile in VOLATILE_SOLVER_FIELDS:
             d["solver"].pop(volatile, None)
         d = {"format": d.pop("format"), **d}
+        if d["latency"] is None:  # plans without an estimate stay byte-identical to before
+            del d["latency"]
         return json.dumps(d, indent=1) + "\n"
 
     def buffer(self, name: str) -> Buffer:
@@ -191,7 +195,19 @@ def _plan_from_dict(d: Any, where: str) -> Plan:
                 dtype=str(d.get("dtype", "int8")),
                 input_external=bool(d.get("input_external", False)), steps=steps,
                 buffers=buffers, solver=solver, baselines=_dict(d, "baselines", where),
-                splits=list(d.get("splits", [])))
+                splits=list(d.get("splits", [])), latency=_latency(d, where))
+
+
+def _latency(d: dict, where: str) -> dict | None:
+    """The optional `latency` object: null/absent, or an object whose estimates are numbers."""
+    v = d.get("latency")
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise PlanError(f"{where}: field 'latency' must be an object")
+    for key in ("instructions", "cycles", "ms"):
+        _num(v, key, float, 0.0, f"{where}: latency")
+    return dict(v)
 
 
 def _num(d: dict, key: str, typ: type, default: Any, where: str) -> Any:
