@@ -103,15 +103,21 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 
 
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
-            inplace: bool = True, split: bool = True) -> SolverParams:
+            inplace: bool = True, split: bool = True, target: str | None = None
+            ) -> SolverParams:
     if time_limit <= 0:
         raise PexError("--time-limit must be positive")
     if workers < 1:
         raise PexError("--workers must be at least 1")
     if align < 1 or align & (align - 1):
         raise PexError("--align must be a power of two")
+    if target is not None:
+        from pexopt.cmsis_scratch import TARGETS
+
+        if target not in TARGETS:
+            raise PexError(f"--target: unknown target '{target}' (one of {', '.join(TARGETS)})")
     return SolverParams(time_limit=time_limit, workers=workers, seed=seed, align=align,
-                        reorder=reorder, inplace=inplace, split=split)
+                        reorder=reorder, inplace=inplace, split=split, target=target)
 
 
 @app.command()
@@ -190,7 +196,7 @@ def solve(model: Path,
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
     params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
-                     not no_split)
+                     not no_split, target)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         res = solve_model(model, opts, params, budget, progress=live)
     plan = res.plan

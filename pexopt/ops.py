@@ -58,6 +58,8 @@ class OpSpec:
     split: channel-slice behaviour; accumulate: may consume input slices into an int32 accumulator.
     inplace_temp: may overwrite its input channel by channel through one H x W temporary
     (TinyEngine's in-place depthwise; only when output and input have the same shape).
+    cmsis_scratch: which CMSIS-NN buffer-size formula its kernel call needs
+    (`pexopt.cmsis_scratch.FORMULAS`; empty: no ctx.buf).
     """
 
     kind: OpKind
@@ -68,6 +70,7 @@ class OpSpec:
     split: Split = Split.NONE
     accumulate: bool = False
     inplace_temp: bool = False
+    cmsis_scratch: str = ""
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -77,12 +80,13 @@ def _spec(kind: OpKind, **kw: object) -> OpSpec:
 SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
-        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True),
+        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True,
+              cmsis_scratch="conv"),
         _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
-              inplace_temp=True),
-        _spec(OpKind.GROUPED_CONV, takes_activation=True),
+              inplace_temp=True, cmsis_scratch="depthwise"),
+        _spec(OpKind.GROUPED_CONV, takes_activation=True, cmsis_scratch="conv"),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
-              accumulate=True),
+              accumulate=True, cmsis_scratch="fully_connected"),
         _spec(OpKind.MATMUL, takes_activation=True),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
               split=Split.SAME_SLICE),
@@ -92,7 +96,8 @@ SPECS: dict[OpKind, OpSpec] = {
               split=Split.SAME_SLICE),
         _spec(OpKind.CONCAT, split=Split.CONCAT),
         _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE),
-        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE),
+        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE,
+              cmsis_scratch="avgpool"),
         _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE),
         _spec(OpKind.REDUCE_MEAN),
         _spec(OpKind.RELU, elementwise=True, inplace=True, is_activation=True,
