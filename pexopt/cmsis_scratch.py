@@ -111,9 +111,30 @@ def _nhwc(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return s[0], s[1], s[2], s[3]
 
 
+def conv_input(graph: Graph, op: Op) -> tuple[int, int, int]:
+    """(H, W, C_in) the conv kernel sees. The IR tensor may be a flat alias (a Reshape before
+    the conv): then H and W are those the output size allows (ONNX output-size rule) that
+    divide the element count, the largest C_in if several do (more scratch: safe)."""
+    t = graph.tensors[op.inputs[0]]
+    if len(t.shape) == 4:
+        return t.shape[1], t.shape[2], t.shape[3]
+    a = op.attrs
+    _, oh, ow, _ = _nhwc(graph.tensors[op.outputs[0]].shape)
+
+    def extents(o: int, k: int, s: int, d: int, pads: int) -> range:
+        lo = (o - 1) * s + (k - 1) * d + 1 - pads
+        return range(max(1, lo), max(1, lo) + s)
+
+    fits = [(h, w, t.elements // (h * w))
+            for h in extents(oh, a.kernel[0], a.stride[0], a.dilation[0], a.pads[0] + a.pads[2])
+            for w in extents(ow, a.kernel[1], a.stride[1], a.dilation[1], a.pads[1] + a.pads[3])
+            if t.elements % (h * w) == 0]
+    return max(fits, key=lambda f: f[2], default=(1, 1, t.elements))
+
+
 def _conv(graph: Graph, op: Op, arch: str, c0: int, c1: int, sliced: bool) -> int:
     a = op.attrs
-    _, h, w, cin = _nhwc(graph.tensors[op.inputs[0]].shape)
+    h, w, cin = conv_input(graph, op)
     _, _, ow, _ = _nhwc(graph.tensors[op.outputs[0]].shape)
     kh, kw = a.kernel
     sh, sw = a.stride
@@ -129,7 +150,7 @@ def _conv(graph: Graph, op: Op, arch: str, c0: int, c1: int, sliced: bool) -> in
 
 def _depthwise(graph: Graph, op: Op, arch: str, c0: int, c1: int, sliced: bool) -> int:
     a = op.attrs
-    cin = _nhwc(graph.tensors[op.inputs[0]].shape)[3]
+    cin = conv_input(graph, op)[2]
     cout = _nhwc(graph.tensors[op.outputs[0]].shape)[3]
     in_c, out_c = (c1 - c0, c1 - c0) if sliced else (cin, cout)
     return dw_scratch(arch, in_c, out_c, a.kernel[0], a.kernel[1], a.pads[0], a.pads[1],
@@ -165,7 +186,7 @@ def kernel_scratch_bytes(graph: Graph, op_index: int, target: str | None,
         return 0  # float graphs never reach CMSIS-NN (the emitter is int8 only)
     op = graph.ops[op_index]
     formula = SPECS[op.kind].cmsis_scratch
-    if not formula or op.attrs is None and formula in ("conv", "depthwise"):
+    if not formula or (op.attrs is None and formula in ("conv", "depthwise")):
         return 0
     cout = _nhwc(graph.tensors[op.outputs[0]].shape)[3]
     c0, c1 = (int(slice[0]), int(slice[1])) if slice is not None else (0, cout)

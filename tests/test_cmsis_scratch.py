@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from pexopt.cli import app
 from pexopt.cmsis_scratch import (
     avgpool_scratch,
+    conv_input,
     conv_scratch,
     dw_scratch,
     fc_scratch,
@@ -74,6 +75,14 @@ def test_depthwise_fc_avgpool_formulas_per_target() -> None:
     # arm_avgpool_s8_get_buffer_size: DSP C * sizeof(int32), MVE and C 0
     assert avgpool_scratch("dsp", 160) == 640
     assert avgpool_scratch("mve", 160) == 0 and avgpool_scratch("c", 160) == 0
+
+
+def test_conv_behind_a_reshape_sees_its_kernel_shape(shared_models_dir: Path) -> None:
+    """micro_speech's conv reads a flat (1, 1960) tensor as 49 x 40 x 1: scratch for C_in 1."""
+    g = ImportOptions().load(shared_models_dir / "tflm_micro_speech_int8.onnx")
+    k = next(o.id for o in g.ops if o.attrs is not None and o.attrs.kernel == (10, 8))
+    assert conv_input(g, g.ops[k]) == (49, 40, 1)
+    assert kernel_scratch_bytes(g, k, "cortex-m4") == 2 * 80 * 2  # 2 * roundup4(10*8*1) int16
 
 
 # -- on a real model --------------------------------------------------------------------------

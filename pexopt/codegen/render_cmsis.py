@@ -8,6 +8,7 @@ import numpy as np
 from pexopt.cmsis_scratch import avgpool_scratch, conv_scratch, dw_scratch, fc_scratch
 from pexopt.codegen.consts import OpConsts
 from pexopt.codegen.views import View, pad4
+from pexopt.errors import PexError
 from pexopt.graph.ir import Op
 from pexopt.ops import OpKind
 from pexopt.plan.format import Step, is_kscratch
@@ -29,6 +30,9 @@ class CmsisMixin:
             bufs = [self.bufs[n] for n in step.scratch
                     if is_kscratch(n) and n in self.bufs and self.bufs[n].size >= size]
             if not bufs:
+                if self.cmsis and self.plan.target is not None:  # validator and emitter disagree
+                    raise PexError(f"codegen: step {step.index} needs {size} B of CMSIS-NN "
+                                   f"kernel scratch on {self.target}; the plan gives it less")
                 return None
             b = bufs[0]
             ctx = f"{{(void *)(pex_arena + {b.offset}), {b.size}}}"

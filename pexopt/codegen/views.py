@@ -11,6 +11,7 @@ from pexopt.errors import PexError
 
 
 def pad4(shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """A shape as 4-D (leading 1s added, leading 1s of a longer shape dropped)."""
     shape = tuple(int(d) for d in shape)
     while len(shape) > 4 and shape[0] == 1:
         shape = shape[1:]
@@ -21,6 +22,7 @@ def pad4(shape: tuple[int, ...], where: str) -> tuple[int, ...]:
 
 
 def contig(dims: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a dense row-major 4-D array."""
     s = [1, 1, 1, 1]
     for k in (2, 1, 0):
         s[k] = s[k + 1] * dims[k + 1]
@@ -96,6 +98,7 @@ def hexf(x: float) -> str:
 
 
 def ints(values: np.ndarray | list[int], per_line: int = 24) -> str:
+    """A C initialiser body of integers, `per_line` to a line."""
     vals = [str(int(v)) for v in np.asarray(values).reshape(-1).tolist()]
     if not vals:
         vals = ["0"]
