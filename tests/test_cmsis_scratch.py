@@ -218,6 +218,23 @@ def test_simulator_scribbles_kernel_scratch(small: tuple[Path, Graph, Plan]) -> 
     p.buffer(name).offset = src.offset
     bad = run_plan(p, g, params, x)
     assert any(not np.array_equal(good[k], bad[k]) for k in good)
+    p = _copy(plan)  # over the step's output: CMSIS-NN's leftovers overwrite the result
+    p.buffer(name).offset = p.buffer(p.steps[i].writes[0]).offset
+    bad = run_plan(p, g, params, x)
+    assert any(not np.array_equal(good[k], bad[k]) for k in good)
+
+
+def test_plan_without_target_emits_portable_where_scratch_is_needed(models_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """Old plans (no target, no kernel scratch) still emit: steps needing scratch run
+    pexopt's kernels, CMSIS-NN calls needing none get an empty context."""
+    path = models_dir / "resnet8_int8.onnx"
+    res = solve_model(path, ImportOptions(), SolverParams(**SOLVER), None)
+    emit_c(res.plan, res.graph, path, tmp_path / "gen", target="cortex-m55")
+    src = (tmp_path / "gen" / "pex_model.c").read_text()
+    assert "const cmsis_nn_context pex_ctx = {NULL, 0};" in src  # 1x1 stride-2 shortcuts
+    assert "(void *)(pex_arena" not in src and "pex_cmsis_scratch" not in src
+    assert "pex_conv_s8(" in src
 
 
 # -- solver and CLI ---------------------------------------------------------------------------
