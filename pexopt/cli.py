@@ -105,15 +105,21 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 
 
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
-            inplace: bool = True, split: bool = True) -> SolverParams:
+            inplace: bool = True, split: bool = True, target: str | None = None
+            ) -> SolverParams:
     if time_limit <= 0:
         raise PexError("--time-limit must be positive")
     if workers < 1:
         raise PexError("--workers must be at least 1")
     if align < 1 or align & (align - 1):
         raise PexError("--align must be a power of two")
+    if target is not None:
+        from pexopt.cmsis_scratch import TARGETS
+
+        if target not in TARGETS:
+            raise PexError(f"--target: unknown target '{target}' (one of {', '.join(TARGETS)})")
     return SolverParams(time_limit=time_limit, workers=workers, seed=seed, align=align,
-                        reorder=reorder, inplace=inplace, split=split)
+                        reorder=reorder, inplace=inplace, split=split, target=target)
 
 
 @app.command()
@@ -189,10 +195,10 @@ def solve(model: Path,
                    "a plan that is not bit-exact is never written).")] = True,
           emit_c: Annotated[Path | None, typer.Option(
               "--emit-c", help="Also generate C into this folder.")] = None,
-          target: Annotated[str | None, typer.Option(
+          target: Annotated[str, typer.Option(
               "--target", help="A target profile (cortex-m4, cortex-m7, cortex-m55 or a "
-              "profile .yaml): estimates latency into the plan and picks the codegen core.")]
-          = None,
+              "profile .yaml): sizes CMSIS-NN kernel scratch into the arena, estimates latency "
+              "into the plan and picks the codegen core.")] = "cortex-m4",
           prune: Annotated[bool, typer.Option(
               "--prune", help="Remove the least important channels until --sram fits.")]
           = False,
@@ -214,7 +220,7 @@ def solve(model: Path,
     defaults = profile.solver if profile is not None else SolverParams()
     params = _params(defaults.time_limit if time_limit is None else time_limit,
                      defaults.workers if workers is None else workers, seed, align,
-                     not no_reorder, not no_inplace, not no_split)
+                     not no_reorder, not no_inplace, not no_split, core)
     if profile is not None and profile.solver.slice_widths is not None:
         params = replace(params, slice_widths=profile.solver.slice_widths)
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,

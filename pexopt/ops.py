@@ -83,6 +83,8 @@ class OpSpec:
     prune: how it propagates or ties channels when pruning (see `Channels`).
     cost: the latency cost class of its kernel (`pexopt.latency`); a dense conv is refined to
     conv1x1 or convkxk by its kernel size there.
+    cmsis_scratch: which CMSIS-NN buffer-size formula its kernel call needs
+    (`pexopt.cmsis_scratch.FORMULAS`; empty: no ctx.buf).
     """
 
     kind: OpKind
@@ -95,6 +97,7 @@ class OpSpec:
     inplace_temp: bool = False
     prune: Channels = Channels.FIXED
     cost: str = "other"
+    cmsis_scratch: str = ""
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -105,12 +108,14 @@ SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
         _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True,
-              prune=Channels.PRODUCE, cost="conv"),
+              prune=Channels.PRODUCE, cost="conv", cmsis_scratch="conv"),
         _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
-              inplace_temp=True, prune=Channels.FOLLOW, cost="depthwise"),
-        _spec(OpKind.GROUPED_CONV, takes_activation=True, cost="conv"),
+              inplace_temp=True, prune=Channels.FOLLOW, cost="depthwise",
+              cmsis_scratch="depthwise"),
+        _spec(OpKind.GROUPED_CONV, takes_activation=True, cost="conv", cmsis_scratch="conv"),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
-              accumulate=True, prune=Channels.PRODUCE, cost="fully_connected"),
+              accumulate=True, prune=Channels.PRODUCE, cost="fully_connected",
+              cmsis_scratch="fully_connected"),
         _spec(OpKind.MATMUL, takes_activation=True, cost="fully_connected"),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
               split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise"),
@@ -122,7 +127,7 @@ SPECS: dict[OpKind, OpSpec] = {
         _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE,
               prune=Channels.FOLLOW, cost="pool"),
         _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW, cost="pool"),
+              prune=Channels.FOLLOW, cost="pool", cmsis_scratch="avgpool"),
         _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE, prune=Channels.FOLLOW,
               cost="mean"),
         _spec(OpKind.REDUCE_MEAN, prune=Channels.REDUCE, cost="mean"),

@@ -19,8 +19,8 @@ import pytest
 from conftest import BUNDLED_ALL, MODELS_DIR, SHARED_MODELS, const, make_onnx, vi
 from onnx import helper
 
-from pexopt.codegen import emit as emit_mod
 from pexopt.codegen import emit_c
+from pexopt.codegen import files as emit_mod
 from pexopt.codegen.names import C_KEYWORDS, NameTable, comment, sanitize
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph
@@ -36,7 +36,7 @@ GCC = shutil.which("gcc")
 CFLAGS = ["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
           "-fno-sanitize-recover=undefined", "-DPEX_PORTABLE_KERNELS"]
 RUNTIME = Path(__file__).resolve().parents[1] / "codegen" / "runtime"
-SOLVER = dict(time_limit=2.0, workers=1)
+SOLVER = dict(time_limit=2.0, workers=1, target="cortex-m4")  # plans with kernel scratch
 
 # Shared models the emitter refuses, and the text its one-line error must name.
 UNSUPPORTED = {

@@ -196,7 +196,7 @@ def test_solve_target_prints_and_records_the_estimate(small_conv_model: Path,
     lat = load_plan(out).latency
     assert lat is not None and lat["core"] == "cortex-m4" and lat["ms"] > 0
     res = run("solve", small_conv_model, "--json", *FAST)
-    assert json.loads(res.stdout)["latency"] is None
+    assert json.loads(res.stdout)["latency"]["target"] == "cortex-m4"  # the default target
     mine = _edit(tmp_path, lambda d: d.update(name="my_board", core="cortex-m7",
                                               solver={"time_limit": 7, "workers": 1}))
     res = run("solve", small_conv_model, "--target", mine, "--json")

@@ -305,7 +305,8 @@ def test_mbv2_int8_prunes_into_64k_keeping_80pct_macs(models_dir: Path, tmp_path
     d = json.loads(res.stdout)
     assert d["fits"] and d["arena_bytes"] <= 65536
     pr = d["prune"]
-    assert pr["arena_before"] == 124416 and pr["macs_kept"] >= 0.8
+    # 124,416 B of activations and the stem conv's 64 B of CMSIS-NN scratch (cortex-m4)
+    assert pr["arena_before"] == 124480 and pr["macs_kept"] >= 0.8
     rows = {r["layer"]: r for r in pr["rows"]}
     assert rows["stem_conv"]["producer"] and rows["stem_conv"]["importance_removed"] > 0
     assert rows["stem_conv"]["channels_after"] < rows["stem_conv"]["channels_before"] == 16

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from pexopt.cmsis_scratch import kernel_scratch_bytes, segment_scratch_bytes
 from pexopt.graph.ir import Graph
-from pexopt.partial.candidates import accumulator_bytes, slice_bytes, slice_offsets
-from pexopt.plan.format import Buffer, Plan, SolverInfo, Step
+from pexopt.partial.candidates import (
+    accumulator_bytes,
+    slice_bytes,
+    slice_offsets,
+    workspace_bytes,
+)
+from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, kscratch_name
 from pexopt.solver.cpsat_layout import Schedule, SolverParams, temp_bytes
 
 
@@ -27,8 +33,14 @@ def temp_name(op: str) -> str:
     return f"{op}@temp"
 
 
-def _steps(graph: Graph, sched: Schedule, in_arena: set[int]) -> list[Step]:
-    """The step list: whole ops, and slice-by-slice runs of split segments."""
+def _round(x: int, align: int) -> int:
+    return (x + align - 1) // align * align
+
+
+def _steps(graph: Graph, sched: Schedule, in_arena: set[int], target: str | None
+           ) -> list[Step]:
+    """The step list: whole ops, and slice-by-slice runs of split segments; a step whose
+    CMSIS-NN call needs kernel scratch lists its op's (or its segment's) `@kscratch` buffer."""
     name = {t.id: t.name for t in graph.tensors}
     segs = {s.ops[0]: s for s in sched.segments if s.id in sched.splits}
     skip: set[int] = set()
@@ -48,12 +60,15 @@ def _steps(graph: Graph, sched: Schedule, in_arena: set[int]) -> list[Step]:
             op = graph.ops[k]
             out = op.outputs[0] if len(op.outputs) == 1 else None
             scratch = [temp_name(op.name)] if out in sched.inplace and k in sched.temps else []
+            if k in sched.kscratch:
+                scratch.append(kscratch_name(op.name))
             add(k, "whole", [name[t] for t in dict.fromkeys(op.inputs) if t in in_arena],
                 [name[t] for t in op.outputs if t in in_arena], None, scratch)
             continue
         skip.update(seg.ops)
         internal = set(seg.internal)
         width = sched.splits[seg.id]
+        ks = kscratch_name(graph.ops[seg.ops[0]].name)
         for c0, c1 in seg.slices(width):
             for idx, op_id in enumerate(seg.ops):
                 op = graph.ops[op_id]
@@ -66,8 +81,9 @@ def _steps(graph: Graph, sched: Schedule, in_arena: set[int]) -> list[Step]:
                     writes = [acc_name(name[seg.output])]
                 else:
                     writes = [name[seg.output]]
-                add(op_id, "accumulate" if last and seg.accumulate else "slice", reads, writes,
-                    [c0, c1])
+                mode = "accumulate" if last and seg.accumulate else "slice"
+                need = kernel_scratch_bytes(graph, op_id, target, (c0, c1), mode)
+                add(op_id, mode, reads, writes, [c0, c1], [ks] if need else None)
         if seg.accumulate:
             add(seg.ops[-1], "requantize", [acc_name(name[seg.output])], [name[seg.output]],
                 None)
@@ -99,7 +115,7 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
     params = sched.params if params is None else params
     in_arena = {t.id for t in graph.tensors if not t.external and t.nbytes > 0}
     name = {t.id: t.name for t in graph.tensors}
-    steps = _steps(graph, sched, in_arena)
+    steps = _steps(graph, sched, in_arena, sched.params.target)
     life = _lifetimes(steps, {name[t] for t in graph.inputs if t in in_arena},
                       {name[t] for t in graph.outputs if t in in_arena})
     buffers: list[Buffer] = []
@@ -130,8 +146,16 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
         if s.accumulate:
             add(acc_name(name[s.output]), name[s.output], "accumulator", sched.offsets[s.output],
                 accumulator_bytes(graph.tensors[s.output]))
+        ks = segment_scratch_bytes(graph, s, w, sched.params.target)
+        if ks:  # at the end of the segment's workspace box (see cpsat_layout.seg_workspace)
+            add(kscratch_name(graph.ops[s.ops[0]].name), None, "scratch",
+                sched.workspace[s.id] + _round(workspace_bytes(graph, s, w, params.align),
+                                               params.align), ks)
     for k, off in sched.temps.items():
         add(temp_name(graph.ops[k].name), None, "scratch", off, temp_bytes(graph, k))
+    for k, off in sched.kscratch.items():
+        add(kscratch_name(graph.ops[k].name), None, "scratch", off,
+            kernel_scratch_bytes(graph, k, sched.params.target))
     buffers.sort(key=lambda b: (b.first_step, b.offset, b.name))
     arena = max((b.offset + b.size for b in buffers), default=0)
     return Plan(model={"path": graph.source_path, "sha256": graph.source_sha256},
@@ -144,7 +168,8 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
                                   gap=round(sched.gap, 6), seconds=round(sched.seconds, 3),
                                   seed=params.seed, workers=params.workers,
                                   time_limit=params.time_limit),
-                baselines=baselines or {}, splits=_split_summary(graph, sched))
+                baselines=baselines or {}, splits=_split_summary(graph, sched),
+                target=sched.params.target)
 
 
 def _split_summary(graph: Graph, sched: Schedule) -> list[dict]:

@@ -71,6 +71,7 @@ class Plan:
     solver: SolverInfo
     baselines: dict[str, Any] = field(default_factory=dict)
     splits: list[dict[str, Any]] = field(default_factory=list)
+    target: str | None = None  # CMSIS-NN kernel scratch planned for it; None: none planned
     format: str = FORMAT
     # estimated instructions/cycles/ms on a target profile (README: plan format); optional
     latency: dict[str, Any] | None = None
@@ -89,6 +90,20 @@ class Plan:
             if b.name == name:
                 return b
         raise KeyError(name)
+
+
+KSCRATCH = "@kscratch"
+
+
+def kscratch_name(op: str) -> str:
+    """The kernel scratch (CMSIS-NN ctx.buf) buffer of an op or of a split segment (named
+    after its first op); other scratch buffers are in-place temporaries (`<op>@temp`)."""
+    return f"{op}{KSCRATCH}"
+
+
+def is_kscratch(name: str) -> bool:
+    """Whether a scratch buffer name is kernel scratch (not an in-place temporary)."""
+    return name.endswith(KSCRATCH)
 
 
 def write_atomic(path: str | Path, text: str | bytes) -> None:
@@ -195,7 +210,8 @@ def _plan_from_dict(d: Any, where: str) -> Plan:
                 dtype=str(d.get("dtype", "int8")),
                 input_external=bool(d.get("input_external", False)), steps=steps,
                 buffers=buffers, solver=solver, baselines=_dict(d, "baselines", where),
-                splits=list(d.get("splits", [])), latency=_latency(d, where))
+                splits=list(d.get("splits", [])), latency=_latency(d, where),
+                target=_target(d, where))
 
 
 def _latency(d: dict, where: str) -> dict | None:
@@ -208,6 +224,14 @@ def _latency(d: dict, where: str) -> dict | None:
     for key in ("instructions", "cycles", "ms"):
         _num(v, key, float, 0.0, f"{where}: latency")
     return dict(v)
+
+
+def _target(d: dict, where: str) -> str | None:
+    """Optional `target` (plans written before it existed have none)."""
+    v = d.get("target")
+    if v is not None and not isinstance(v, str):
+        raise PlanError(f"{where}: field 'target' must be null or a string")
+    return v
 
 
 def _num(d: dict, key: str, typ: type, default: Any, where: str) -> Any:

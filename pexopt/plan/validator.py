@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
 from pexopt.ops import SPECS
-from pexopt.plan.format import Buffer, Plan, Step
+from pexopt.plan.format import Buffer, Plan, Step, is_kscratch
 
 MODES = ("whole", "slice", "accumulate", "requantize")
 BUFFER_KINDS = ("tensor", "slice", "accumulator", "scratch")
@@ -406,7 +406,7 @@ def _inplace_problem(ix: PlanIndex, a: Buffer, b: Buffer, s: int, op: Op) -> str
     need = per_channel_bytes(tb)
     for name in step.scratch:
         t = ix.buffers.get(name)
-        if t is not None and t.kind == "scratch" and t.size >= need \
+        if t is not None and t.kind == "scratch" and t.size >= need and not is_kscratch(name) \
                 and t.first_step <= s <= t.last_step:
             return None
     return f"{step_name(s, step)} cannot run in place without a live scratch buffer of " \
@@ -517,6 +517,7 @@ def check_fits(plan: Plan) -> list[Violation]:
 def validate(plan: Plan, graph: Graph, check_hash: bool = True) -> list[Violation]:
     """Every rule the plan breaks for this graph (empty when the plan is valid)."""
     from pexopt.plan import validator_slices as vs  # builds on this module's index
+    from pexopt.plan.validator_scratch import check_kernel_scratch
 
     ix = build_index(plan, graph)
     out: list[Violation] = check_model_hash(plan, graph) if check_hash else []
@@ -527,6 +528,7 @@ def validate(plan: Plan, graph: Graph, check_hash: bool = True) -> list[Violatio
     out += check_step_io(ix)
     out += vs.check_dataflow(ix)
     out += check_lifetimes(ix)
+    out += check_kernel_scratch(ix)
     out += check_offsets(plan)
     out += check_arena_bytes(plan)
     alias_violations, legal = check_aliases(ix)

@@ -7,6 +7,7 @@ from rich.table import Table
 from pexopt.graph.ir import Graph
 from pexopt.ops import OpKind
 from pexopt.pipeline import BenchRow, SolveResult
+from pexopt.plan.format import is_kscratch
 
 
 def kb(n: int | None) -> str:
@@ -87,7 +88,8 @@ def inplace_line(res: SolveResult) -> str | None:
             b = bufs.get(w)
             if b is None or b.alias_of is None or bufs[b.alias_of].kind != "tensor":
                 continue
-            tmp = "".join(f" through a {bufs[x].size:,} B temporary" for x in s.scratch)
+            tmp = "".join(f" through a {bufs[x].size:,} B temporary" for x in s.scratch
+                          if not is_kscratch(x))  # kernel scratch is no in-place temporary
             parts.append(f"{s.op} over {b.alias_of}{tmp}")
     return "in place: " + "; ".join(parts) if parts else None
 

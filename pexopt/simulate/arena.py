@@ -2,7 +2,9 @@
 
 The arena starts as pseudo-random bytes and every buffer's bytes are scribbled over when it
 dies (where no live buffer owns them), so a plan that reads memory it does not own, or whose
-buffers overlap while live, produces wrong outputs instead of lucky right ones.
+buffers overlap while live, produces wrong outputs instead of lucky right ones. Kernel scratch
+(`<op>@kscratch`, CMSIS-NN's ctx.buf) is scribbled before and after every step that lists it:
+CMSIS-NN may write anything there, so a scratch overlapping a live buffer shows as a mismatch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from pexopt.errors import PexError
 from pexopt.graph.ir import DTYPE_BYTES, Graph, Op, Tensor
 from pexopt.ops import SPECS, Split
-from pexopt.plan.format import Buffer, Plan, Step
+from pexopt.plan.format import Buffer, Plan, Step, is_kscratch
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
 from pexopt.simulate.params import OpParams
 from pexopt.simulate.quant import dequantize, quantize_real
@@ -105,14 +107,15 @@ def _whole(ctx: _Ctx, step: Step, op: Op, p: OpParams) -> None:
     xs = [np.array(kernel_input(t, p, k, _tensor_view(ctx, t.name)))
           for k, t in enumerate(ins)]
     out = ctx.graph.tensors[op.outputs[0]]
-    if step.scratch:  # in-place depthwise: channel by channel through an H x W temporary
+    temps = [n for n in step.scratch if not is_kscratch(n)]
+    if temps:  # in-place depthwise: channel by channel through an H x W temporary
         dst = _tensor_view(ctx, out.name)
         for c in range(out.shape[-1]):
             sl = slice(c, c + 1)
             y = KERNELS[op.kind](op, p, [_to_kernel(ins[0], p, 0,
                                                     _tensor_view(ctx, ins[0].name)[..., sl])],
                                  sl, None)
-            tmp = _view(ctx, ctx.bufs[step.scratch[0]], element_dtype(out),
+            tmp = _view(ctx, ctx.bufs[temps[0]], element_dtype(out),
                         out.shape[:-1] + (1,))
             tmp[...] = _from_kernel(out, p, y).reshape(tmp.shape)
             dst[..., sl] = tmp
@@ -181,6 +184,17 @@ def _scribble(ctx: _Ctx, step: int, dying: list[Buffer], live_next: list[Buffer]
             at = max(at, z)
 
 
+def _scribble_kscratch(ctx: _Ctx, step: Step) -> None:
+    """Random bytes over the kernel scratch of a step (what a CMSIS-NN kernel may leave)."""
+    for name in step.scratch:
+        b = ctx.bufs.get(name)
+        if is_kscratch(name) and b is not None:
+            if b.offset < 0 or b.offset + b.size > ctx.mem.size:
+                raise SimulationError(f"buffer '{b.name}' lies outside the arena")
+            ctx.mem[b.offset:b.offset + b.size] = ctx.rng.integers(0, 256, b.size,
+                                                                   dtype=np.uint8)
+
+
 def _check_sizes(ctx: _Ctx) -> None:
     """Every tensor buffer holds its tensor in the dtype the kernels compute it in."""
     for b in ctx.plan.buffers:
@@ -227,6 +241,7 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
         if op is None:
             raise SimulationError(f"step {step.index}: unknown op '{step.op}'")
         p = params[op.id]
+        _scribble_kscratch(ctx, step)  # before: inputs overlapping it get corrupted
         if step.mode == "whole":
             _whole(ctx, step, op, p)
         elif step.mode == "slice":
@@ -237,6 +252,7 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
             _requantize(ctx, step, op, p)
         else:
             raise SimulationError(f"step {step.index}: unknown mode '{step.mode}'")
+        _scribble_kscratch(ctx, step)  # after: an output overlapping it gets corrupted
         if step.index + 1 < len(plan.steps):
             live_next = [b for b in plan.buffers
                          if b.first_step <= step.index + 1 <= b.last_step]

@@ -33,12 +33,15 @@ def inplace_candidates(graph: Graph) -> dict[int, list[int]]:
     return res
 
 
-def any_order_bound(graph: Graph, inplace: bool = True) -> tuple[int, int]:
+def any_order_bound(graph: Graph, inplace: bool = True,
+                    scratch: dict[int, int] | None = None) -> tuple[int, int]:
     """(bound, op id) of the largest bytes that must be live while some op runs, in any order.
 
     Live at op k in every order: its inputs and outputs, and every tensor produced by an
     ancestor of k (or a graph input) that a descendant of k reads (or that is a graph output).
-    With in-place allowed, an op may share one dying input with its output.
+    With in-place allowed, an op may share one dying input with its output. `scratch`: op id ->
+    kernel scratch bytes while it runs whole (not counted for ops that may run as an in-place
+    depthwise, which needs none).
     """
     succs = graph.succs()
     anc = ancestors(succs)
@@ -67,6 +70,8 @@ def any_order_bound(graph: Graph, inplace: bool = True) -> tuple[int, int]:
                 continue
             saving = max(saving, min(size[i], size[op.outputs[0]]))
         total -= saving
+        if not SPECS[op.kind].inplace_temp:
+            total += (scratch or {}).get(k, 0)
         if total > best:
             best, where = total, k
     return best, where
@@ -89,13 +94,16 @@ def _must_live(graph: Graph, first: int, last: int, anc: list[set[int]],
     return total
 
 
-def split_bound(graph: Graph, segments: list, inplace: bool = True) -> int:
+def split_bound(graph: Graph, segments: list, inplace: bool = True,
+                scratch: dict[int, int] | None = None,
+                seg_scratch: dict[int, int] | None = None) -> int:
     """A lower bound valid for every order and every choice among `segments`.
 
     While op k runs it is either whole (the any-order bound of k, an in-place depthwise sharing
     its input with its output through one H x W temporary) or inside one split segment g, whose
     full inputs, output (or int32 accumulator) and smallest workspace are live, plus every
-    tensor produced before g and read after it.
+    tensor produced before g and read after it. Kernel scratch (`scratch`: op id -> bytes when
+    whole; `seg_scratch`: segment id -> its smallest scratch over widths) adds to each option.
     """
     from pexopt.partial.candidates import accumulator_bytes, workspace_bytes
 
@@ -116,6 +124,7 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True) -> int:
         out = accumulator_bytes(graph.tensors[s.output]) if s.accumulate else size[s.output]
         macro[s.id] = (sum(size[t] for t in s.inputs) + out
                        + workspace_bytes(graph, s, min(s.widths))
+                       + (seg_scratch or {}).get(s.id, 0)
                        + _must_live(graph, s.ops[0], s.ops[-1], anc, desc, own))
     best = 0
     for op in graph.ops:
@@ -126,14 +135,16 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True) -> int:
         for i in cands.get(k, []):
             if i not in outs and not any(c in desc[k] for c in cons[i]):
                 saving = max(saving, min(size[i], size[op.outputs[0]]))
+        kernel = (scratch or {}).get(k, 0)
+        lk = whole + kernel - saving
         if inplace and SPECS[op.kind].inplace_temp and len(op.outputs) == 1:
             o = graph.tensors[op.outputs[0]]
             for i in op.inputs:
                 t = graph.tensors[i]
                 if (t.shape == o.shape and not t.external and i not in outs
                         and not any(c in desc[k] for c in cons[i])):
-                    saving = max(saving, o.nbytes - o.nbytes // max(1, o.shape[-1]))
-        lk = whole - saving
+                    # in place through the temporary: pexopt's kernel, no kernel scratch
+                    lk = min(lk, whole - (o.nbytes - o.nbytes // max(1, o.shape[-1])))
         for s in by_op.get(k, []):
             lk = min(lk, macro[s.id])
         best = max(best, lk)

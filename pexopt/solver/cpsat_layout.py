@@ -17,6 +17,11 @@ Options, each a boolean the solver may take:
 Latency (when a cost model is given): the estimated cost is the sum of every op's whole cost,
 corrected by (segment cost - whole costs of its ops) for the chosen segment width and by the
 extra cost of each in-place depthwise; `latency` bounds it, and objective "latency" minimises it.
+
+Kernel scratch (CMSIS-NN ctx.buf, `SolverParams.target`): an op run whole gets a box of its
+scratch size at its position (absent when it runs inside a split segment or as an in-place
+depthwise, which use other kernels); a split segment's workspace box grows by the largest
+scratch of its steps, since its slices interleave over all of its positions.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Protocol
 
 from ortools.sat.python import cp_model
 
+from pexopt.cmsis_scratch import kernel_scratch_bytes, segment_scratch_bytes
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
@@ -74,6 +80,7 @@ class SolverParams:
     deterministic_time: float | None = None
     cost: CostModel | None = field(default=None, compare=False)  # latency estimate per choice
     latency: int | None = None  # hard bound on the estimated cost (needs `cost`)
+    target: str | None = None  # CMSIS-NN kernel scratch for this target; None: none
 
 
 @dataclass
@@ -92,6 +99,7 @@ class Schedule:
     splits: dict[int, int] = field(default_factory=dict)  # used segment id -> slice width
     workspace: dict[int, int] = field(default_factory=dict)  # used segment id -> offset
     temps: dict[int, int] = field(default_factory=dict)  # in-place depthwise op id -> offset
+    kscratch: dict[int, int] = field(default_factory=dict)  # whole op id -> its scratch offset
     stages: list[str] = field(default_factory=list)
 
     @property
@@ -139,6 +147,19 @@ def temp_bytes(graph: Graph, k: int) -> int:
     return t.nbytes // max(1, t.shape[-1])
 
 
+def op_scratch(graph: Graph, target: str | None) -> dict[int, int]:
+    """Op id -> kernel scratch bytes when it runs whole (ops needing none are left out)."""
+    sizes = {op.id: kernel_scratch_bytes(graph, op.id, target) for op in graph.ops}
+    return {k: v for k, v in sizes.items() if v > 0}
+
+
+def seg_workspace(graph: Graph, seg: Segment, width: int, params: SolverParams) -> int:
+    """A segment's box: its slice buffers, then its kernel scratch (at the aligned end)."""
+    ws = workspace_bytes(graph, seg, width, params.align)
+    extra = segment_scratch_bytes(graph, seg, width, params.target)
+    return _round(ws, params.align) + extra if extra else ws
+
+
 def all_inplace_candidates(graph: Graph) -> dict[int, list[int]]:
     cands = {k: list(v) for k, v in inplace_candidates(graph).items()}
     for op in graph.ops:
@@ -184,10 +205,12 @@ class _Model:
             segments = [replace(s, widths=tuple(w for w in s.widths if w >= only.splits[s.id]))
                         for s in segments if s.id in only.splits]
         self.segments = segments
+        self.kscr = op_scratch(graph, params.target)
         cap = sum(_round(v, al) for v in size.values()) + sum(
             _round(accumulator_bytes(graph.tensors[s.output]), al)
-            + _round(workspace_bytes(graph, s, max(s.widths), al), al) for s in segments)
+            + _round(seg_workspace(graph, s, max(s.widths), params), al) for s in segments)
         cap += sum(_round(temp_bytes(graph, k), al) for k in range(n))  # in-place temporaries
+        cap += sum(_round(v, al) for v in self.kscr.values())
         self.cap = cap
         if order is not None:
             self.pos = {op: i for i, op in enumerate(order)}
@@ -268,6 +291,7 @@ class _Model:
         # -- in place -----------------------------------------------------------------------
         self.choice: dict[tuple[int, int], cp_model.IntVar] = {}
         self.temp_units: dict[int, cp_model.IntVar] = {}
+        dw_inplace: dict[int, list[cp_model.IntVar]] = {}  # op -> its in-place depthwise bools
         shift: dict[int, list[cp_model.IntVar]] = {}
         boxes: list[tuple[object, object, object, cp_model.IntVar | None]] = []
         if params.inplace:
@@ -304,11 +328,13 @@ class _Model:
                         m.add(top >= tu * al + temp_bytes(graph, k)).only_enforce_if(b)
                         self.temp_units[k] = tu
                         boxes.append((x, y, temp_bytes(graph, k), b))
+                        dw_inplace.setdefault(k, []).append(b)
                     self.choice[(o, i)] = b
                     bs.append(b)
                 if bs:
                     m.add_at_most_one(bs)
                     shift.setdefault(o, []).extend(bs)
+        self._kernel_scratch(boxes, dw_inplace)
         # -- rectangles ---------------------------------------------------------------------
         for t in self.bufs:
             s_expr = start[t] + sum(shift[t]) if t in shift else start[t]
@@ -338,7 +364,7 @@ class _Model:
             first = pos[s.ops[0]]
             span = len(s.ops)
             x = m.new_optional_fixed_size_interval_var(first, span, u, f"gx{s.id}")
-            sizes = {w: workspace_bytes(graph, s, w, self.p.align) for w in s.widths}
+            sizes = {w: seg_workspace(graph, s, w, self.p) for w in s.widths}
             sz = m.new_int_var(0, max(sizes.values()), f"gsz{s.id}")
             m.add(sz == sum(sizes[w] * self.width[(s.id, w)] for w in s.widths))
             wu = m.new_int_var(0, (cap + al - 1) // al, f"gu{s.id}")
@@ -378,6 +404,33 @@ class _Model:
             expr += cost.inplace(g, k) * b
         return expr
 
+    def _kernel_scratch(self, boxes: list, dw_inplace: dict[int, list[cp_model.IntVar]]
+                        ) -> None:
+        """One box per op with kernel scratch, at its position, size fixed; present exactly
+        when the op runs whole through its CMSIS-NN kernel (not in a used segment, not as an
+        in-place depthwise)."""
+        m, al = self.m, self.p.align
+        self.ks_units: dict[int, cp_model.IntVar] = {}
+        self.ks_present: dict[int, cp_model.LinearExprT] = {}
+        for k, sz in self.kscr.items():
+            others = [self.in_use[k]] if k in self.in_use else []
+            others += dw_inplace.get(k, [])
+            pv = None
+            if others:
+                pv = m.new_bool_var(f"ksp{k}")
+                m.add(pv + sum(others) == 1)
+            ku = m.new_int_var(0, (self.cap + al - 1) // al, f"ks{k}")
+            x = (m.new_optional_fixed_size_interval_var(self.pos[k], 1, pv, f"kx{k}")
+                 if pv is not None else m.new_fixed_size_interval_var(self.pos[k], 1, f"kx{k}"))
+            y = (m.new_optional_fixed_size_interval_var(ku * al, sz, pv, f"ky{k}")
+                 if pv is not None else m.new_fixed_size_interval_var(ku * al, sz, f"ky{k}"))
+            ct = m.add(self.top >= ku * al + sz)
+            if pv is not None:
+                ct.only_enforce_if(pv)
+            self.ks_units[k] = ku
+            self.ks_present[k] = pv if pv is not None else 1
+            boxes.append((x, y, sz, pv))
+
     def _var(self, expr: cp_model.LinearExprT, name: str) -> cp_model.LinearExprT:
         """An int var equal to expr (max equality wants variables or constants)."""
         if isinstance(expr, (int, cp_model.IntVar)):
@@ -406,6 +459,8 @@ class _Model:
             m.add_hint(b, sched.inplace.get(o) == i)
         for k, tu in self.temp_units.items():
             m.add_hint(tu, sched.temps.get(k, 0) // al)
+        for k, ku in self.ks_units.items():
+            m.add_hint(ku, sched.kscratch.get(k, 0) // al)
         for s in self.segments:
             w = sched.splits.get(s.id)
             m.add_hint(self.use[s.id], w is not None)
@@ -446,28 +501,33 @@ class _Model:
         ws = {sid: solver.value(self.ws_units[sid]) * p.align for sid in splits}
         temps = {k: solver.value(tu) * p.align for k, tu in self.temp_units.items()
                  if any(self.g.ops[k].outputs[0] == o for o in inpl)}
+        kscratch = {k: solver.value(self.ks_units[k]) * p.align for k, pv in
+                     self.ks_present.items() if isinstance(pv, int) or solver.boolean_value(pv)}
         if objective == "arena":
             bound = max(self.lb, int(solver.best_objective_bound)) \
                 if status == cp_model.FEASIBLE else solver.value(self.top)
         else:
             bound = self.lb
         sched = Schedule(order, offsets, inpl, 0, bound, name, time.time() - t0, params=p,
-                         segments=self.segments, splits=splits, workspace=ws, temps=temps)
+                         segments=self.segments, splits=splits, workspace=ws, temps=temps,
+                         kscratch=kscratch)
         sched.arena = extent(self.g, sched)
         return name, sched, bound
 
 
 def extent(graph: Graph, sched: Schedule) -> int:
-    """max(offset + size) over every buffer of a schedule: tensors, workspaces, accumulators,
-    in-place temporaries."""
+    """max(offset + size) over every buffer of a schedule: tensors, workspaces (with their
+    kernel scratch), accumulators, in-place temporaries, kernel scratch of whole ops."""
     ends = [o + graph.tensors[t].nbytes for t, o in sched.offsets.items()]
     by_id = {s.id: s for s in sched.segments}
     for sid, w in sched.splits.items():
         s = by_id[sid]
-        ends.append(sched.workspace[sid] + workspace_bytes(graph, s, w, sched.params.align))
+        ends.append(sched.workspace[sid] + seg_workspace(graph, s, w, sched.params))
         if s.accumulate:
             ends.append(sched.offsets[s.output] + accumulator_bytes(graph.tensors[s.output]))
     ends += [o + temp_bytes(graph, k) for k, o in sched.temps.items()]
+    ends += [o + kernel_scratch_bytes(graph, k, sched.params.target)
+             for k, o in sched.kscratch.items()]
     return max(ends, default=0)
 
 
@@ -486,9 +546,15 @@ def greedy_schedule(graph: Graph, order: list[int], params: SolverParams) -> Sch
     """Greedy-by-size offsets (no in-place, no split) for an order: the first hint."""
     life = lifetimes(graph, order)
     reqs = [Lifetime(t, graph.tensors[t].nbytes, a, b) for t, (a, b) in life.items()]
+    kscr = op_scratch(graph, params.target)
+    at = {k: i for i, k in enumerate(order)}
+    base = len(graph.tensors)  # kernel scratch requests get ids after the tensors'
+    reqs += [Lifetime(base + k, sz, at[k], at[k]) for k, sz in kscr.items()]
     offs = greedy_by_size(reqs, params.align)
-    arena = max((offs[t] + graph.tensors[t].nbytes for t in offs), default=0)
-    return Schedule(order, offs, {}, arena, 0, "GREEDY", 0.0, params=params)
+    ks = {k: offs.pop(base + k) for k in kscr}
+    arena = max([offs[t] + graph.tensors[t].nbytes for t in offs]
+                + [o + kscr[k] for k, o in ks.items()], default=0)
+    return Schedule(order, offs, {}, arena, 0, "GREEDY", 0.0, params=params, kscratch=ks)
 
 
 def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
@@ -502,8 +568,13 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     segments = find_segments(graph, params.max_segment_len, params.max_widths,
                              params.slice_widths) if params.split else []
     if params.use_bound:
-        lb = split_bound(graph, segments, params.inplace) if segments else any_order_bound(
-            graph, params.inplace)[0]
+        # kernel scratch joins the per-op sums: without it the bound stays valid but weak,
+        # and a plan at the optimum could not be proven optimal
+        kscr = op_scratch(graph, params.target)
+        seg_scr = {sg.id: min(segment_scratch_bytes(graph, sg, w, params.target)
+                              for w in sg.widths) for sg in segments}
+        lb = split_bound(graph, segments, params.inplace, kscr, seg_scr) if segments else \
+            any_order_bound(graph, params.inplace, kscr)[0]
     else:
         lb = 0
     file_order = list(range(len(graph.ops)))
