@@ -199,6 +199,14 @@ def solve(model: Path,
               "--target", help="A target profile (cortex-m4, cortex-m7, cortex-m55 or a "
               "profile .yaml): sizes CMSIS-NN kernel scratch into the arena, estimates latency "
               "into the plan and picks the codegen core.")] = "cortex-m4",
+          latency: Annotated[str | None, typer.Option(
+              "--latency", help="Latency bound on the --target profile: a time (150ms, 0.2s) "
+              "or cycles (30M, 500k).")] = None,
+          pareto: Annotated[Path | None, typer.Option(
+              "--pareto", help="Also sweep the latency bound and write the memory/latency "
+              "frontier here (CSV, and a PNG beside it).")] = None,
+          pareto_points: Annotated[int, typer.Option(
+              "--pareto-points", help="Latency bounds the --pareto sweep solves for.")] = 6,
           prune: Annotated[bool, typer.Option(
               "--prune", help="Remove the least important channels until --sram fits.")]
           = False,
@@ -211,7 +219,7 @@ def solve(model: Path,
               "--write-pruned", help="With --prune: write the pruned ONNX model here.")] = None,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
-    from pexopt.pipeline import parse_bytes, solve_model
+    from pexopt.pipeline import LatencyNotMet, parse_bytes, solve_model
     from pexopt.report.tables import inplace_line, peak_line, solve_table, splits_table
 
     budget = parse_bytes(sram) if sram is not None else None
@@ -225,8 +233,14 @@ def solve(model: Path,
         params = replace(params, slice_widths=profile.solver.slice_widths)
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
                         output or emit_c)
+    bound = _latency_bound(latency, pareto, pareto_points, profile, target)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
-        res = solve_model(model, opts, params, budget, progress=live)
+        try:
+            res = solve_model(model, opts, params, budget, progress=live, profile=profile,
+                              latency=bound)
+        except LatencyNotMet as e:
+            err.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(EXIT_NO_FIT) from None
     pruning, hint = None, None
     if popts is not None:  # the plan becomes the pruned model's plan
         from pexopt.prune.report import summarize, summary_line
@@ -267,6 +281,10 @@ def solve(model: Path,
         write_atomic(output, plan.to_json())
     if emit_c is not None:  # a pruned plan's weights are those of the pruned model
         _emit(plan, res.graph, write_pruned if pruning else model, emit_c, core, "cmsis")
+    front = None
+    if pareto is not None:
+        front = _pareto(model, opts, params, profile, budget, pareto, pareto_points,
+                        quiet or as_json)
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
@@ -275,7 +293,13 @@ def solve(model: Path,
                           "peak": asdict(res.peak), "plan": str(output) if output else None,
                           "verify": asdict(report) if report else unverified,
                           "prune": pruning.to_dict() if pruning else None,
-                          "prune_hint": hint, "latency": plan.latency}))
+                          "prune_hint": hint, "latency": plan.latency,
+                          "latency_bound_instructions": bound,
+                          "pareto": None if front is None else [
+                              {"latency_bound_instructions": r.bound, "arena_bytes": r.arena,
+                               "instructions": r.instructions, "ms": r.ms,
+                               "splits": r.splits, "status": r.status,
+                               "simulated_exact": r.exact} for r in front]}))
     elif not quiet:
         _print_table(solve_table(res))
         st = splits_table(res)
@@ -349,6 +373,42 @@ def _prune_hint(model: Path, opts, params: SolverParams, budget: int, res) -> st
                                                    PruneOptions(simulate=False), base=res)))
     except PexError as e:  # the model cannot be pruned this way: say so, still exit 3
         return f"no pruning suggestion ({e})"
+
+
+def _latency_bound(latency: str | None, pareto: Path | None, points: int, profile,  # noqa: ANN001
+                   target: str) -> int | None:
+    """--latency in estimated instructions (None without one); --pareto's options checked."""
+    from pexopt.latency.bound import parse_latency
+
+    if (latency is not None or pareto is not None) and profile is None:
+        raise PexError(f"--latency/--pareto need a target profile with costs; '{target}' has "
+                       "none (use cortex-m4, cortex-m7, cortex-m55 or a profile .yaml)")
+    if pareto is not None and points < 2:
+        raise PexError("--pareto-points must be at least 2")
+    if pareto is not None and pareto.suffix.lower() != ".csv":
+        raise PexError(f"--pareto: '{pareto}' must name a .csv file (the PNG goes beside it)")
+    return None if latency is None else parse_latency(latency, profile)
+
+
+def _pareto(model: Path, opts, params, profile, budget, csv_path: Path, points: int,  # noqa: ANN001, ANN202
+            quiet: bool):
+    """Sweep the latency bound, print the frontier and write it (CSV + PNG)."""
+    from rich.progress import Progress
+
+    from pexopt.pipeline import pareto_model
+    from pexopt.report.pareto import pareto_table, write_pareto
+
+    with Progress(console=err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("pareto sweep", total=points)
+        rows = pareto_model(model, opts, params, profile, budget, points,
+                            on_point=lambda _r: bar.advance(task))
+    png = write_pareto(rows, csv_path, f"{model.name}: smallest arena per latency bound",
+                       profile.name)
+    if not quiet:
+        _print_table(pareto_table(rows, profile.name))
+        out.print(f"frontier written to {csv_path} and {png}", highlight=False, soft_wrap=True,
+                  markup=False)
+    return rows
 
 
 def _target_profile(target: str | None):  # noqa: ANN202

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, live_bytes
@@ -14,7 +16,18 @@ from pexopt.plan.build import build_plan
 from pexopt.plan.format import Plan
 from pexopt.plan.validator import check
 from pexopt.solver.baselines import reorder_peak, tflm_arena
-from pexopt.solver.cpsat_layout import Progress, Schedule, SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import (
+    TOO_SLOW,
+    Progress,
+    Schedule,
+    SolverParams,
+    schedule_cost,
+    solve_fastest,
+    solve_layout,
+)
+
+if TYPE_CHECKING:
+    from pexopt.latency.profile import Profile
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20}
@@ -78,26 +91,52 @@ def plan_peak(plan: Plan) -> Peak:
     return best or Peak(0, "", 0, [])
 
 
+class LatencyNotMet(PexError):
+    """No schedule meets the latency bound; `fastest` is the quickest one within the budget."""
+
+    def __init__(self, message: str, fastest: Schedule | None) -> None:
+        super().__init__(message)
+        self.fastest = fastest
+
+
+def with_latency(graph: Graph, params: SolverParams, profile: Profile,
+                 latency: int | None) -> SolverParams:
+    """Solver settings that know the profile's costs and, if given, bound the estimated
+    instructions of pex_invoke (the constant input/output copies are taken off the bound)."""
+    from pexopt.latency.bound import ProfileCost
+    from pexopt.latency.cost import invoke_instructions
+
+    bound = None if latency is None else latency - round(invoke_instructions(profile, graph))
+    return replace(params, cost=ProfileCost(profile), latency=bound)
+
+
 def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
-                budget: int | None, progress: Progress | None = None) -> SolveResult:
-    """Import, compute the TFLM baseline, solve, build and validate the plan."""
+                budget: int | None, progress: Progress | None = None,
+                profile: Profile | None = None, latency: int | None = None) -> SolveResult:
+    """Import, compute the TFLM baseline, solve, build and validate the plan (under a latency
+    bound in estimated instructions, with a profile)."""
     graph = opts.load(path)
     tflm = tflm_arena(opts.load(path, fold_pad=False))
-    return solve_graph(graph, tflm, params, budget, progress)
+    if profile is not None:  # costs break ties between equal arenas, even without a bound
+        params = with_latency(graph, params, profile, latency)
+    return solve_graph(graph, tflm, params, budget, progress, profile)
 
 
 def solve_graph(graph: Graph, tflm: int, params: SolverParams, budget: int | None,
-                progress: Progress | None = None) -> SolveResult:
+                progress: Progress | None = None, profile: Profile | None = None
+                ) -> SolveResult:
     """Solve an imported graph (layer by layer first when splitting, as the start point)."""
     t0 = time.time()
     layerwise, flat = None, None
     asked = params
     if params.split:  # the layer-by-layer optimum, for the table (usually milliseconds)
         share = min(5.0, params.time_limit / 4)
-        flat = solve_layout(graph, replace(params, split=False, time_limit=share))
+        flat = solve_layout(graph, replace(params, split=False, time_limit=share, latency=None))
         layerwise = flat.arena
         params = replace(params, time_limit=max(0.05, params.time_limit - flat.seconds))
     sched = solve_layout(graph, params, progress, start=flat)
+    if sched.status == TOO_SLOW:
+        raise _latency_not_met(graph, params, budget, profile, flat)
     sched.seconds = time.time() - t0
     baselines = {"tflm_arena_bytes": tflm}
     if layerwise is not None:
@@ -105,6 +144,78 @@ def solve_graph(graph: Graph, tflm: int, params: SolverParams, budget: int | Non
     plan = build_plan(graph, sched, asked, budget, baselines=baselines)
     check(plan, graph)
     return SolveResult(graph, sched, plan, tflm, plan_peak(plan), layerwise)
+
+
+def _latency_not_met(graph: Graph, params: SolverParams, budget: int | None,
+                     profile: Profile | None, hint: Schedule | None) -> LatencyNotMet:
+    """The error for an unmeetable bound, with the fastest plan found within the budget."""
+    from pexopt.latency.bound import instructions_to_ms
+    from pexopt.latency.cost import invoke_instructions
+
+    assert params.cost is not None and params.latency is not None
+    fastest = solve_fastest(graph, params, budget, hint=hint)
+    extra = round(invoke_instructions(profile, graph)) if profile is not None else 0
+
+    def say(instr: int) -> str:
+        ms = f" ({instructions_to_ms(instr, profile):.2f} ms)" if profile is not None else ""
+        return f"{instr / 1e6:,.2f} M instructions{ms}"
+
+    within = f"within {budget:,} B" if budget is not None else "at any arena"
+    if fastest is None:
+        return LatencyNotMet(f"--latency: no plan {within} was found that meets "
+                             f"{say(params.latency + extra)}", None)
+    need = schedule_cost(graph, fastest, params.cost) + extra
+    return LatencyNotMet(f"--latency: {say(params.latency + extra)} cannot be met; the fastest "
+                         f"plan {within} needs {say(need)} (arena {fastest.arena:,} B)", fastest)
+
+
+@dataclass
+class ParetoRow:
+    """One point of the memory/latency frontier: its plan, validated and simulated."""
+
+    bound: int | None  # the latency bound it was solved under (estimated instructions)
+    arena: int
+    instructions: float
+    ms: float
+    splits: int
+    status: str
+    plan: Plan
+    exact: bool | None  # simulated bit-exactly (None: a float model planned as int8)
+
+
+def pareto_model(path: str | Path, opts: ImportOptions, params: SolverParams,
+                 profile: Profile, budget: int | None, points: int = 6,
+                 on_point: Callable[[ParetoRow], None] | None = None) -> list[ParetoRow]:
+    """The memory/latency frontier of a model (pexopt.solver.pareto), each point's plan built,
+    validated and executed in the byte-exact arena against the unsplit reference."""
+    from pexopt.latency.cost import estimate, invoke_instructions
+    from pexopt.simulate.arena import executable
+    from pexopt.simulate.verify import verify_plan
+    from pexopt.solver.pareto import pareto_front
+
+    graph = opts.load(path)
+    tflm = tflm_arena(opts.load(path, fold_pad=False))
+    costed = with_latency(graph, params, profile, None)
+    invoke = round(invoke_instructions(profile, graph))
+    rows = []
+    for p in pareto_front(graph, costed, points):
+        plan = build_plan(graph, p.schedule, replace(params, latency=p.bound), budget,
+                          baselines={"tflm_arena_bytes": tflm})
+        check(plan, graph)
+        est = estimate(profile, graph, plan)
+        exact = None
+        if executable(graph):
+            exact = verify_plan(plan, graph, path, n_inputs=1,
+                                input_shapes=opts.input_shapes or None).ok
+            if not exact:
+                raise PexError(f"pareto: the plan at {plan.arena_bytes:,} B does not simulate "
+                               "exactly (a bug; please report it)")
+        row = ParetoRow(None if p.bound is None else p.bound + invoke, plan.arena_bytes,
+                        est.instructions, est.ms, len(plan.splits), p.status, plan, exact)
+        rows.append(row)
+        if on_point is not None:
+            on_point(row)
+    return rows
 
 
 @dataclass

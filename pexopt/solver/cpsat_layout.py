@@ -476,9 +476,15 @@ class _Model:
         elif objective == "latency":
             assert self.latency is not None, "objective 'latency' needs a cost model"
             m.minimize(self.latency)
-        else:  # simplest plan at the arena already reached: fewest slices, no needless in place
-            m.minimize(sum(self.width[(s.id, w)] * len(s.slices(w)) for s in self.segments
-                           for w in s.widths) + sum(self.choice.values()))
+        else:  # at the arena already reached: the fastest plan (with a cost model), then the
+            # simplest: fewest slices, no needless in-place writes
+            simple = sum(self.width[(s.id, w)] * len(s.slices(w)) for s in self.segments
+                         for w in s.widths) + sum(self.choice.values())
+            if self.latency is None:
+                m.minimize(simple)
+            else:
+                worst = sum(max(len(s.slices(w)) for w in s.widths) for s in self.segments)
+                m.minimize(self.latency * (worst + len(self.choice) + 1) + simple)
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = p.workers
         solver.parameters.random_seed = p.seed
@@ -488,6 +494,7 @@ class _Model:
         t0 = time.time()
         cb = _Callback(stage, self.lb, t0, progress if objective == "arena" else None)
         status = solver.solve(m, cb)
+        self.work = solver.deterministic_time  # for callers that need reproducible stops
         name = solver.status_name(status)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return name, None, self.lb
@@ -655,22 +662,29 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     return best
 
 
+CANONICAL_WORK = 4.0  # deterministic-time budget (CP-SAT work units) of the canonical search
+
+
 def _canonical(graph: Graph, params: SolverParams, arena: int, segments: list[Segment],
                lb: int, limit: float) -> Schedule | None:
-    """At a proven-optimal arena, the simplest plan found by one deterministic search thread.
+    """At a proven-optimal arena, the fastest (with a cost model) and simplest plan found by one
+    search thread within a fixed amount of deterministic work.
 
-    The model, its hint (greedy, file order) and the single thread do not depend on what the
-    earlier stages found nor on the worker count, so the same model and options give the same
-    plan bytes. Accepted only when the search finishes (OPTIMAL): a time-out would not be
-    reproducible; the caller then keeps the plan it had.
+    The model, its hint (greedy, file order), the single thread and the work budget depend
+    neither on what the earlier stages found nor on the worker count or the machine's speed, so
+    the same model and options give the same plan bytes. A search cut short by the wall clock
+    would not be reproducible: then None, and the caller keeps the plan it had.
     """
-    one = replace(params, workers=1)
+    work = CANONICAL_WORK if params.deterministic_time is None else params.deterministic_time
+    one = replace(params, workers=1, deterministic_time=work)
     file_order = list(range(len(graph.ops)))
     model = _Model(graph, one, None if params.reorder else file_order, segments, lb, arena)
     if params.hint:
         model.hint(greedy_schedule(graph, file_order, one))
     name, sched, _ = model.solve(limit, "canonical", None, objective="simple")
-    if name != "OPTIMAL" or sched is None or sched.arena > arena:
+    if sched is None or sched.arena > arena:
+        return None
+    if name != "OPTIMAL" and model.work < 0.99 * work:  # stopped by the wall clock
         return None
     return sched
 

@@ -35,25 +35,25 @@ def least_cost(graph: Graph, params: SolverParams) -> int:
 
 def pareto_front(graph: Graph, params: SolverParams, points: int = 6,
                  on_point: Callable[[ParetoPoint], None] | None = None) -> list[ParetoPoint]:
-    """Solve for the smallest arena at `points` latency bounds spread evenly between the no-split
-    speed and the cost of the memory-optimal plan; return the non-dominated points, fastest
-    first. Each solve gets `params.time_limit`."""
+    """Up to `points` non-dominated (arena, cost) points, fastest first, from the
+    memory-optimal plan down to the no-split speed and beyond while faster plans exist
+    (epsilon-constraint method: each solve asks for the smallest arena faster than the point
+    before by at least a step; the step spaces the no-split speed within about half the points).
+    Each solve gets `params.time_limit`."""
     cost = params.cost
     assert cost is not None, "a Pareto sweep needs a cost model"
-    free = replace(params, latency=None)
-    mem = solve_layout(graph, free)
+    mem = solve_layout(graph, replace(params, latency=None))
     slow, fast = schedule_cost(graph, mem, cost), least_cost(graph, params)
     found = [ParetoPoint(None, mem.arena, slow, mem.status, mem)]
     if on_point is not None:
         on_point(found[0])
-    n = max(2, points)
-    start = None
-    for i in range(n - 1):
-        bound = fast + (slow - fast) * i // (n - 1)
-        s = solve_layout(graph, replace(params, latency=bound), start=start)
+    step = max(1, (slow - fast) // max(1, points // 2))
+    while len(found) < points:
+        at = found[-1].cost
+        bound = at - step if at - step >= fast or at <= fast else fast
+        s = solve_layout(graph, replace(params, latency=bound))
         if s.status == TOO_SLOW:
-            continue
-        start = s  # feasible under every looser bound: the next solve starts from it
+            break
         p = ParetoPoint(bound, s.arena, schedule_cost(graph, s, cost), s.status, s)
         found.append(p)
         if on_point is not None:

@@ -1,0 +1,68 @@
+"""The latency bound as the solver sees it: a `--latency` text turned into estimated
+instructions, and a target profile's cost model in the integer form CP-SAT constrains."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from pexopt.errors import PexError
+from pexopt.graph.ir import Graph
+from pexopt.latency.cost import op_instructions, segment_instructions
+from pexopt.latency.profile import Profile
+from pexopt.partial.candidates import Segment
+
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+_COUNT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_LATENCY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_latency(text: str, profile: Profile) -> int:
+    """`--latency` in estimated instructions: `150ms`, `0.2s`, `800us` (time at the profile's
+    clock and assumed cycles per instruction) or `30M`, `2.5e6`-free forms `30000000`, `500k`
+    (cycles)."""
+    m = _LATENCY.match(text)
+    unit = m.group(2).lower() if m else ""
+    if m is None or (unit not in _TIME and unit not in _COUNT):
+        raise PexError(f"--latency: '{text}' is not a time (150ms, 0.2s, 800us) or a cycle "
+                       f"count (30M, 500k, 30000000)")
+    value = float(m.group(1))
+    cycles = value * profile.clock_hz * _TIME[unit] if unit in _TIME else value * _COUNT[unit]
+    if cycles <= 0:
+        raise PexError(f"--latency: '{text}' must be positive")
+    return int(cycles / profile.cycles_per_instruction)
+
+
+def instructions_to_ms(instructions: float, profile: Profile) -> float:
+    """Milliseconds at the profile's clock, with its assumed cycles per instruction."""
+    return instructions * profile.cycles_per_instruction / profile.clock_hz * 1e3
+
+
+class ProfileCost:
+    """A profile's estimates, rounded to whole instructions, for the CP-SAT latency constraint
+    (`pexopt.solver.cpsat_layout.CostModel`); memoised per graph, the model asks repeatedly."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._memo: dict[tuple, int] = {}
+        self._graphs: dict[int, Graph] = {}  # keeps each graph alive, so its id stays its own
+
+    def _get(self, key: tuple, compute: Callable[[], float]) -> int:
+        if key not in self._memo:
+            self._memo[key] = round(compute())
+        return self._memo[key]
+
+    def op(self, graph: Graph, k: int) -> int:
+        self._graphs[id(graph)] = graph
+        return self._get((id(graph), k, False),
+                         lambda: op_instructions(self.profile, graph, k))
+
+    def segment(self, graph: Graph, seg: Segment, width: int) -> int:
+        self._graphs[id(graph)] = graph
+        return self._get((id(graph), "seg", seg.ops, seg.accumulate, width),
+                         lambda: segment_instructions(self.profile, graph, seg, width))
+
+    def inplace(self, graph: Graph, k: int) -> int:
+        slow = self._get((id(graph), k, True),
+                         lambda: op_instructions(self.profile, graph, k, inplace=True))
+        return max(0, slow - self.op(graph, k))
