@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,23 @@ def test_pareto_front_written_and_checked(front_run: tuple[Path, dict], front: l
         if r["latency_bound_instructions"]:
             assert int(r["instructions"]) <= int(r["latency_bound_instructions"])
     assert [p["arena_bytes"] for p in d["pareto"]] == arena
+
+
+def test_mbv2_144_frontier_has_five_checked_points(models_dir: Path) -> None:
+    """The issue's figure: at least 5 points from the memory-optimal plan to the no-split speed
+    on MobileNetV2-0.35 at 144, each validated and simulated (pareto_model raises otherwise)."""
+    from pexopt.latency.bound import ProfileCost
+    from pexopt.pipeline import ImportOptions, pareto_model
+    from pexopt.solver.cpsat_layout import SolverParams
+    from pexopt.solver.pareto import least_cost
+
+    prof = load_profile("cortex-m4")
+    path = models_dir / "mbv2_w035_r144_int8.onnx"
+    params = SolverParams(time_limit=10, workers=2, target="cortex-m4")
+    rows = pareto_model(path, ImportOptions(), params, prof, None, points=6)
+    assert len(rows) >= 5
+    assert all(r.exact for r in rows)
+    graph = ImportOptions().load(path)
+    whole = least_cost(graph, replace(params, cost=ProfileCost(prof)))
+    assert rows[0].instructions <= whole + 100_000  # reaches the no-split speed (+ invoke copies)
+    assert rows[-1].arena == 145_264

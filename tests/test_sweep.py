@@ -139,10 +139,11 @@ def test_failing_points_are_recorded(tmp_path: Path, models_dir: Path) -> None:
         "  - {model: models/resnet8_int8.onnx}\n"
         "  - {model: models/resnet8_int8.onnx, resolution: 16x24}\n"
         "  - {model: models/dscnn_kws_int8.onnx, resolution: 64}\n"
-        "  - {model: models/resnet8_int8.onnx, latency: 20ms, target: cortex-m7}\n")
+        "  - {model: models/resnet8_int8.onnx, latency: 20ms, target: cortex-m7}\n"
+        "  - {model: models/resnet8_int8.onnx, latency: 2s, target: cortex-m4}\n")
     out = tmp_path / "out"
     s = run_sweep(sweep, out, workers=2, quiet=True)
-    assert (s.total, s.computed, s.failed) == (5, 5, 2)
+    assert (s.total, s.computed, s.failed) == (6, 6, 3)
     rows = read_results(out / "results.jsonl")
     by = {(r["model"], r["resolution"], r["target"]): r for r in rows}
     err = by[("corrupt", None, None)]["error"]
@@ -155,11 +156,15 @@ def test_failing_points_are_recorded(tmp_path: Path, models_dir: Path) -> None:
     assert (out / small["plan"]).is_file() and list((out / "models").glob("*.onnx"))
     dscnn = by[("dscnn_kws_int8", "64x64", None)]["error"]  # a Gemm sized for 49x10
     assert "cannot rescale to 64x64" in dscnn
-    lat = by[("resnet8_int8", None, "cortex-m7")]
-    assert lat["latency"] == "20ms" and "not enforced" in lat["notes"]
+    lat = by[("resnet8_int8", None, "cortex-m7")]  # ~107 M instructions cannot fit in 20 ms
+    assert lat["latency"] == "20ms" and lat["arena"] is None
+    assert "cannot be met" in lat["error"] and "the fastest plan" in lat["error"]
+    loose = by[("resnet8_int8", None, "cortex-m4")]
+    assert loose["error"] is None and 0 < loose["est_ms"] <= 2000
+    assert loose["est_instructions"] > 50_000_000
     # a re-run retries only the failures
     s2 = run_sweep(sweep, out, workers=2, quiet=True)
-    assert (s2.skipped, s2.computed, s2.failed) == (3, 2, 2)
+    assert (s2.skipped, s2.computed, s2.failed) == (3, 3, 3)
 
 
 # -- broken sweep files ---------------------------------------------------------------------
@@ -231,16 +236,18 @@ def test_point_names_cannot_escape(tmp_path: Path, models_dir: Path) -> None:
     sweep = tmp_path / "in" / "s.yaml"
     sweep.write_text("models: ['..weird name; rm -rf.onnx']\nbudgets: [64k]\n"
                      "modes: [layerwise]\nresolutions: [48]\n"
-                     "targets: ['../../../escaped', '/tmp/abs_escape', '..']\n"
+                     "targets: ['../../../escaped', '/tmp/abs_escape', '..', cortex-m4]\n"
                      "solver: {time_limit: 5}\n")
     out = tmp_path / "work" / "out"
     before = _all_files(tmp_path)
     s = run_sweep(sweep, out, workers=1, quiet=True)
-    assert s.computed == 3 and s.failed == 0
+    assert s.computed == 4 and s.failed == 3  # targets are profiles: those three do not exist
+    rows = read_results(out / "results.jsonl")
+    assert all("profile" in r["error"] for r in rows if r["target"] != "cortex-m4")
     new = _all_files(tmp_path) - before
     assert new and all(out.resolve() in p.resolve().parents for p in new), new
     plans = list((out / "plans").iterdir())
-    assert len(plans) == 3 and all(not p.name.startswith(".") for p in plans)
+    assert len(plans) == 1 and all(not p.name.startswith(".") for p in plans)
     assert not Path("/tmp/abs_escape").exists()
 
 

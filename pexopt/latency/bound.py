@@ -13,14 +13,15 @@ from pexopt.latency.profile import Profile
 from pexopt.partial.candidates import Segment
 
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
-_COUNT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-_LATENCY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+_COUNT = {"": 1.0, "cycles": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_LATENCY = re.compile(r"^\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$",
+                      re.IGNORECASE)
 
 
 def parse_latency(text: str, profile: Profile) -> int:
     """`--latency` in estimated instructions: `150ms`, `0.2s`, `800us` (time at the profile's
-    clock and assumed cycles per instruction) or `30M`, `2.5e6`-free forms `30000000`, `500k`
-    (cycles)."""
+    clock and assumed cycles per instruction) or cycles: `30M`, `500k`, `30000000`,
+    `3e7cycles`."""
     m = _LATENCY.match(text)
     unit = m.group(2).lower() if m else ""
     if m is None or (unit not in _TIME and unit not in _COUNT):

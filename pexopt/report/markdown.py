@@ -102,25 +102,22 @@ def _cell_seconds(v: Any) -> str:
 def sweep_summary(rows: Sequence[dict[str, Any]], source: str,
                   figures: dict[str, str] | None = None) -> str:
     """One table per model (budget, mode, arena, fits, status, seconds, ...)."""
-    from pexopt.sweep.config import LATENCY_NOTE
-
     figures = figures or {}
     failed = [r for r in rows if r.get("error")]
     lines = ["# pexopt sweep", "",
              f"{len(rows)} points from `{md_escape(source)}`: {len(rows) - len(failed)} planned, "
              f"{len(failed)} failed. Arena sizes in kB (1 kB = 1024 B).", ""]
     if any(r.get("latency") for r in rows):
-        lines += [f"Latency: {LATENCY_NOTE}.", ""]
-    lines += ["Plan steps (kernel calls, including one per slice) stand in for latency until "
-              "pexopt has a latency model.", ""]
+        lines += ["Latency: a hard bound on the target profile's estimate (instructions of the "
+                  "portable kernels, ms at an assumed cycles per instruction).", ""]
     for group, grows in group_rows(rows).items():
         lines += [f"## {md_escape(group)}", ""]
         if group in figures:
-            lines += [f"![arena vs plan steps]({figures[group]})", ""]
+            lines += [f"![arena vs latency]({figures[group]})", ""]
         extra = [k for k in ("resolution", "target", "latency") if any(r.get(k) for r in grows)]
         header = ["budget (kB)", "mode", *extra, "arena (kB)", "layer by layer (kB)",
-                  "TFLM (kB)", "fits", "status", "gap", "seconds", "splits", "steps", "verify",
-                  "error"]
+                  "TFLM (kB)", "fits", "status", "gap", "seconds", "splits", "steps",
+                  "est. ms", "verify", "error"]
         body = []
         for r in sorted(grows, key=lambda r: (int(r.get("budget") or 0), str(r.get("mode")))):
             fits = "" if r.get("fits") is None else ("yes" if r["fits"] else "NO")
@@ -129,9 +126,11 @@ def sweep_summary(rows: Sequence[dict[str, Any]], source: str,
                          fmt_kb(r.get("arena")), fmt_kb(r.get("layerwise_arena")),
                          fmt_kb(r.get("tflm_arena")), fits, r.get("status") or "", gap,
                          _cell_seconds(r.get("solve_seconds")), _cell(r.get("splits")),
-                         _cell(r.get("steps")), r.get("verify") or "", r.get("error") or ""])
+                         _cell(r.get("steps")), _cell(r.get("est_ms")), r.get("verify") or "",
+                         r.get("error") or ""])
         lines += table(header, body, {"budget (kB)", "arena (kB)", "layer by layer (kB)",
-                                      "TFLM (kB)", "gap", "seconds", "splits", "steps"})
+                                      "TFLM (kB)", "gap", "seconds", "splits", "steps",
+                                      "est. ms"})
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

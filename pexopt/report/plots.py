@@ -1,7 +1,8 @@
 """Figures (matplotlib, Agg, no pyplot state) for one plan and for a sweep.
 
 `report_plan(plan, graph, out_dir)`: memory timeline + arena layout (PNG and SVG) + summary.md.
-`report_sweep(results_jsonl, out_dir)`: per model, arena vs plan steps (PNG and SVG) +
+`report_sweep(results_jsonl, out_dir)`: per model, arena vs estimated latency (or plan steps
+without a target profile) (PNG and SVG) +
 summary.md. Sizes in kB = 1024 B.
 """
 
@@ -254,9 +255,9 @@ MODE_STYLE = {"layerwise": ("o", "#4C72B0", "layer by layer", 120),
               "split": ("s", "#DD8452", "partial execution (split)", 55)}  # big under small
 
 
-def pareto_front(points: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(steps, arena) points not beaten on both axes, by steps."""
-    front: list[tuple[int, int]] = []
+def pareto_front(points: Sequence[tuple[float, int]]) -> list[tuple[float, int]]:
+    """(latency or steps, arena) points not beaten on both axes, fastest first."""
+    front: list[tuple[float, int]] = []
     for s, a in sorted(set(points)):
         if not front or a < front[-1][1]:
             front.append((s, a))
@@ -266,11 +267,17 @@ def pareto_front(points: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 def plot_pareto(name: str, rows: Sequence[dict[str, Any]]) -> Figure:
     ok = [r for r in rows if not r.get("error") and r.get("arena") is not None
           and r.get("steps") is not None]
+    # the target profile's latency estimate when every point has one, else plan steps
+    timed = bool(ok) and all(r.get("est_ms") is not None for r in ok)
+
+    def x(r: dict[str, Any]) -> float:
+        return float(r["est_ms"]) if timed else int(r["steps"])
+
     fig = _new_figure(8.5, 5)
     ax = fig.add_subplot()
     labelled: set[tuple[int, int]] = set()
     for mode, (marker, color, label, size) in MODE_STYLE.items():
-        pts = sorted({(int(r["steps"]), int(r["arena"])) for r in ok if r.get("mode") == mode})
+        pts = sorted({(x(r), int(r["arena"])) for r in ok if r.get("mode") == mode})
         if pts:
             ax.scatter([s for s, _ in pts], [a / KB for _, a in pts], marker=marker, s=size,
                        color=color, edgecolor="black", lw=0.6, zorder=3, label=label)
@@ -279,7 +286,7 @@ def plot_pareto(name: str, rows: Sequence[dict[str, Any]]) -> Figure:
                 labelled.add((s, a))
                 ax.annotate(f"{a / KB:,.1f} kB", (s, a / KB), xytext=(7, 7),
                             textcoords="offset points", fontsize=8, zorder=4)
-    front = pareto_front([(int(r["steps"]), int(r["arena"])) for r in ok])
+    front = pareto_front([(x(r), int(r["arena"])) for r in ok])
     if len(front) > 1:
         xs, ys = [s for s, _ in front], [a / KB for _, a in front]
         ax.step(xs, ys, where="post", color="#555555", lw=1, ls="-", zorder=2,
@@ -298,19 +305,23 @@ def plot_pareto(name: str, rows: Sequence[dict[str, Any]]) -> Figure:
         ax.axhline(tflm[0] / KB, color="#2CA02C", ls=":", lw=1.3,
                    label=f"TFLM arena {tflm[0] / KB:,.1f} kB")
     failed = len(rows) - len(ok)
-    ax.set_xlabel("plan steps (kernel calls; a latency proxy, pexopt has no latency model yet)")
+    targets = sorted({str(r.get("target")) for r in ok})
+    ax.set_xlabel(f"estimated latency (ms, {', '.join(targets)} profile)" if timed else
+                  "plan steps (kernel calls; points without a target profile)")
     ax.set_ylabel("arena (kB, 1 kB = 1024 B)")
-    ax.set_title(f"{name}: arena vs plan steps" + (f" ({failed} failed points)" if failed
-                                                    else ""))
+    what = "estimated latency" if timed else "plan steps"
+    ax.set_title(f"{name}: arena vs {what}" + (f" ({failed} failed points)" if failed
+                                                else ""))
     tops = [b / KB for b in budgets] + [int(r["arena"]) / KB for r in ok] + [t / KB for t in tflm]
     ax.set_ylim(0, max(tops) * 1.12 if tops else 1)
     if ok:
-        xs = [int(r["steps"]) for r in ok]
-        pad = max(1.0, 0.08 * (max(xs) - min(xs)))
+        xs = [x(r) for r in ok]
+        pad = max(0.05 if timed else 1.0, 0.08 * (max(xs) - min(xs)))
         ax.set_xlim(min(xs) - pad, max(xs) + pad)
     else:
         ax.text(0.5, 0.5, "no successful points", transform=ax.transAxes, ha="center")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not timed:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig

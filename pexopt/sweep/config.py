@@ -7,8 +7,8 @@ them are collected and raised as one `PexError`, before anything runs or is writ
     resolutions: [96, 128x160]     # optional: rescale the image input (height x width)
     budgets: [64k, 128k]           # SRAM sizes (k = 1024)
     modes: [layerwise, split]      # optional, default [split]
-    latency: [50ms]                # optional, recorded only (no latency model yet)
-    targets: [cortex-m4]           # optional, recorded only
+    latency: [50ms]                # optional: a bound on the target profile's estimate
+    targets: [cortex-m4]           # optional: profile (name or .yaml): scratch, latency
     solver: {time_limit: 30, workers: 1, seed: 0}
     simulate: false
     points:                        # optional: explicit points instead of the product
@@ -40,7 +40,6 @@ TOP_KEYS = ("models", "resolutions", "budgets", "latency", "targets", "modes", "
             "simulate", "codegen", "points")
 SOLVER_KEYS = ("time_limit", "workers", "seed")
 POINT_KEYS = ("model", "resolution", "budget", "mode", "latency", "target")
-LATENCY_NOTE = "latency target recorded, not enforced (pexopt has no latency model yet)"
 _LATENCY_RE = re.compile(r"\s*[0-9]*\.?[0-9]+(e[+-]?[0-9]+)?\s*(us|ms|s|cycles)?\s*", re.I)
 
 
@@ -61,7 +60,7 @@ class Point:
     resolution: tuple[int, int] | None  # (height, width) of the image input, None = as is
     budget: int  # bytes
     mode: str  # layerwise | split
-    latency: str | None = None  # recorded, not enforced
+    latency: str | None = None  # a bound on the target profile's estimate
     target: str | None = None  # recorded
 
     @property

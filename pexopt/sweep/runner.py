@@ -27,14 +27,15 @@ from typing import Any
 from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import sha256_file
-from pexopt.sweep.config import LATENCY_NOTE, Point, SolverSettings, Sweep, load_sweep, res_text
+from pexopt.sweep.config import Point, SolverSettings, Sweep, load_sweep, res_text
 
 BACKENDS = ("local", "ray")
 ROW_FIELDS = (
     "key", "model", "model_path", "sha256", "resolution", "budget", "mode", "latency", "target",
     "time_limit", "solver_workers", "seed", "simulate", "codegen",
     "arena", "layerwise_arena", "tflm_arena", "fits", "status", "bound", "gap",
-    "solve_seconds", "task_seconds", "splits", "steps", "ops", "verify", "plan", "planned_model",
+    "solve_seconds", "task_seconds", "splits", "steps", "ops", "est_instructions", "est_ms",
+    "verify", "plan", "planned_model",
     "error",
     "notes", "pexopt_version",
 )
@@ -131,7 +132,6 @@ def base_row(task: Task) -> dict[str, Any]:
                latency=p.latency, target=p.target, time_limit=task.solver.time_limit,
                solver_workers=task.solver.workers, seed=task.solver.seed,
                simulate=task.simulate, codegen=task.codegen,
-               notes=LATENCY_NOTE if p.latency else None,
                pexopt_version=task.version)
     return row
 
@@ -172,10 +172,24 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
         path, shapes = rescale_model(path, p.resolution, dst)
         opts = ImportOptions(input_shapes=shapes)
     row["planned_model"] = str(path)  # the rescaled copy when the resolution changes
+    profile, core = _profile(p)
     params = SolverParams(time_limit=task.solver.time_limit, workers=task.solver.workers,
-                          seed=task.solver.seed, split=p.mode == "split")
-    res = solve_model(path, opts, params, p.budget)  # validates the plan (raises if invalid)
+                          seed=task.solver.seed, split=p.mode == "split", target=core)
+    bound = None
+    if p.latency is not None:
+        from pexopt.latency.bound import parse_latency
+
+        bound = parse_latency(p.latency, profile)
+    # validates the plan (raises if invalid); an unmeetable bound is a PexError with the
+    # fastest plan within the budget, recorded as the point's error
+    res = solve_model(path, opts, params, p.budget, profile=profile, latency=bound)
     plan = res.plan
+    if profile is not None:
+        from pexopt.latency.cost import estimate, latency_record
+
+        est = estimate(profile, res.graph, plan)
+        plan.latency = latency_record(profile, est)
+        row.update(est_instructions=round(est.instructions), est_ms=round(est.ms, 3))
     row.update(arena=plan.arena_bytes, tflm_arena=res.tflm,
                layerwise_arena=res.layerwise if res.layerwise is not None else plan.arena_bytes,
                fits=plan.fits, status=plan.solver.status, bound=plan.solver.bound,
@@ -202,6 +216,24 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
     dest = inside(out / PLANS_DIR, task.plan_name, ".json")  # checked here and when written
     row["plan"] = f"{PLANS_DIR}/{dest.name}"
     row[PLAN_TEXT] = plan.to_json()  # written by the parent: workers may be on other machines
+
+
+def _profile(p: Point):  # noqa: ANN202
+    """(profile or None, CMSIS-NN core or None) of a point's target; a latency bound needs a
+    profile."""
+    from pexopt.cmsis_scratch import TARGETS
+    from pexopt.latency.profile import load_profile, shipped_profiles
+
+    if p.target is None:
+        if p.latency is not None:
+            raise PexError(f"latency {p.latency} needs a target profile (targets: [cortex-m4])")
+        return None, None
+    if p.target in TARGETS and p.target not in shipped_profiles():
+        if p.latency is not None:
+            raise PexError(f"latency {p.latency}: target '{p.target}' has no profile")
+        return None, p.target
+    profile = load_profile(p.target)
+    return profile, profile.core
 
 
 # -- results files ----------------------------------------------------------------------------
