@@ -645,7 +645,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         stages.append(f"kept the start schedule {best.arena}")
     canon = None
     if best.arena <= max(best.bound, bound):
-        canon = _canonical(graph, params, best.arena, segments, lb, left(0.25))
+        canon = _canonical(graph, params, best.arena, segments, lb, left(0.5))
         if canon is not None:
             canon.bound = best.bound
             best = canon
