@@ -55,7 +55,10 @@ def test_solve_split(solved: Solved) -> None:
     for sp in d["splits"]:
         assert " -> ".join(sp["ops"]) in text
         assert f"{sp['bytes_saved']:,}" in text
-        assert sp["width"] >= 1 and sp["slices"] >= 2
+        assert sp["width"] >= 1 and sp["slices"] >= 1
+    # the memory comes from a multi-slice split; one-slice segments (an int32 accumulator, no
+    # slicing) are there because the cortex-m4 profile estimates them faster at this arena
+    assert any(sp["slices"] >= 2 and sp["bytes_saved"] > 0 for sp in d["splits"])
     sliced = [s for s in d["steps"] if s.get("slice") is not None]
     assert sliced and all(s["mode"] in ("slice", "accumulate") for s in sliced)
     assert {b["kind"] for b in d["buffers"]} >= {"tensor", "slice"}
