@@ -38,6 +38,14 @@ class OpKind(str, enum.Enum):
     OPAQUE = "opaque"
 
 
+class Rows(str, enum.Enum):
+    """How an operator runs on bands of output rows (row-band execution, issue #7)."""
+
+    NONE = "none"  # never in a row band
+    WINDOW = "window"  # output rows need a window of input rows (kernel/stride/pads from attrs)
+    POINTWISE = "pointwise"  # output row r needs row r of every input
+
+
 class Split(str, enum.Enum):
     """How an operator runs on channel slices (see the partial-execution note)."""
 
@@ -58,6 +66,7 @@ class OpSpec:
     split: channel-slice behaviour; accumulate: may consume input slices into an int32 accumulator.
     inplace_temp: may overwrite its input channel by channel through one H x W temporary
     (TinyEngine's in-place depthwise; only when output and input have the same shape).
+    rows: row-band behaviour (spatially local operators only).
     """
 
     kind: OpKind
@@ -68,6 +77,7 @@ class OpSpec:
     split: Split = Split.NONE
     accumulate: bool = False
     inplace_temp: bool = False
+    rows: Rows = Rows.NONE
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -77,31 +87,35 @@ def _spec(kind: OpKind, **kw: object) -> OpSpec:
 SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
-        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True),
+        _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True,
+              rows=Rows.WINDOW),
         _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
-              inplace_temp=True),
-        _spec(OpKind.GROUPED_CONV, takes_activation=True),
+              inplace_temp=True, rows=Rows.WINDOW),
+        _spec(OpKind.GROUPED_CONV, takes_activation=True, rows=Rows.WINDOW),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
               accumulate=True),
         _spec(OpKind.MATMUL, takes_activation=True),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, rows=Rows.POINTWISE),
         _spec(OpKind.MUL, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, rows=Rows.POINTWISE),
         _spec(OpKind.CHANNEL_AFFINE, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, rows=Rows.POINTWISE),
         _spec(OpKind.CONCAT, split=Split.CONCAT),
-        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE),
-        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE),
+        _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE, rows=Rows.WINDOW),
+        _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE, rows=Rows.WINDOW),
         _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE),
         _spec(OpKind.REDUCE_MEAN),
         _spec(OpKind.RELU, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, rows=Rows.POINTWISE),
         _spec(OpKind.CLIP, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE),
-        _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE),
-        _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE),
-        _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE),
+              split=Split.SAME_SLICE, rows=Rows.POINTWISE),
+        _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              rows=Rows.POINTWISE),
+        _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              rows=Rows.POINTWISE),
+        _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE,
+              rows=Rows.POINTWISE),
         _spec(OpKind.SOFTMAX),
         _spec(OpKind.TRANSPOSE),
         _spec(OpKind.PAD, split=Split.SAME_SLICE),

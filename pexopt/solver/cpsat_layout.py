@@ -13,6 +13,8 @@ Options, each a boolean the solver may take:
   its internal tensors vanish and one workspace box (all slice buffers) covers g's positions;
   its full inputs live until g's last op; a slice-written output starts at g's first op; an
   accumulated output is preceded by an int32 accumulator box at the same offset.
+- row segment g with band height h (`pexopt.partial.bands`): the same encoding, its workspace
+  holds the band buffers; optionally streaming in place (`rows_model`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ortools.sat.python import cp_model
 
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
+from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.solver.baselines import Lifetime, greedy_by_size
 from pexopt.solver.bounds import (
@@ -33,6 +36,7 @@ from pexopt.solver.bounds import (
     order_search_bound,
     split_bound,
 )
+from pexopt.solver.rows_model import StreamVars, add_streaming
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
 
@@ -55,6 +59,9 @@ class SolverParams:
     max_widths: int = 8
     slice_widths: tuple[int, ...] | None = None
     deterministic_time: float | None = None
+    rows: bool = True  # row-band segments (with `split`)
+    stream: bool = True  # row segments may stream their output over their input
+    max_heights: int = 6
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Schedule:
     workspace: dict[int, int] = field(default_factory=dict)  # used segment id -> offset
     temps: dict[int, int] = field(default_factory=dict)  # in-place depthwise op id -> offset
     stages: list[str] = field(default_factory=list)
+    streams: set[int] = field(default_factory=set)  # row segment ids streaming in place
 
     @property
     def gap(self) -> float:
@@ -167,7 +175,8 @@ class _Model:
         self.segments = segments
         cap = sum(_round(v, al) for v in size.values()) + sum(
             _round(accumulator_bytes(graph.tensors[s.output]), al)
-            + _round(workspace_bytes(graph, s, max(s.widths), al), al) for s in segments)
+            + _round(max(workspace_bytes(graph, s, w, al) for w in s.widths), al)
+            for s in segments)
         cap += sum(_round(temp_bytes(graph, k), al) for k in range(n))  # in-place temporaries
         self.cap = cap
         if order is not None:
@@ -290,10 +299,14 @@ class _Model:
                 if bs:
                     m.add_at_most_one(bs)
                     shift.setdefault(o, []).extend(bs)
+        # -- streaming in place (row segments) ---------------------------------------------
+        self.streams = add_streaming(self) if params.stream else StreamVars()
+        boxes += self.streams.boxes
         # -- rectangles ---------------------------------------------------------------------
         for t in self.bufs:
             s_expr = start[t] + sum(shift[t]) if t in shift else start[t]
-            e_expr = end[t] + 1
+            s_expr = s_expr + self.streams.shift(self.streams.start_cut, t)
+            e_expr = end[t] + 1 - self.streams.shift(self.streams.end_cut, t)
             pv = present.get(t)
             if isinstance(s_expr, int) and isinstance(e_expr, int):
                 x = (m.new_optional_fixed_size_interval_var(s_expr, e_expr - s_expr, pv, f"x{t}")
@@ -374,6 +387,8 @@ class _Model:
             for ww in s.widths:
                 m.add_hint(self.width[(s.id, ww)], ww == w)
             m.add_hint(self.ws_units[s.id], sched.workspace.get(s.id, 0) // al)
+        for (g, h), b in self.streams.choice.items():
+            m.add_hint(b, g in sched.streams and sched.splits.get(g) == h)
 
     def solve(self, time_limit: float, stage: str, progress: Progress | None,
               objective: str = "arena") -> tuple[str, Schedule | None, int]:
@@ -411,7 +426,8 @@ class _Model:
         else:
             bound = self.lb
         sched = Schedule(order, offsets, inpl, 0, bound, name, time.time() - t0, params=p,
-                         segments=self.segments, splits=splits, workspace=ws, temps=temps)
+                         segments=self.segments, splits=splits, workspace=ws, temps=temps,
+                         streams=self.streams.used(solver))
         sched.arena = extent(self.g, sched)
         return name, sched, bound
 
@@ -449,11 +465,17 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     t0 = time.time()
     segments = find_segments(graph, params.max_segment_len, params.max_widths,
                              params.slice_widths) if params.split else []
+    rows = find_row_segments(graph, len(segments), params.max_segment_len, params.max_heights,
+                             single=params.stream) if params.split and params.rows else []
+    segments += rows
     if params.use_bound:
-        lb = split_bound(graph, segments, params.inplace) if segments else any_order_bound(
-            graph, params.inplace)[0]
+        lb = split_bound(graph, segments, params.inplace, params.stream) if segments else \
+            any_order_bound(graph, params.inplace)[0]
     else:
         lb = 0
+    if rows:  # the bound above counts every row segment; the model gets the promising ones
+        keep = {s.id for s in worth_trying(graph, rows, lb or split_bound(graph, segments))}
+        segments = [s for s in segments if s.dim != "rows" or s.id in keep]
     file_order = list(range(len(graph.ops)))
     greedy = greedy_schedule(graph, file_order, params)
     if (start is not None and start.order == file_order and not start.splits
