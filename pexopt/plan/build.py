@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from pexopt.graph.ir import Graph
 from pexopt.partial.candidates import accumulator_bytes, slice_bytes, slice_offsets
+from pexopt.plan.build_rows import band_buffers, band_steps, band_summary
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step
 from pexopt.solver.cpsat_layout import Schedule, SolverParams, temp_bytes
 
@@ -54,6 +55,9 @@ def _steps(graph: Graph, sched: Schedule, in_arena: set[int]) -> list[Step]:
         skip.update(seg.ops)
         internal = set(seg.internal)
         width = sched.splits[seg.id]
+        if seg.dim == "rows":
+            steps += band_steps(graph, seg, width, in_arena, len(steps))
+            continue
         for c0, c1 in seg.slices(width):
             for idx, op_id in enumerate(seg.ops):
                 op = graph.ops[op_id]
@@ -124,6 +128,11 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
         w = sched.splits.get(s.id)
         if w is None:
             continue
+        if s.dim == "rows":
+            for bname, tname, off, size in band_buffers(graph, s, w, sched.workspace[s.id],
+                                                        params.align):
+                add(bname, tname, "band", off, size)
+            continue
         for t, off in zip(s.internal, slice_offsets(graph, s, w, params.align)):
             add(slice_name(name[t]), name[t], "slice", sched.workspace[s.id] + off,
                 slice_bytes(graph.tensors[t], w))
@@ -153,6 +162,9 @@ def _split_summary(graph: Graph, sched: Schedule) -> list[dict]:
     for s in sched.segments:
         w = sched.splits.get(s.id)
         if w is None:
+            continue
+        if s.dim == "rows":
+            out.append(band_summary(graph, s, w, s.id in sched.streams))
             continue
         whole = sum(graph.tensors[t].nbytes for t in s.internal)
         extra = accumulator_bytes(graph.tensors[s.output]) - graph.tensors[s.output].nbytes \
