@@ -103,7 +103,8 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 
 
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
-            inplace: bool = True, split: bool = True) -> SolverParams:
+            inplace: bool = True, split: bool = True, rows: bool = True,
+            stream: bool = True) -> SolverParams:
     if time_limit <= 0:
         raise PexError("--time-limit must be positive")
     if workers < 1:
@@ -111,7 +112,8 @@ def _params(time_limit: float, workers: int, seed: int, align: int, reorder: boo
     if align < 1 or align & (align - 1):
         raise PexError("--align must be a power of two")
     return SolverParams(time_limit=time_limit, workers=workers, seed=seed, align=align,
-                        reorder=reorder, inplace=inplace, split=split)
+                        reorder=reorder, inplace=inplace, split=split, rows=rows,
+                        stream=stream)
 
 
 @app.command()
@@ -176,6 +178,10 @@ def solve(model: Path,
               "--no-split", help="Layer by layer: no partial execution.")] = False,
           no_inplace: Annotated[bool, typer.Option("--no-inplace",
                                                    help="Never write in place.")] = False,
+          no_rows: Annotated[bool, typer.Option(
+              "--no-rows", help="No row bands (channel splits only).")] = False,
+          no_stream: Annotated[bool, typer.Option(
+              "--no-stream", help="Row bands never stream over their input.")] = False,
           verify: Annotated[bool, typer.Option(
               "--verify", help="Simulate the plan in a byte-exact arena before writing it.")]
           = False,
@@ -189,8 +195,9 @@ def solve(model: Path,
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
+    # the C emitter does not compile row bands yet: --emit-c plans without them
     params = _params(time_limit, workers, seed, align, not no_reorder, not no_inplace,
-                     not no_split)
+                     not no_split, not no_rows and emit_c is None, not no_stream)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         res = solve_model(model, opts, params, budget, progress=live)
     plan = res.plan

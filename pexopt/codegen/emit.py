@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pexopt.codegen.names import NameTable, comment
+from pexopt.codegen.support_rows import refuse_bands
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, QParams, Tensor
 from pexopt.ops import OpKind
@@ -72,6 +73,7 @@ def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path
         raise PexError(f"codegen: unknown backend '{backend_default}' (cmsis or portable)")
     check_supported(graph)
     check(plan, graph)  # never emit a plan that is not valid for this model
+    refuse_bands(plan)  # row bands: not compiled yet (issue #7)
     params = load_params(model_path, graph)
     em = _Emitter(plan, graph, params, TARGETS[target], backend_default == "cmsis",
                   Path(model_path).name, target)
