@@ -128,6 +128,7 @@ class BenchRow:
     ram_bytes: int | None = None
     exact_on_target: bool | None = None
     target_note: str = ""  # why the target measurement is missing
+    channel_arena: int | None = None  # channel splits only (no row bands), when rows are on
 
     @property
     def overhead(self) -> float | None:
@@ -144,9 +145,15 @@ class BenchRow:
 def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams,
                 target: str | None = None) -> BenchRow:
     """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run;
-    with a target, both plans' generated C also runs under QEMU (instructions, flash, RAM)."""
+    with a target, both plans' generated C also runs under QEMU (instructions, flash, RAM;
+    then without row bands, which the emitter does not compile yet)."""
+    if target is not None:
+        params = replace(params, rows=False)
     res = solve_model(path, opts, params, budget=None)
     row = _row(Path(path).stem, res, not opts.input_external)
+    if params.split and params.rows:  # the channel-split-only arena, side by side
+        chan = solve_model(path, opts, replace(params, rows=False), budget=None)
+        row = replace(row, channel_arena=chan.plan.arena_bytes)
     if target is not None:
         from pexopt.target.measure import measure_plan
 

@@ -404,6 +404,10 @@ class _Model:
         solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         if p.deterministic_time is not None:
             solver.parameters.max_deterministic_time = p.deterministic_time
+        if any(s.dim == "rows" for s in self.segments):
+            # probing the many band-height literals took most of the time (14 s of presolve on
+            # MobileNetV2 with the input external) and pruned little
+            solver.parameters.cp_model_probing_level = 0
         t0 = time.time()
         cb = _Callback(stage, self.lb, t0, progress if objective == "arena" else None)
         status = solver.solve(m, cb)
@@ -489,14 +493,22 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         """Seconds for the next stage: a share of the budget, never past the deadline."""
         return max(0.0, min(share * budget, 0.97 * (deadline - time.time())))
 
+    chan = None
+    if rows:  # channel splits alone first (small model, fast): the hint of the model with rows
+        chan = solve_layout(graph, replace(params, rows=False, time_limit=left(0.25)),
+                            progress, start)
+        stages.append(f"channel splits {chan.arena}")
     fixed_model = _Model(graph, params, file_order, segments, lb, greedy.arena)
     if params.hint:
-        fixed_model.hint(greedy)
+        fixed_model.hint(chan if chan is not None and chan.order == file_order
+                         and chan.arena < greedy.arena else greedy)
     name, fixed, fbound = fixed_model.solve(left(0.6 if params.reorder else 1.0),
                                             "file order", progress)
     best = fixed if fixed is not None else greedy
     best.segments = fixed_model.segments if fixed is not None else []
     stages.append(f"file order {name} {best.arena}")
+    if chan is not None and chan.arena < best.arena:
+        best = chan
     bound = lb
     if params.reorder and params.use_bound and not segments and best.arena > lb:
         # without splits no order keeps less than the least peak of live bytes (in-place
