@@ -325,6 +325,10 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
               "--update-readme", help="Replace the bench table in this README.")] = None,
           dtype: Dtype = "int8", input_external: External = False,
           time_limit: TimeLimit = 30.0, workers: Workers = 2, seed: Seed = 0, align: Align = 4,
+          no_rows: Annotated[bool, typer.Option(
+              "--no-rows", help="No row bands (channel splits only).")] = False,
+          no_stream: Annotated[bool, typer.Option(
+              "--no-stream", help="Row bands never stream over their input.")] = False,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Compare pexopt with the TFLM planner and reordering on many models."""
     from rich.progress import Progress
@@ -338,7 +342,7 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     )
 
     opts = _opts(dtype, input_external, None)
-    params = _params(time_limit, workers, seed, align)
+    params = _params(time_limit, workers, seed, align, rows=not no_rows, stream=not no_stream)
     models = models or []
     if not models and random_dags <= 0:
         raise PexError("bench: give models and/or --random-dags N")

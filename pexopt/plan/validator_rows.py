@@ -280,7 +280,7 @@ def check_streaming(ix: PlanIndex) -> set[tuple[str, str]]:
     is written only by band steps and the input not at all (whether every row the input still
     needs survives is `check_row_dataflow`'s clobber rule)."""
     legal: set[tuple[str, str]] = set()
-    tensors = [b for b in ix.plan.buffers if b.kind == "tensor" and b.alias_of is None]
+    tensors = [b for b in ix.plan.buffers if b.kind == "tensor"]
     writers: dict[str, list[int]] = {}
     for i, s in enumerate(ix.plan.steps):
         for n in s.writes:

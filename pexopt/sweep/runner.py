@@ -173,7 +173,8 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
         opts = ImportOptions(input_shapes=shapes)
     row["planned_model"] = str(path)  # the rescaled copy when the resolution changes
     params = SolverParams(time_limit=task.solver.time_limit, workers=task.solver.workers,
-                          seed=task.solver.seed, split=p.mode == "split")
+                          seed=task.solver.seed, split=p.mode == "split",
+                          rows=not task.codegen)  # the C emitter does not compile row bands yet
     res = solve_model(path, opts, params, p.budget)  # validates the plan (raises if invalid)
     plan = res.plan
     row.update(arena=plan.arena_bytes, tflm_arena=res.tflm,
