@@ -261,11 +261,12 @@ def check_row_dataflow(ix: PlanIndex) -> list[Violation]:
             out += _band_step(fl, i, op)
         elif s.mode == "halo":
             out += _halo_step(fl, i)
-        else:  # a non-band step reads whole tensors: every row must be there
+        else:  # a non-band step reads band-written (or streamed-over) tensors whole
             for name in dict.fromkeys(s.reads):
                 b = ix.buffers.get(name)
                 t = _tensor_id(ix, b) if b is not None else None
-                if b is not None and t is not None and b.kind == "tensor":
+                if (b is not None and t is not None and b.kind == "tensor"
+                        and (name in fl.written or name in fl.clobbered)):
                     v = _read(fl, i, op, b, (0, _height(ix, t)))
                     if v is not None:
                         out.append(v)
