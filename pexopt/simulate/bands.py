@@ -11,6 +11,8 @@ the top of the band buffer, on the arena bytes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from pexopt.graph.ir import Op, Tensor
@@ -19,26 +21,29 @@ from pexopt.simulate.kernels import KERNELS
 from pexopt.simulate.params import OpParams
 from pexopt.simulate.reference import kernel_input, store_output
 
+if TYPE_CHECKING:
+    from pexopt.simulate.arena import _Ctx
+
 
 def _row_bytes(t: Tensor, itemsize: int) -> int:
     return t.elements // t.shape[1] * itemsize
 
 
-def _band_rows(ctx: object, name: str, t: Tensor) -> np.ndarray:
+def _band_rows(ctx: _Ctx, name: str, t: Tensor) -> np.ndarray:
     """The band buffer as (capacity, W, C) rows of t's stored dtype."""
     from pexopt.simulate.arena import SimulationError, element_dtype
 
-    b = ctx.bufs[name]  # type: ignore[attr-defined]
+    b = ctx.bufs[name]
     dt = element_dtype(t)
     rb = _row_bytes(t, dt.itemsize)
     cap = b.size // rb
-    if b.offset < 0 or b.offset + cap * rb > ctx.mem.size:  # type: ignore[attr-defined]
+    if b.offset < 0 or b.offset + cap * rb > ctx.mem.size:
         raise SimulationError(f"buffer '{name}' lies outside the arena")
-    raw = ctx.mem[b.offset:b.offset + cap * rb]  # type: ignore[attr-defined]
+    raw = ctx.mem[b.offset:b.offset + cap * rb]
     return raw.view(dt).reshape((cap,) + t.shape[2:])
 
 
-def _full_from_band(ctx: object, base: int, name: str, t: Tensor) -> np.ndarray:
+def _full_from_band(ctx: _Ctx, base: int, name: str, t: Tensor) -> np.ndarray:
     from pexopt.simulate.arena import element_dtype
 
     rows = _band_rows(ctx, name, t)
@@ -48,12 +53,12 @@ def _full_from_band(ctx: object, base: int, name: str, t: Tensor) -> np.ndarray:
     return full
 
 
-def band_step(ctx: object, bases: dict[str, int], step: Step, op: Op, p: OpParams) -> None:
+def band_step(ctx: _Ctx, bases: dict[str, int], step: Step, op: Op, p: OpParams) -> None:
     """Compute output rows step.rows of op (see the module docstring)."""
     from pexopt.simulate.arena import SimulationError, _tensor_view
 
     r0, r1 = step.rows or (0, 0)
-    bufs, graph = ctx.bufs, ctx.graph  # type: ignore[attr-defined]
+    bufs, graph = ctx.bufs, ctx.graph
     by_tensor = {bufs[n].tensor: n for n in step.reads if n in bufs}
     xs = []
     for k, i in enumerate(op.inputs):
@@ -78,13 +83,13 @@ def band_step(ctx: object, bases: dict[str, int], step: Step, op: Op, p: OpParam
             _tensor_view(ctx, name)[:, r0:r1] = y
 
 
-def halo_step(ctx: object, bases: dict[str, int], step: Step) -> None:
+def halo_step(ctx: _Ctx, bases: dict[str, int], step: Step) -> None:
     """Move rows step.rows of the band buffer to its top (a memmove on the arena)."""
     from pexopt.simulate.arena import SimulationError
 
     r0, r1 = step.rows or (0, 0)
     for name in step.writes:
-        t = ctx.tensors[ctx.bufs[name].tensor]  # type: ignore[attr-defined]
+        t = ctx.tensors[ctx.bufs[name].tensor]
         rows = _band_rows(ctx, name, t)
         base = bases.get(name, 0)
         if r0 - base < 0 or r1 - base > rows.shape[0]:

@@ -11,10 +11,14 @@ run before g (after g its rows are gone).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ortools.sat.python import cp_model
 
 from pexopt.partial.bands import stream_input, stream_union
+
+if TYPE_CHECKING:
+    from pexopt.solver.cpsat_layout import _Model
 
 
 @dataclass
@@ -35,31 +39,30 @@ class StreamVars:
         return {g for (g, _), b in self.choice.items() if solver.boolean_value(b)}
 
 
-def add_streaming(md: object) -> StreamVars:
+def add_streaming(md: _Model) -> StreamVars:
     """Streaming options of every row segment of the `_Model` md (see the module docstring)."""
     sv = StreamVars()
-    m: cp_model.CpModel = md.m  # type: ignore[attr-defined]
-    g, al = md.g, md.p.align  # type: ignore[attr-defined]
-    for s in md.segments:  # type: ignore[attr-defined]
+    m, g, al = md.m, md.g, md.p.align
+    for s in md.segments:
         a = stream_input(g, s)
-        if a is None or a not in md.units or s.output not in md.units:  # type: ignore
+        if a is None or a not in md.units or s.output not in md.units:
             continue
-        first = md.pos[s.ops[0]]  # type: ignore[attr-defined]
+        first = md.pos[s.ops[0]]
         span = len(s.ops)
-        others = [c for c in md.cons[a] if c not in s.ops]  # type: ignore[attr-defined]
+        others = [c for c in md.cons[a] if c not in s.ops]
         for h in s.widths:
             u = stream_union(g, s, h, al)
             if u is None:
                 continue
             delta, low, size = u
             b = m.new_bool_var(f"stream{s.id}_{h}")
-            m.add(b <= md.width[(s.id, h)])  # type: ignore[attr-defined]
+            m.add(b <= md.width[(s.id, h)])
             for c in others:
-                md._before(md.pos[c], first, b)  # type: ignore[attr-defined]
-            ua, ub = md.units[a], md.units[s.output]  # type: ignore[attr-defined]
+                md._before(md.pos[c], first, b)
+            ua, ub = md.units[a], md.units[s.output]
             m.add(ub * al == ua * al + delta).only_enforce_if(b)
             m.add(ua * al + low >= 0).only_enforce_if(b)
-            m.add(md.top >= ua * al + low + size).only_enforce_if(b)  # type: ignore
+            m.add(md.top >= ua * al + low + size).only_enforce_if(b)
             x = m.new_optional_fixed_size_interval_var(first, span, b, f"sx{s.id}_{h}")
             y = m.new_optional_fixed_size_interval_var(ua * al + low, size, b, f"sy{s.id}_{h}")
             sv.boxes.append((x, y, size, b))
