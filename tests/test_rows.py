@@ -338,3 +338,29 @@ def test_mbv2_144_rows_and_streaming() -> None:
         plan = build_plan(g, s)
         assert validate(plan, g) == []
         assert verify_plan(plan, g, MBV2, n_inputs=1, onnxruntime=False).exact
+
+
+def test_cli_solve_bands_then_codegen_refuses(tmp_models: Path, tmp_path: Path) -> None:
+    """`solve` plans row bands by default (`--no-rows` not), `codegen` refuses such a plan with
+    one line and exit 2, writing nothing; `--emit-c` solves without bands."""
+    from typer.testing import CliRunner
+
+    from pexopt.cli import app
+
+    path, _ = _chain(tmp_models, "k3s2")
+    runner = CliRunner()
+    fast = ["--time-limit", "5", "--workers", "1", "--quiet"]
+    plan = tmp_path / "plan.json"
+    res = runner.invoke(app, ["solve", str(path), "-o", str(plan), *fast])
+    assert res.exit_code == 0, res.stderr
+    assert any(s["mode"] == "band" for s in json.loads(plan.read_text())["steps"])
+    res = runner.invoke(app, ["codegen", str(plan), str(path), "-o", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "row bands" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+    flat = tmp_path / "flat.json"
+    res = runner.invoke(app, ["solve", str(path), "-o", str(flat), "--no-rows", *fast])
+    assert res.exit_code == 0
+    assert not any(s["mode"] == "band" for s in json.loads(flat.read_text())["steps"])
+    res = runner.invoke(app, ["solve", str(path), "--emit-c", str(tmp_path / "c2"), *fast])
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "c2" / "pex_model.c").is_file()
