@@ -70,8 +70,12 @@ def splits_table(res: SolveResult) -> Table | None:
                 "bytes saved"):
         t.add_column(col, justify="left" if col in ("operators", "kinds") else "right")
     for sp in res.plan.splits:
-        t.add_row(" -> ".join(sp["ops"]), " -> ".join(sp["kinds"]), str(sp["channels"]),
-                  str(sp["width"]), str(sp["slices"]), "yes" if sp["accumulate"] else "no",
+        rows = sp.get("split", {}).get("dim") == "rows"  # row bands: rows and band height
+        extent = f"{sp['channels']} rows" if rows else str(sp["channels"])
+        width = (f"{sp['width']} rows" + (", streams" if sp.get("streaming") else "")
+                 if rows else str(sp["width"]))
+        t.add_row(" -> ".join(sp["ops"]), " -> ".join(sp["kinds"]), extent, width,
+                  str(sp["slices"]), "yes" if sp["accumulate"] else "no",
                   f"{sp['bytes_saved']:,}")
     return t
 
