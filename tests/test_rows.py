@@ -11,6 +11,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from conftest import conv_weights, make_onnx, vi
@@ -364,3 +365,29 @@ def test_cli_solve_bands_then_codegen_refuses(tmp_models: Path, tmp_path: Path) 
     res = runner.invoke(app, ["solve", str(path), "--emit-c", str(tmp_path / "c2"), *fast])
     assert res.exit_code == 0, res.stderr
     assert (tmp_path / "c2" / "pex_model.c").is_file()
+
+
+def test_simulator_catches_a_wrong_halo_on_its_own(tmp_models: Path) -> None:
+    """Without the validator: keeping one row too few in a halo move gives wrong outputs (or a
+    simulation error), never a lucky right answer."""
+    from pexopt.simulate.arena import SimulationError, run_plan
+    from pexopt.simulate.params import load_params
+    from pexopt.simulate.reference import inputs_from_onnx, onnx_index, run_reference
+    from pexopt.simulate.verify import random_feeds
+
+    path, g = _chain(tmp_models, "k3s1")
+    plan = build_plan(g, manual_schedule(g, _longest(g), 2))
+    ox = onnx_index(path)
+    params = load_params(ox, g)
+    x = inputs_from_onnx(g, random_feeds(g, ox, 1, seed=0)[0])
+    ref = run_reference(g, params, x)
+    name = g.tensors[g.outputs[0]].name
+    assert np.array_equal(run_plan(plan, g, params, x)[name], ref[name])
+    halo = next(s for s in plan.steps if s.mode == "halo" and s.rows[1] - s.rows[0] >= 1)
+    halo.rows = [halo.rows[0] + 1, halo.rows[1]]
+    assert validate(plan, g) != []
+    try:
+        got = run_plan(plan, g, params, x)[name]
+    except SimulationError:
+        return
+    assert not np.array_equal(got, ref[name])
