@@ -495,7 +495,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
 
     chan = None
     if rows:  # channel splits alone first (small model, fast): the hint of the model with rows
-        chan = solve_layout(graph, replace(params, rows=False, time_limit=left(0.25)),
+        chan = solve_layout(graph, replace(params, rows=False, time_limit=left(0.4)),
                             progress, start)
         stages.append(f"channel splits {chan.arena}")
     fixed_model = _Model(graph, params, file_order, segments, lb, greedy.arena)
