@@ -105,8 +105,8 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 
 
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
-            inplace: bool = True, split: bool = True, target: str | None = None
-            ) -> SolverParams:
+            inplace: bool = True, split: bool = True, target: str | None = None,
+            rows: bool = True, stream: bool = True) -> SolverParams:
     if time_limit <= 0:
         raise PexError("--time-limit must be positive")
     if workers < 1:
@@ -119,7 +119,8 @@ def _params(time_limit: float, workers: int, seed: int, align: int, reorder: boo
         if target not in TARGETS:
             raise PexError(f"--target: unknown target '{target}' (one of {', '.join(TARGETS)})")
     return SolverParams(time_limit=time_limit, workers=workers, seed=seed, align=align,
-                        reorder=reorder, inplace=inplace, split=split, target=target)
+                        reorder=reorder, inplace=inplace, split=split, target=target,
+                        rows=rows, stream=stream)
 
 
 @app.command()
@@ -189,6 +190,12 @@ def solve(model: Path,
               "--no-split", help="Layer by layer: no partial execution.")] = False,
           no_inplace: Annotated[bool, typer.Option("--no-inplace",
                                                    help="Never write in place.")] = False,
+          rows: Annotated[bool, typer.Option(
+              "--rows/--no-rows", help="Also run chains of spatially local operators band by "
+              "band (row bands, issue #7): planned, validated and simulated, but no C code "
+              "nor latency estimate yet.")] = False,
+          no_stream: Annotated[bool, typer.Option(
+              "--no-stream", help="Row bands never stream over their input.")] = False,
           verify: Annotated[bool, typer.Option(
               "--verify/--no-verify",
               help="Simulate the plan in a byte-exact arena before writing it (default: on; "
@@ -224,16 +231,21 @@ def solve(model: Path,
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
+    if rows and (latency is not None or pareto is not None or emit_c is not None):
+        raise PexError("--rows: row-band plans have no C code nor latency model yet; drop "
+                       "--rows for --emit-c, --latency or --pareto")
     profile, core = _target_profile(target)
     defaults = profile.solver if profile is not None else SolverParams()
     params = _params(defaults.time_limit if time_limit is None else time_limit,
                      defaults.workers if workers is None else workers, seed, align,
-                     not no_reorder, not no_inplace, not no_split, core)
+                     not no_reorder, not no_inplace, not no_split, core, rows, not no_stream)
     if profile is not None and profile.solver.slice_widths is not None:
         params = replace(params, slice_widths=profile.solver.slice_widths)
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
                         output or emit_c)
     bound = _latency_bound(latency, pareto, pareto_points, profile, target)
+    if rows:  # costs of band steps are not calibrated: plan for memory alone
+        profile = None
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         try:
             res = solve_model(model, opts, params, budget, progress=live, profile=profile,
@@ -527,6 +539,10 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
               "--update-readme", help="Replace the bench table in this README.")] = None,
           dtype: Dtype = "int8", input_external: External = False,
           time_limit: TimeLimit = 30.0, workers: Workers = 2, seed: Seed = 0, align: Align = 4,
+          no_rows: Annotated[bool, typer.Option(
+              "--no-rows", help="No row bands (channel splits only).")] = False,
+          no_stream: Annotated[bool, typer.Option(
+              "--no-stream", help="Row bands never stream over their input.")] = False,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Compare pexopt with the TFLM planner and reordering on many models."""
     from rich.progress import Progress
@@ -540,7 +556,7 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     )
 
     opts = _opts(dtype, input_external, None)
-    params = _params(time_limit, workers, seed, align)
+    params = _params(time_limit, workers, seed, align, rows=not no_rows, stream=not no_stream)
     models = models or []
     if not models and random_dags <= 0:
         raise PexError("bench: give models and/or --random-dags N")

@@ -198,6 +198,8 @@ def segment_scratch_bytes(graph: Graph, seg: Segment, width: int, target: str | 
     any of its steps (slices of one segment interleave, so one region serves all of them)."""
     if target is None:
         return 0
+    if getattr(seg, "dim", "channel") == "rows":  # bands call the whole-width kernels
+        return max((kernel_scratch_bytes(graph, k, target) for k in seg.ops), default=0)
     last = len(seg.ops) - 1
     return max((kernel_scratch_bytes(graph, k, target, sl,
                                      "accumulate" if i == last and seg.accumulate else "slice")

@@ -38,6 +38,14 @@ class OpKind(str, enum.Enum):
     OPAQUE = "opaque"
 
 
+class Rows(str, enum.Enum):
+    """How an operator runs on bands of output rows (row-band execution, issue #7)."""
+
+    NONE = "none"  # never in a row band
+    WINDOW = "window"  # output rows need a window of input rows (kernel/stride/pads from attrs)
+    POINTWISE = "pointwise"  # output row r needs row r of every input
+
+
 class Split(str, enum.Enum):
     """How an operator runs on channel slices (see the partial-execution note)."""
 
@@ -85,6 +93,7 @@ class OpSpec:
     conv1x1 or convkxk by its kernel size there.
     cmsis_scratch: which CMSIS-NN buffer-size formula its kernel call needs
     (`pexopt.cmsis_scratch.FORMULAS`; empty: no ctx.buf).
+    rows: row-band behaviour (spatially local operators only).
     """
 
     kind: OpKind
@@ -98,6 +107,7 @@ class OpSpec:
     prune: Channels = Channels.FIXED
     cost: str = "other"
     cmsis_scratch: str = ""
+    rows: Rows = Rows.NONE
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -108,39 +118,42 @@ SPECS: dict[OpKind, OpSpec] = {
     s.kind: s
     for s in (
         _spec(OpKind.CONV, takes_activation=True, split=Split.OUTPUT_SLICE, accumulate=True,
-              prune=Channels.PRODUCE, cost="conv", cmsis_scratch="conv"),
+              prune=Channels.PRODUCE, cost="conv", cmsis_scratch="conv", rows=Rows.WINDOW),
         _spec(OpKind.DEPTHWISE, takes_activation=True, split=Split.SAME_SLICE,
               inplace_temp=True, prune=Channels.FOLLOW, cost="depthwise",
-              cmsis_scratch="depthwise"),
-        _spec(OpKind.GROUPED_CONV, takes_activation=True, cost="conv", cmsis_scratch="conv"),
+              cmsis_scratch="depthwise", rows=Rows.WINDOW),
+        _spec(OpKind.GROUPED_CONV, takes_activation=True, cost="conv", cmsis_scratch="conv",
+              rows=Rows.WINDOW),
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
               accumulate=True, prune=Channels.PRODUCE, cost="fully_connected",
               cmsis_scratch="fully_connected"),
         _spec(OpKind.MATMUL, takes_activation=True, cost="fully_connected"),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise"),
+              split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise",
+              rows=Rows.POINTWISE),
         _spec(OpKind.MUL, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise"),
+              split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise",
+              rows=Rows.POINTWISE),
         _spec(OpKind.CHANNEL_AFFINE, elementwise=True, inplace=True, takes_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.FOLLOW),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW, rows=Rows.POINTWISE),
         _spec(OpKind.CONCAT, split=Split.CONCAT, prune=Channels.CONCAT, cost="copy"),
         _spec(OpKind.MAXPOOL, takes_activation=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW, cost="pool"),
+              prune=Channels.FOLLOW, cost="pool", rows=Rows.WINDOW),
         _spec(OpKind.AVGPOOL, takes_activation=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW, cost="pool", cmsis_scratch="avgpool"),
+              prune=Channels.FOLLOW, cost="pool", cmsis_scratch="avgpool", rows=Rows.WINDOW),
         _spec(OpKind.GLOBAL_AVGPOOL, split=Split.SAME_SLICE, prune=Channels.FOLLOW,
               cost="mean"),
         _spec(OpKind.REDUCE_MEAN, prune=Channels.REDUCE, cost="mean"),
         _spec(OpKind.RELU, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.FOLLOW, cost="copy"),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW, cost="copy", rows=Rows.POINTWISE),
         _spec(OpKind.CLIP, elementwise=True, inplace=True, is_activation=True,
-              split=Split.SAME_SLICE, prune=Channels.FOLLOW, cost="copy"),
+              split=Split.SAME_SLICE, prune=Channels.FOLLOW, cost="copy", rows=Rows.POINTWISE),
         _spec(OpKind.SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW, cost="copy"),
+              prune=Channels.FOLLOW, cost="copy", rows=Rows.POINTWISE),
         _spec(OpKind.HARD_SIGMOID, elementwise=True, inplace=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW, cost="copy"),
+              prune=Channels.FOLLOW, cost="copy", rows=Rows.POINTWISE),
         _spec(OpKind.HARD_SWISH, elementwise=True, inplace=True, split=Split.SAME_SLICE,
-              prune=Channels.FOLLOW, cost="copy"),
+              prune=Channels.FOLLOW, cost="copy", rows=Rows.POINTWISE),
         _spec(OpKind.SOFTMAX),
         _spec(OpKind.TRANSPOSE, prune=Channels.FOLLOW, cost="copy"),  # prune moves the axis
         _spec(OpKind.PAD, split=Split.SAME_SLICE, prune=Channels.FOLLOW,

@@ -13,7 +13,7 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, live_bytes
 from pexopt.graph.onnx_import import import_onnx
 from pexopt.plan.build import build_plan
-from pexopt.plan.format import Plan
+from pexopt.plan.format import Buffer, Plan
 from pexopt.plan.validator import check
 from pexopt.solver.baselines import reorder_peak, tflm_arena
 from pexopt.solver.cpsat_layout import (
@@ -76,6 +76,15 @@ class SolveResult:
     layerwise: int | None = None  # arena of the best plan without splits (same run)
 
 
+def _union_bytes(bufs: list[Buffer]) -> int:
+    """Bytes covered by the buffers' address ranges (overlapping ones counted once)."""
+    total, at = 0, 0
+    for lo, hi in sorted((b.offset, b.offset + b.size) for b in bufs):
+        total += max(0, hi - max(lo, at))
+        at = max(at, hi)
+    return total
+
+
 def plan_peak(plan: Plan) -> Peak:
     """The step with the most live bytes (alias pairs counted once) and what is live there."""
     best: Peak | None = None
@@ -84,7 +93,7 @@ def plan_peak(plan: Plan) -> Peak:
         live = [b for b in plan.buffers if b.first_step <= s.index <= b.last_step
                 and not (b.name in aliased and b.last_step == s.index and any(
                     c.alias_of == b.name and c.first_step == s.index for c in plan.buffers))]
-        total = sum(b.size for b in live)
+        total = _union_bytes(live)  # a band output streamed over its input shares bytes
         if best is None or total > best.live:
             best = Peak(s.index, s.op, total, sorted(((b.name, b.size) for b in live),
                                                       key=lambda x: -x[1]))
@@ -239,6 +248,7 @@ class BenchRow:
     ram_bytes: int | None = None
     exact_on_target: bool | None = None
     target_note: str = ""  # why the target measurement is missing
+    channel_arena: int | None = None  # channel splits only (no row bands), when rows are on
 
     @property
     def overhead(self) -> float | None:
@@ -255,9 +265,15 @@ class BenchRow:
 def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams,
                 target: str | None = None) -> BenchRow:
     """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run;
-    with a target, both plans' generated C also runs under QEMU (instructions, flash, RAM)."""
+    with a target, both plans' generated C also runs under QEMU (instructions, flash, RAM;
+    then without row bands, which the emitter does not compile yet)."""
+    if target is not None:
+        params = replace(params, rows=False)
     res = solve_model(path, opts, params, budget=None)
     row = _row(Path(path).stem, res, not opts.input_external)
+    if params.split and params.rows:  # the channel-split-only arena, side by side
+        chan = solve_model(path, opts, replace(params, rows=False), budget=None)
+        row = replace(row, channel_arena=chan.plan.arena_bytes)
     if target is not None:
         from pexopt.target.measure import measure_plan
 

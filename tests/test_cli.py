@@ -149,7 +149,7 @@ def test_solve_fits_and_validates(resnet8: Path, tmp_path: Path) -> None:
         assert word in out, word
     assert f"plan written to {plan}" in out
     data = json.loads(plan.read_text())
-    assert data["format"] == "pexopt-plan/1"
+    assert data["format"] == "pexopt-plan/2"
     assert data["fits"] is True
     assert data["arena_bytes"] == RESNET8 and data["target"] == "cortex-m4"
     assert data["budget_bytes"] == 65536

@@ -36,7 +36,7 @@ GCC = shutil.which("gcc")
 CFLAGS = ["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
           "-fno-sanitize-recover=undefined", "-DPEX_PORTABLE_KERNELS"]
 RUNTIME = Path(__file__).resolve().parents[1] / "codegen" / "runtime"
-SOLVER = dict(time_limit=2.0, workers=1, target="cortex-m4")  # plans with kernel scratch
+SOLVER = dict(time_limit=2.0, workers=1, target="cortex-m4", rows=False)  # kernel scratch
 
 # Shared models the emitter refuses, and the text its one-line error must name.
 UNSUPPORTED = {

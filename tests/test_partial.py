@@ -1,5 +1,6 @@
 """Partial execution (channel splits): candidates, the figures of the notes, plan structure,
-bit-exact simulation of every split plan, bound validity and determinism.
+bit-exact simulation of every split plan, bound validity and determinism. Row bands are off here
+(`rows=False`): these figures are the channel-split ones; row bands are tests/test_rows.py's.
 
 Figures: /work/shared/notes/partial-execution.md (int8 unless noted, graph input counted).
 """
@@ -45,7 +46,7 @@ def solve(path: str, external: bool = False, dtype: str = "int8",
           **kw: object) -> tuple[Graph, Schedule, Plan]:
     """(graph, schedule, plan), cached per module run (the same solve serves several tests)."""
     g = load(path, external, dtype)
-    s = solve_layout(g, SolverParams(**kw))
+    s = solve_layout(g, SolverParams(rows=False, **kw))
     return g, s, build_plan(g, s)
 
 
@@ -174,7 +175,7 @@ def test_reshape_changing_channels_is_never_split(tmp_path: Path) -> None:
     path = _chain_model(tmp_path / "reshape.onnx", mid, inits, c, [1, c, 8, 4])
     g = load(str(path), dtype="float32")
     spanning = [names(g, s) for s in find_segments(g) if len(s.ops) > 1]
-    s = solve_layout(g, SolverParams(time_limit=5, workers=2))
+    s = solve_layout(g, SolverParams(rows=False, time_limit=5, workers=2))
     plan = build_plan(g, s)
     problems = []
     if spanning:
@@ -266,12 +267,12 @@ def test_block2_alone(tmp_path: Path) -> None:
     path = _block2(tmp_path / "block2.onnx")
     g = load(str(path))
     assert [t.nbytes for t in g.tensors] == [41_472, 248_832, 62_208, 10_368]
-    flat = solve_layout(g, SolverParams(**FIG, split=False))
+    flat = solve_layout(g, SolverParams(rows=False, **FIG, split=False))
     # 41,472 + 248,832 = 290,304 at the expand step, but the depthwise (stride 2: no in-place)
     # needs its input and output together: 248,832 + 62,208 = 311,040 (notes, section 6).
     assert flat.arena == 311_040
     assert_optimal(flat)
-    split = solve_layout(g, SolverParams(**FIG, inplace=False))
+    split = solve_layout(g, SolverParams(rows=False, **FIG, inplace=False))
     # 41,472 input + 5,184 + 1,296 slices (s = 1) + 41,472 int32 accumulator
     assert split.arena == 89_424
     assert_optimal(split)
@@ -279,7 +280,7 @@ def test_block2_alone(tmp_path: Path) -> None:
     assert [sp["ops"] for sp in plan.splits] == [["expand", "dw", "project"]]
     assert plan.splits[0]["width"] == 1 and plan.splits[0]["accumulate"]
     assert validate(plan, g) == []
-    default = solve_layout(g, SolverParams(**FIG))
+    default = solve_layout(g, SolverParams(rows=False, **FIG))
     assert default.arena <= 89_424
     assert_optimal(default)
 
@@ -289,7 +290,7 @@ def test_block2_alone_float32_simulates(tmp_path: Path) -> None:
     slices + 41,472 float accumulator; the split plan runs within 1e-4 of the reference."""
     path = _block2(tmp_path / "block2.onnx")
     g = load(str(path), dtype="float32")
-    s = solve_layout(g, SolverParams(**FIG, inplace=False))
+    s = solve_layout(g, SolverParams(rows=False, **FIG, inplace=False))
     assert s.arena == 165_888 + 25_920 + 41_472
     plan = build_plan(g, s)
     assert plan.splits and validate(plan, g) == []
@@ -377,8 +378,8 @@ PROBES = ("maxpool", "avgpool_s2", "sigmoid", "channel_mul", "pad_depthwise", "r
 
 def _split_and_verify(path: Path, dtype: str) -> None:
     g = load(str(path), dtype=dtype)
-    flat = solve_layout(g, SolverParams(time_limit=5, workers=2, split=False))
-    s = solve_layout(g, SolverParams(time_limit=5, workers=2))
+    flat = solve_layout(g, SolverParams(rows=False, time_limit=5, workers=2, split=False))
+    s = solve_layout(g, SolverParams(rows=False, time_limit=5, workers=2))
     plan = build_plan(g, s)
     assert plan.splits and s.arena < flat.arena, (s.arena, flat.arena)
     assert validate(plan, g) == []
@@ -460,12 +461,12 @@ def test_split_bound_below_the_proven_optimum(inplace: bool) -> None:
         segs = find_segments(g)
         lb = split_bound(g, segs, inplace)
         base = {"time_limit": 10.0, "workers": 2, "align": 1, "inplace": inplace}
-        free = solve_layout(g, SolverParams(**base, use_bound=False))
+        free = solve_layout(g, SolverParams(rows=False, **base, use_bound=False))
         assert free.status == "OPTIMAL", (seed, free.stages)
         assert lb <= free.arena, (seed, lb, free.arena)
-        bounded = solve_layout(g, SolverParams(**base))
+        bounded = solve_layout(g, SolverParams(rows=False, **base))
         assert bounded.arena == free.arena, (seed, bounded.arena, free.arena)
-        flat = solve_layout(g, SolverParams(**base, use_bound=False, split=False))
+        flat = solve_layout(g, SolverParams(rows=False, **base, use_bound=False, split=False))
         assert free.arena <= flat.arena
         plan = build_plan(g, free)
         assert validate(plan, g, check_hash=False) == []
@@ -490,7 +491,7 @@ def test_split_bound_on_random_dags() -> None:
         lb = split_bound(g, find_segments(g), True)
         base = {"time_limit": 10.0, "workers": 2, "align": 1, "use_bound": False}
         for split in (True, False):
-            s = solve_layout(g, SolverParams(**base, split=split))
+            s = solve_layout(g, SolverParams(rows=False, **base, split=split))
             assert s.status == "OPTIMAL", (seed, split, s.stages)
             assert lb <= s.arena, (seed, split, lb, s.arena)
 

@@ -338,7 +338,8 @@ def test_resnet8_bit_exact_on_m4(tools: None, models_dir: Path, tmp_path: Path) 
 
     emit_c = importlib.import_module("pexopt.codegen.emit").emit_c
     model = models_dir / "resnet8_int8.onnx"
-    res = solve_model(model, ImportOptions(), SolverParams(time_limit=10, workers=1), None)
+    res = solve_model(model, ImportOptions(), SolverParams(time_limit=10, workers=1, rows=False),
+                      None)
     out_dir = tmp_path / "pex_out"
     emit_c(res.plan, res.graph, model, out_dir)
     g = res.graph

@@ -26,7 +26,7 @@ def _check_figure(png: Path, svg: Path) -> None:
 @pytest.fixture(scope="module")
 def split_result(models_dir: Path):
     res = solve_model(models_dir / "mbv2_w035_r144_int8.onnx", ImportOptions(),
-                      SolverParams(time_limit=20, workers=2), budget=256 * 1024)
+                      SolverParams(time_limit=20, workers=2, rows=False), budget=256 * 1024)
     assert res.plan.splits  # the point of this fixture: a plan with a split subgraph
     return res
 

@@ -29,6 +29,7 @@ from pexopt.codegen.files import FilesMixin, write_folder
 from pexopt.codegen.names import NameTable, comment
 from pexopt.codegen.render_cmsis import CmsisMixin
 from pexopt.codegen.render_ops import HANDLERS, OpsMixin
+from pexopt.codegen.support_rows import refuse_bands
 from pexopt.codegen.views import View, contig, index_view, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
@@ -67,6 +68,7 @@ def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path
         raise PexError(f"codegen: unknown backend '{backend_default}' (cmsis or portable)")
     check_supported(graph)
     check(plan, graph)  # never emit a plan that is not valid for this model
+    refuse_bands(plan)  # row bands: not compiled yet (issue #7)
     if backend_default == "cmsis":
         check_target(plan, target)
     params = load_params(model_path, graph)

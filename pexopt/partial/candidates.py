@@ -41,12 +41,14 @@ class Segment:
     output: int  # tensor written slice by slice, or through the accumulator
     accumulate: bool
     widths: tuple[int, ...]
+    dim: str = "channel"  # "rows": a row-band segment (pexopt.partial.bands); `channels` then
+    # counts output rows and `widths` are band heights
 
     def spec(self, width: int) -> SplitSpec:
-        return SplitSpec(dim="channel", extent=width, halo=0)
+        return SplitSpec(dim=self.dim, extent=width, halo=0)
 
     def slices(self, width: int) -> list[tuple[int, int]]:
-        """Channel ranges [c0, c1) of the slices for one width."""
+        """Channel (or row) ranges [c0, c1) of the slices (bands) for one width (height)."""
         return [(c, min(self.channels, c + width)) for c in range(0, self.channels, width)]
 
 
@@ -79,6 +81,9 @@ def slice_offsets(graph: Graph, seg: Segment, width: int, align: int = 1) -> lis
 
 def workspace_bytes(graph: Graph, seg: Segment, width: int, align: int = 1) -> int:
     """All slice buffers of a segment (live together for the whole segment), each aligned."""
+    if seg.dim == "rows":  # band buffers: rows needed plus halo rows kept
+        from pexopt.partial.bands import band_workspace_bytes
+        return band_workspace_bytes(graph, seg, width, align)
     if not seg.internal:
         return 0
     last = seg.internal[-1]

@@ -17,6 +17,7 @@ from pexopt.partial.candidates import (
     slice_offsets,
     workspace_bytes,
 )
+from pexopt.plan.build_rows import band_buffers, band_steps, band_summary
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, kscratch_name
 from pexopt.solver.cpsat_layout import Schedule, SolverParams, temp_bytes
 
@@ -69,6 +70,13 @@ def _steps(graph: Graph, sched: Schedule, in_arena: set[int], target: str | None
         internal = set(seg.internal)
         width = sched.splits[seg.id]
         ks = kscratch_name(graph.ops[seg.ops[0]].name)
+        if seg.dim == "rows":  # band steps call the whole-width kernels: the segment's scratch
+            by_name = {graph.ops[k].name: k for k in seg.ops}
+            for st in band_steps(graph, seg, width, in_arena, len(steps)):
+                if st.mode == "band" and kernel_scratch_bytes(graph, by_name[st.op], target):
+                    st.scratch.append(ks)
+                steps.append(st)
+            continue
         for c0, c1 in seg.slices(width):
             for idx, op_id in enumerate(seg.ops):
                 op = graph.ops[op_id]
@@ -140,10 +148,15 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
         w = sched.splits.get(s.id)
         if w is None:
             continue
-        for t, off in zip(s.internal, slice_offsets(graph, s, w, params.align)):
-            add(slice_name(name[t]), name[t], "slice", sched.workspace[s.id] + off,
-                slice_bytes(graph.tensors[t], w))
-        if s.accumulate:
+        if s.dim == "rows":
+            for bname, tname, off, size in band_buffers(graph, s, w, sched.workspace[s.id],
+                                                        params.align):
+                add(bname, tname, "band", off, size)
+        else:
+            for t, off in zip(s.internal, slice_offsets(graph, s, w, params.align)):
+                add(slice_name(name[t]), name[t], "slice", sched.workspace[s.id] + off,
+                    slice_bytes(graph.tensors[t], w))
+        if s.accumulate and s.dim != "rows":
             add(acc_name(name[s.output]), name[s.output], "accumulator", sched.offsets[s.output],
                 accumulator_bytes(graph.tensors[s.output]))
         ks = segment_scratch_bytes(graph, s, w, sched.params.target)
@@ -178,6 +191,9 @@ def _split_summary(graph: Graph, sched: Schedule) -> list[dict]:
     for s in sched.segments:
         w = sched.splits.get(s.id)
         if w is None:
+            continue
+        if s.dim == "rows":
+            out.append(band_summary(graph, s, w, s.id in sched.streams))
             continue
         whole = sum(graph.tensors[t].nbytes for t in s.internal)
         extra = accumulator_bytes(graph.tensors[s.output]) - graph.tensors[s.output].nbytes \

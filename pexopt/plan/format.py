@@ -1,4 +1,7 @@
-"""The plan file (`pexopt-plan/1`): what runs when, and where every buffer lives in the arena.
+"""The plan file (`pexopt-plan/2`): what runs when, and where every buffer lives in the arena.
+
+Version 2 adds row bands (`rows` on steps, modes "band" and "halo", buffer kind "band"); version
+1 files load unchanged (they have none of these).
 
 Field names are a contract with other tools (validator, simulator, codegen, report); see README.
 Steps and buffer lifetimes use inclusive step indices (`first_step`, `last_step`).
@@ -15,7 +18,8 @@ from typing import Any
 
 from pexopt.errors import PlanError
 
-FORMAT = "pexopt-plan/1"
+FORMAT = "pexopt-plan/2"
+READABLE = ("pexopt-plan/1", FORMAT)
 VOLATILE_SOLVER_FIELDS = ("seconds", "workers")  # not written: plans are byte-reproducible
 
 
@@ -27,8 +31,9 @@ class Step:
     reads: list[str]
     writes: list[str]
     slice: list[int] | None = None  # channel range [c0, c1) of a split step
-    mode: str = "whole"  # whole | slice | accumulate | requantize
+    mode: str = "whole"  # whole | slice | accumulate | requantize | band | halo
     scratch: list[str] = field(default_factory=list)  # temporaries used during the step
+    rows: list[int] | None = None  # output rows [r0, r1) of a band step; rows kept by a halo
 
 
 @dataclass
@@ -158,21 +163,25 @@ def plan_from_dict(d: Any, where: str = "plan") -> Plan:
         raise PlanError(f"{where}: malformed plan ({e})") from None
 
 
-def _slice(v: Any, w: str) -> list[int] | None:
+def _range(v: Any, w: str, key: str) -> list[int] | None:
     if v is None:
         return None
     if (not isinstance(v, list) or len(v) != 2
             or not all(isinstance(c, int) and not isinstance(c, bool) for c in v)):
-        raise PlanError(f"{w}: field 'slice' must be null or [c0, c1]")
+        raise PlanError(f"{w}: field '{key}' must be null or [lo, hi]")
     return list(v)
+
+
+def _slice(v: Any, w: str) -> list[int] | None:
+    return _range(v, w, "slice")
 
 
 def _plan_from_dict(d: Any, where: str) -> Plan:
     if not isinstance(d, dict):
         raise PlanError(f"{where}: not a plan object")
     fmt = d.get("format")
-    if fmt != FORMAT:
-        raise PlanError(f"{where}: format '{fmt}' is not {FORMAT}")
+    if fmt not in READABLE:
+        raise PlanError(f"{where}: format '{fmt}' is not one of {', '.join(READABLE)}")
     model = _req(d, "model", dict, where)
     steps = []
     for i, s in enumerate(_req(d, "steps", list, where)):
@@ -184,7 +193,8 @@ def _plan_from_dict(d: Any, where: str) -> Plan:
                           writes=list(_req(s, "writes", list, w)),
                           slice=_slice(s.get("slice"), w),
                           mode=str(s.get("mode", "whole")),
-                          scratch=list(s.get("scratch", []))))
+                          scratch=list(s.get("scratch", [])),
+                          rows=_range(s.get("rows"), w, "rows")))
     buffers = []
     for i, b in enumerate(_req(d, "buffers", list, where)):
         w = f"{where}: buffers[{i}]"

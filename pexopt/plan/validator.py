@@ -21,15 +21,17 @@ from pexopt.graph.ir import Graph, Op, Tensor
 from pexopt.ops import SPECS
 from pexopt.plan.format import Buffer, Plan, Step, is_kscratch
 
-MODES = ("whole", "slice", "accumulate", "requantize")
-BUFFER_KINDS = ("tensor", "slice", "accumulator", "scratch")
+MODES = ("whole", "slice", "accumulate", "requantize", "band", "halo")
+BUFFER_KINDS = ("tensor", "slice", "accumulator", "scratch", "band")
 ACC_BYTES = 4  # int32 accumulator element
 
 # Buffer kinds a step may name, per mode, for an input tensor (reads) and an output (writes).
 READ_KINDS = {"whole": ("tensor",), "slice": ("tensor", "slice"),
-              "accumulate": ("tensor", "slice"), "requantize": ()}
+              "accumulate": ("tensor", "slice"), "requantize": (),
+              "band": ("tensor", "band"), "halo": ()}
 WRITE_KINDS = {"whole": ("tensor",), "slice": ("tensor", "slice"),
-               "accumulate": ("accumulator",), "requantize": ("tensor",)}
+               "accumulate": ("accumulator",), "requantize": ("tensor",),
+               "band": ("tensor", "band"), "halo": ("band",)}
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def desc(b: Buffer) -> str:
 
 def step_name(i: int, s: Step) -> str:
     where = f" {s.mode} [{s.slice[0]}, {s.slice[1]})" if _slice_of(s) else ""
+    if isinstance(s.rows, list) and len(s.rows) == 2:
+        where = f" {s.mode} rows [{s.rows[0]}, {s.rows[1]})"
     return f"step {i} ('{s.op}'{where})"
 
 
@@ -198,12 +202,12 @@ def check_steps(ix: PlanIndex) -> list[Violation]:
 
 
 def _slice_only(ix: PlanIndex, t: Tensor, slice_bufs: set[int]) -> bool:
-    """Tensor t is held only as slices: it has a slice buffer, is no graph input/output, and
-    every step of its producer is a slice step."""
+    """Tensor t is held only as slices (or bands): it has a slice (band) buffer, is no graph
+    input/output, and every step of its producer is a slice (band, halo) step."""
     p = ix.producer.get(t.id)
     steps = ix.op_steps.get(p, []) if p is not None else []
     return (t.id in slice_bufs and t.id not in ix.graph.outputs and bool(steps)
-            and all(ix.plan.steps[i].mode == "slice" for i in steps))
+            and all(ix.plan.steps[i].mode in ("slice", "band", "halo") for i in steps))
 
 
 def _buffer_problem(ix: PlanIndex, b: Buffer) -> tuple[str, str] | None:
@@ -218,7 +222,8 @@ def _buffer_problem(ix: PlanIndex, b: Buffer) -> tuple[str, str] | None:
         return "buffer", f"names no IR tensor ({b.tensor})"
     if not _in_arena(t):
         return "buffer", f"tensor '{t.name}' is not in the arena (external or empty)"
-    want = {"tensor": t.name, "slice": f"{t.name}@slice", "accumulator": f"{t.name}@acc"}[b.kind]
+    want = {"tensor": t.name, "slice": f"{t.name}@slice", "accumulator": f"{t.name}@acc",
+            "band": f"{t.name}@band"}[b.kind]
     if b.name != want:
         return "buffer", f"a {b.kind} buffer of '{t.name}' must be named '{want}'"
     if b.kind == "tensor" and b.size != t.nbytes:
@@ -245,7 +250,7 @@ def check_buffers(ix: PlanIndex) -> list[Violation]:
         t = ix.tensor_of(b)
         if t is not None and b.kind in BUFFER_KINDS:
             count[b.kind, t.id] = count.get((b.kind, t.id), 0) + 1
-    slice_bufs = {t for (k, t), n in count.items() if k == "slice"}
+    slice_bufs = {t for (k, t), n in count.items() if k in ("slice", "band")}
     for t in ix.graph.tensors:
         if t.id not in ix.arena:
             continue
@@ -253,7 +258,7 @@ def check_buffers(ix: PlanIndex) -> list[Violation]:
         if n != 1 and not (n == 0 and _slice_only(ix, t, slice_bufs)):
             out.append(Violation("buffer", f"tensor '{t.name}' has {n} \"tensor\" buffers, "
                                            "expected 1 (0 only if held only as slices)"))
-        for kind in ("slice", "accumulator"):
+        for kind in ("slice", "accumulator", "band"):
             if count.get((kind, t.id), 0) > 1:
                 out.append(Violation("buffer", f"tensor '{t.name}' has "
                                                f"{count[kind, t.id]} {kind} buffers"))
@@ -516,22 +521,26 @@ def check_fits(plan: Plan) -> list[Violation]:
 
 def validate(plan: Plan, graph: Graph, check_hash: bool = True) -> list[Violation]:
     """Every rule the plan breaks for this graph (empty when the plan is valid)."""
-    from pexopt.plan import validator_slices as vs  # builds on this module's index
+    from pexopt.plan import validator_rows as vr  # builds on this module's index
+    from pexopt.plan import validator_slices as vs
     from pexopt.plan.validator_scratch import check_kernel_scratch
 
     ix = build_index(plan, graph)
     out: list[Violation] = check_model_hash(plan, graph) if check_hash else []
     out += check_steps(ix)
-    out += vs.check_execution(ix)
+    out += vs.check_execution(ix, skip=vr.row_ops(ix))
+    out += vr.check_row_execution(ix)
     out += vs.check_order(ix)
     out += check_buffers(ix)
     out += check_step_io(ix)
     out += vs.check_dataflow(ix)
+    out += vr.check_row_dataflow(ix)
     out += check_lifetimes(ix)
     out += check_kernel_scratch(ix)
     out += check_offsets(plan)
     out += check_arena_bytes(plan)
     alias_violations, legal = check_aliases(ix)
+    legal |= vr.check_streaming(ix)
     out += alias_violations
     out += check_overlap(plan, legal)
     out += check_fits(plan)

@@ -71,8 +71,12 @@ def splits_table(res: SolveResult) -> Table | None:
                 "bytes saved"):
         t.add_column(col, justify="left" if col in ("operators", "kinds") else "right")
     for sp in res.plan.splits:
-        t.add_row(" -> ".join(sp["ops"]), " -> ".join(sp["kinds"]), str(sp["channels"]),
-                  str(sp["width"]), str(sp["slices"]), "yes" if sp["accumulate"] else "no",
+        rows = sp.get("split", {}).get("dim") == "rows"  # row bands: rows and band height
+        extent = f"{sp['channels']} rows" if rows else str(sp["channels"])
+        width = (f"{sp['width']} rows" + (", streams" if sp.get("streaming") else "")
+                 if rows else str(sp["width"]))
+        t.add_row(" -> ".join(sp["ops"]), " -> ".join(sp["kinds"]), extent, width,
+                  str(sp["slices"]), "yes" if sp["accumulate"] else "no",
                   f"{sp['bytes_saved']:,}")
     return t
 
@@ -102,12 +106,13 @@ def peak_line(res: SolveResult) -> str:
 
 
 BENCH_COLS = ("model", "ops", "TFLM arena", "reorder bound", "layer by layer",
-              "partial execution", "splits", "pexopt/TFLM", "lower bound", "gap", "status",
-              "solve s", "peak at (live buffers, B)")
+              "channel split", "partial execution", "splits", "pexopt/TFLM", "lower bound", "gap",
+              "status", "solve s", "peak at (live buffers, B)")
 
 
 def bench_cells(r: BenchRow) -> list[str]:
-    return [r.model, str(r.ops), kb(r.tflm), kb(r.reorder_bound), kb(r.layerwise), kb(r.arena),
+    return [r.model, str(r.ops), kb(r.tflm), kb(r.reorder_bound), kb(r.layerwise),
+            kb(r.channel_arena), kb(r.arena),
             str(r.splits), f"{r.ratio:.3f}", kb(r.bound), f"{100 * r.gap:.1f}%", r.status,
             f"{r.seconds:.2f}", r.peak]
 
@@ -162,6 +167,7 @@ def bench_markdown(rows: list[BenchRow], workers: int) -> str:
     note = (f"\nArena bytes, int8 activations, graph input counted; {workers} CP-SAT workers. "
             "TFLM = TFLM's greedy planner in file order (explicit Pads kept); reorder bound = "
             "best peak sum of live bytes over all operator orders (no offsets, no splits); "
-            "layer by layer = pexopt without splits; partial execution = pexopt with channel "
-            "splits (the plan); lower bound and gap refer to it.\n")
+            "layer by layer = pexopt without splits; channel split = pexopt with channel splits "
+            "only; partial execution = pexopt with channel splits and row bands (streaming in "
+            "place included; the plan); lower bound and gap refer to it.\n")
     return head + sep + body + note

@@ -17,6 +17,7 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import DTYPE_BYTES, Graph, Op, Tensor
 from pexopt.ops import SPECS, Split
 from pexopt.plan.format import Buffer, Plan, Step, is_kscratch
+from pexopt.simulate import bands
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
 from pexopt.simulate.params import OpParams
 from pexopt.simulate.quant import dequantize, quantize_real
@@ -234,9 +235,11 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
         dies.setdefault(b.last_step, []).append(b)
         if b.alias_of is None and b.name not in inputs_in_arena:
             born.setdefault(b.first_step, []).append(b)
+    protect = bands.streamed_over(plan)  # an output streamed over its input keeps its bytes
+    band_base: dict[str, int] = {}  # band buffer -> row at its slot 0
     for step in plan.steps:
         for b in born.get(step.index, []):  # fresh garbage: a handover overlap must show
-            ctx.mem[b.offset:b.offset + b.size] = rng.integers(0, 256, b.size, dtype=np.uint8)
+            _scribble(ctx, step.index, [b], protect.get(b.name, []))
         op = ctx.ops.get(step.op)
         if op is None:
             raise SimulationError(f"step {step.index}: unknown op '{step.op}'")
@@ -250,6 +253,10 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
             _accumulate(ctx, step, op, p)
         elif step.mode == "requantize":
             _requantize(ctx, step, op, p)
+        elif step.mode == "band":
+            bands.band_step(ctx, band_base, step, op, p)
+        elif step.mode == "halo":
+            bands.halo_step(ctx, band_base, step)
         else:
             raise SimulationError(f"step {step.index}: unknown mode '{step.mode}'")
         _scribble_kscratch(ctx, step)  # after: an output overlapping it gets corrupted

@@ -96,7 +96,7 @@ def _must_live(graph: Graph, first: int, last: int, anc: list[set[int]],
 
 def split_bound(graph: Graph, segments: list, inplace: bool = True,
                 scratch: dict[int, int] | None = None,
-                seg_scratch: dict[int, int] | None = None) -> int:
+                seg_scratch: dict[int, int] | None = None, stream: bool = True) -> int:
     """A lower bound valid for every order and every choice among `segments`.
 
     While op k runs it is either whole (the any-order bound of k, an in-place depthwise sharing
@@ -104,7 +104,10 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
     full inputs, output (or int32 accumulator) and smallest workspace are live, plus every
     tensor produced before g and read after it. Kernel scratch (`scratch`: op id -> bytes when
     whole; `seg_scratch`: segment id -> its smallest scratch over widths) adds to each option.
+    A row segment counts its least bytes over its band heights, streaming included when allowed
+    (`bands.row_macro_bytes`).
     """
+    from pexopt.partial.bands import row_macro_bytes
     from pexopt.partial.candidates import accumulator_bytes, workspace_bytes
 
     succs = graph.succs()
@@ -122,9 +125,10 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
     for s in segments:
         own = set(s.inputs) | {s.output} | set(s.internal)
         out = accumulator_bytes(graph.tensors[s.output]) if s.accumulate else size[s.output]
-        macro[s.id] = (sum(size[t] for t in s.inputs) + out
-                       + workspace_bytes(graph, s, min(s.widths))
-                       + (seg_scratch or {}).get(s.id, 0)
+        io_ws = (row_macro_bytes(graph, s, stream) if s.dim == "rows" else
+                 sum(size[t] for t in s.inputs) + out
+                 + min(workspace_bytes(graph, s, w) for w in s.widths))
+        macro[s.id] = (io_ws + (seg_scratch or {}).get(s.id, 0)
                        + _must_live(graph, s.ops[0], s.ops[-1], anc, desc, own))
     best = 0
     for op in graph.ops:

@@ -13,6 +13,8 @@ Options, each a boolean the solver may take:
   its internal tensors vanish and one workspace box (all slice buffers) covers g's positions;
   its full inputs live until g's last op; a slice-written output starts at g's first op; an
   accumulated output is preceded by an int32 accumulator box at the same offset.
+- row segment g with band height h (`pexopt.partial.bands`): the same encoding, its workspace
+  holds the band buffers; optionally streaming in place (`rows_model`).
 
 Latency (when a cost model is given): the estimated cost is the sum of every op's whole cost,
 corrected by (segment cost - whole costs of its ops) for the chosen segment width and by the
@@ -36,6 +38,7 @@ from ortools.sat.python import cp_model
 from pexopt.cmsis_scratch import kernel_scratch_bytes, segment_scratch_bytes
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
+from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.solver.baselines import Lifetime, greedy_by_size
 from pexopt.solver.bounds import (
@@ -44,6 +47,7 @@ from pexopt.solver.bounds import (
     order_search_bound,
     split_bound,
 )
+from pexopt.solver.rows_model import StreamVars, add_streaming
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
 TOO_SLOW = "LATENCY_NOT_MET"  # status of a schedule found only above the latency bound
@@ -81,6 +85,9 @@ class SolverParams:
     cost: CostModel | None = field(default=None, compare=False)  # latency estimate per choice
     latency: int | None = None  # hard bound on the estimated cost (needs `cost`)
     target: str | None = None  # CMSIS-NN kernel scratch for this target; None: none
+    rows: bool = False  # row-band segments (with `split`); opt-in until codegen has them
+    stream: bool = True  # row segments may stream their output over their input
+    max_heights: int = 6
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Schedule:
     temps: dict[int, int] = field(default_factory=dict)  # in-place depthwise op id -> offset
     kscratch: dict[int, int] = field(default_factory=dict)  # whole op id -> its scratch offset
     stages: list[str] = field(default_factory=list)
+    streams: set[int] = field(default_factory=set)  # row segment ids streaming in place
 
     @property
     def gap(self) -> float:
@@ -208,7 +216,8 @@ class _Model:
         self.kscr = op_scratch(graph, params.target)
         cap = sum(_round(v, al) for v in size.values()) + sum(
             _round(accumulator_bytes(graph.tensors[s.output]), al)
-            + _round(seg_workspace(graph, s, max(s.widths), params), al) for s in segments)
+            + _round(max(seg_workspace(graph, s, w, params) for w in s.widths), al)
+            for s in segments)
         cap += sum(_round(temp_bytes(graph, k), al) for k in range(n))  # in-place temporaries
         cap += sum(_round(v, al) for v in self.kscr.values())
         self.cap = cap
@@ -335,10 +344,14 @@ class _Model:
                     m.add_at_most_one(bs)
                     shift.setdefault(o, []).extend(bs)
         self._kernel_scratch(boxes, dw_inplace)
+        # -- streaming in place (row segments) ---------------------------------------------
+        self.streams = add_streaming(self) if params.stream else StreamVars()
+        boxes += self.streams.boxes
         # -- rectangles ---------------------------------------------------------------------
         for t in self.bufs:
             s_expr = start[t] + sum(shift[t]) if t in shift else start[t]
-            e_expr = end[t] + 1
+            s_expr = s_expr + self.streams.shift(self.streams.start_cut, t)
+            e_expr = end[t] + 1 - self.streams.shift(self.streams.end_cut, t)
             pv = present.get(t)
             if isinstance(s_expr, int) and isinstance(e_expr, int):
                 x = (m.new_optional_fixed_size_interval_var(s_expr, e_expr - s_expr, pv, f"x{t}")
@@ -467,6 +480,8 @@ class _Model:
             for ww in s.widths:
                 m.add_hint(self.width[(s.id, ww)], ww == w)
             m.add_hint(self.ws_units[s.id], sched.workspace.get(s.id, 0) // al)
+        for (g, h), b in self.streams.choice.items():
+            m.add_hint(b, g in sched.streams and sched.splits.get(g) == h)
 
     def solve(self, time_limit: float, stage: str, progress: Progress | None,
               objective: str = "arena") -> tuple[str, Schedule | None, int]:
@@ -491,6 +506,10 @@ class _Model:
         solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         if p.deterministic_time is not None:
             solver.parameters.max_deterministic_time = p.deterministic_time
+        if any(s.dim == "rows" for s in self.segments):
+            # probing the many band-height literals took most of the time (14 s of presolve on
+            # MobileNetV2 with the input external) and pruned little
+            solver.parameters.cp_model_probing_level = 0
         t0 = time.time()
         cb = _Callback(stage, self.lb, t0, progress if objective == "arena" else None)
         status = solver.solve(m, cb)
@@ -517,7 +536,7 @@ class _Model:
             bound = self.lb
         sched = Schedule(order, offsets, inpl, 0, bound, name, time.time() - t0, params=p,
                          segments=self.segments, splits=splits, workspace=ws, temps=temps,
-                         kscratch=kscratch)
+                         kscratch=kscratch, streams=self.streams.used(solver))
         sched.arena = extent(self.g, sched)
         return name, sched, bound
 
@@ -574,17 +593,24 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     t0 = time.time()
     segments = find_segments(graph, params.max_segment_len, params.max_widths,
                              params.slice_widths) if params.split else []
+    rows = find_row_segments(graph, len(segments), params.max_segment_len, params.max_heights,
+                             single=params.stream) if params.split and params.rows else []
+    segments += rows
     if params.use_bound:
         # kernel scratch joins the per-op sums: without it the bound stays valid but weak,
         # and a plan at the optimum could not be proven optimal
         kscr = op_scratch(graph, params.target)
         seg_scr = {sg.id: min(segment_scratch_bytes(graph, sg, w, params.target)
                               for w in sg.widths) for sg in segments}
-        lb = split_bound(graph, segments, params.inplace, kscr, seg_scr) if segments else \
-            any_order_bound(graph, params.inplace, kscr)[0]
+        lb = split_bound(graph, segments, params.inplace, kscr, seg_scr, params.stream) \
+            if segments else any_order_bound(graph, params.inplace, kscr)[0]
     else:
         lb = 0
+    if rows:  # the bound above counts every row segment; the model gets the promising ones
+        keep = {s.id for s in worth_trying(graph, rows, lb or split_bound(graph, segments))}
+        segments = [s for s in segments if s.dim != "rows" or s.id in keep]
     file_order = list(range(len(graph.ops)))
+
     def fast_enough(sc: Schedule) -> bool:
         return params.cost is None or params.latency is None or \
             schedule_cost(graph, sc, params.cost) <= params.latency
@@ -602,15 +628,24 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         """Seconds for the next stage: a share of the budget, never past the deadline."""
         return max(0.0, min(share * budget, 0.97 * (deadline - time.time())))
 
+    chan = None
+    if rows:  # channel splits alone first (small model, fast): the hint of the model with rows
+        chan = solve_layout(graph, replace(params, rows=False, time_limit=left(0.4)),
+                            progress, start)
+        stages.append(f"channel splits {chan.arena}")
     fixed_model = _Model(graph, params, file_order, segments, lb,
                          greedy.arena if fast_enough(greedy) else None)
     if params.hint:
-        fixed_model.hint(greedy)
+        fixed_model.hint(chan if chan is not None and chan.order == file_order
+                         and chan.arena < greedy.arena else greedy)
     name, fixed, fbound = fixed_model.solve(left(0.6 if params.reorder else 1.0),
                                             "file order", progress)
     best = fixed if fixed is not None else greedy
     best.segments = fixed_model.segments if fixed is not None else []
     stages.append(f"file order {name} {best.arena}")
+    if chan is not None and chan.status != TOO_SLOW and (chan.arena < best.arena
+                                                         or not fast_enough(best)):
+        best = chan
     bound = lb
     if params.reorder and params.use_bound and not segments and best.arena > lb:
         # without splits no order keeps less than the least peak of live bytes (in-place
