@@ -297,8 +297,8 @@ def test_codegen_refuses_band_plans(tmp_models: Path, tmp_path: Path) -> None:
 def test_solver_bands_are_valid_and_never_worse(tmp_models: Path, name: str) -> None:
     """Rows on never lose to rows off; the bound stays below the arena; the plan is exact."""
     path, g = _chain(tmp_models, name)
-    base = {"time_limit": 20.0, "workers": 1, "seed": 0}
-    off = solve_layout(g, SolverParams(**base, rows=False))
+    base = {"time_limit": 20.0, "workers": 1, "seed": 0, "rows": True}
+    off = solve_layout(g, SolverParams(**{**base, "rows": False}))
     on = solve_layout(g, SolverParams(**base))
     nostream = solve_layout(g, SolverParams(**base, stream=False))
     assert on.arena <= nostream.arena <= off.arena
@@ -327,8 +327,8 @@ def test_mbv2_144_rows_and_streaming() -> None:
     if not MBV2.is_file():
         pytest.skip("bundled models not built")
     g = import_onnx(MBV2, dtype="int8")
-    base = {"time_limit": 60.0, "workers": 2, "seed": 0}
-    chan = solve_layout(g, SolverParams(**base, rows=False))
+    base = {"time_limit": 60.0, "workers": 2, "seed": 0, "rows": True}
+    chan = solve_layout(g, SolverParams(**{**base, "rows": False}))
     rows = solve_layout(g, SolverParams(**base, stream=False))
     both = solve_layout(g, SolverParams(**base))
     assert chan.arena == 145_152
@@ -342,8 +342,8 @@ def test_mbv2_144_rows_and_streaming() -> None:
 
 
 def test_cli_solve_bands_then_codegen_refuses(tmp_models: Path, tmp_path: Path) -> None:
-    """`solve` plans row bands by default (`--no-rows` not), `codegen` refuses such a plan with
-    one line and exit 2, writing nothing; `--emit-c` solves without bands."""
+    """`solve --rows` plans row bands (not by default), `codegen` refuses such a plan with one
+    line and exit 2, writing nothing; `--rows` with `--emit-c` is refused up front."""
     from typer.testing import CliRunner
 
     from pexopt.cli import app
@@ -352,16 +352,19 @@ def test_cli_solve_bands_then_codegen_refuses(tmp_models: Path, tmp_path: Path) 
     runner = CliRunner()
     fast = ["--time-limit", "5", "--workers", "1", "--quiet"]
     plan = tmp_path / "plan.json"
-    res = runner.invoke(app, ["solve", str(path), "-o", str(plan), *fast])
+    res = runner.invoke(app, ["solve", str(path), "-o", str(plan), "--rows", *fast])
     assert res.exit_code == 0, res.stderr
     assert any(s["mode"] == "band" for s in json.loads(plan.read_text())["steps"])
     res = runner.invoke(app, ["codegen", str(plan), str(path), "-o", str(tmp_path / "c")])
     assert res.exit_code == 2 and "row bands" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
     flat = tmp_path / "flat.json"
-    res = runner.invoke(app, ["solve", str(path), "-o", str(flat), "--no-rows", *fast])
+    res = runner.invoke(app, ["solve", str(path), "-o", str(flat), *fast])
     assert res.exit_code == 0
     assert not any(s["mode"] == "band" for s in json.loads(flat.read_text())["steps"])
+    res = runner.invoke(app, ["solve", str(path), "--rows", "--emit-c", str(tmp_path / "c3"),
+                              *fast])
+    assert res.exit_code == 2 and "--rows" in res.stderr and not (tmp_path / "c3").exists()
     res = runner.invoke(app, ["solve", str(path), "--emit-c", str(tmp_path / "c2"), *fast])
     assert res.exit_code == 0, res.stderr
     assert (tmp_path / "c2" / "pex_model.c").is_file()
