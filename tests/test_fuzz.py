@@ -1,9 +1,9 @@
 """Property-based fuzzing: random CNN-like ONNX models (tests/fuzz_graphs.py), float32 and int8 QDQ.
 
-For every model: solve layer by layer and with partial execution (5 s, 1 worker); both plans
-validate, the split arena is never larger than the layer-by-layer one, and both plans executed in
-the byte-exact arena equal the unsplit reference (bit for bit for int8, within tolerance for
-float32) on one input.
+For every model: solve layer by layer, with channel splits and with row bands too (5 s, 1
+worker); every plan validates, rows <= channel splits <= layer by layer in arena, and every plan
+executed in the byte-exact arena equals the unsplit reference (bit for bit for int8, within
+tolerance for float32) on one input.
 
 Quick profile by default (`FUZZ_EXAMPLES` per flavour); the long profile:
     PEXOPT_FUZZ_EXAMPLES=5000 python -m pytest -q tests/test_fuzz.py
@@ -47,18 +47,21 @@ def check_model(model: onnx.ModelProto, int8: bool, folder: Path) -> None:
     # verify's relative error divides by the output's range (floored at 1e-12): meaningless for
     # a one-element output (see test_ort_error_of_one_element_output below)
     ort_check = not int8 and math.prod(out_dims) > 1
-    arenas = {}
-    for split in (False, True):
-        res = solve_model(path, opts, SolverParams(time_limit=5, workers=1, split=split),
-                          budget=None)
-        assert validate(res.plan, res.graph) == [], f"split={split}"
+    arenas, status = {}, {}
+    for mode, kw in (("layerwise", {"split": False}), ("split", {}), ("rows", {"rows": True})):
+        res = solve_model(path, opts, SolverParams(time_limit=5, workers=1, **kw), budget=None)
+        assert validate(res.plan, res.graph) == [], mode
         rep = verify_plan(res.plan, res.graph, path, n_inputs=1, seed=0)
-        assert rep.exact, f"split={split}: max error {rep.max_error} {rep.notes}"
+        assert rep.exact, f"{mode}: max error {rep.max_error} {rep.notes}"
         if ort_check and rep.ort_max_error is not None:
             assert rep.ort_max_error <= ORT_FLOAT_TOL, \
-                f"split={split}: simulator vs onnxruntime {rep.ort_max_error}"
-        arenas[split] = res.plan.arena_bytes
-    assert arenas[True] <= arenas[False], arenas
+                f"{mode}: simulator vs onnxruntime {rep.ort_max_error}"
+        arenas[mode] = res.plan.arena_bytes
+        status[mode] = res.plan.solver.status
+    assert arenas["split"] <= arenas["layerwise"], arenas
+    assert arenas["rows"] <= arenas["layerwise"], arenas
+    if status["rows"] == "OPTIMAL":  # the row-band model contains every channel-split plan
+        assert arenas["rows"] <= arenas["split"], arenas
 
 
 def run_spec(spec: Spec, int8: bool) -> None:
