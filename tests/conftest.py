@@ -46,6 +46,43 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
         report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"
 
 
+def run_cli(*args: object):  # noqa: ANN201
+    """Invoke the pexopt CLI in-process; an exception other than the exit itself is a test
+    failure (it would be a traceback for a user)."""
+    from typer.testing import CliRunner
+
+    from pexopt.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res
+
+
+@pytest.fixture(scope="session")
+def tflm():  # noqa: ANN201
+    """TensorFlow Lite Micro's Python runtime (a test dependency)."""
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        if _in_ci():
+            pytest.fail("tflite-micro is not installed (a test dependency)")
+        pytest.skip("tflite-micro is not installed")
+    return runtime
+
+
+@pytest.fixture(scope="session")
+def qemu_tools() -> None:
+    """arm-none-eabi-gcc, qemu-system-arm and the instruction-count plugin's build tools."""
+    from pexopt.target.qemu import missing_tools
+
+    msg = missing_tools()
+    if msg is not None:
+        if _in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 @pytest.fixture(scope="session")
 def shared_models_dir() -> Path:
     """../shared/models/onnx; missing: a failure in CI, a skip elsewhere."""

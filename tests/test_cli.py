@@ -13,10 +13,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import conv_weights, make_onnx, one_op_model, vi
+from conftest import run_cli as run
 from onnx import helper
-from typer.testing import CliRunner
 
-from pexopt.cli import app
 from pexopt.errors import PexError
 from pexopt.graph.onnx_import import import_onnx
 from pexopt.pipeline import parse_bytes
@@ -25,15 +24,6 @@ FAST = ["--time-limit", "10", "--workers", "1"]
 # resnet8 on the default --target cortex-m4: TFLM's 49,152 B of tensors plus the 576 B CMSIS-NN
 # scratch of a 3x3 conv over 16 channels (2 * 144 * sizeof(int16)), live next to the peak
 RESNET8 = 49152 + 576
-runner = CliRunner()
-
-
-def run(*args: object):  # noqa: ANN201
-    """Invoke the CLI in-process; an exception other than the exit itself is a test failure."""
-    res = runner.invoke(app, [str(a) for a in args])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res
 
 
 def assert_bad_input(res, *words: str) -> str:  # noqa: ANN001

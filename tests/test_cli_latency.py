@@ -11,21 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import run_cli as run
 
-from pexopt.cli import app
 from pexopt.latency.bound import parse_latency
 from pexopt.latency.profile import load_profile
 
 FAST = ["--time-limit", "10", "--workers", "2"]
-runner = CliRunner()
-
-
-def run(*args: object):  # noqa: ANN201
-    res = runner.invoke(app, [str(a) for a in args])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res
 
 
 @pytest.fixture(scope="module")

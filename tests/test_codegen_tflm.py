@@ -26,17 +26,6 @@ SOFTMAX_OUTPUT = {"mlperf_ic_resnet8_int8", "mlperf_ic_resnet_large_int8",
 SHIFTED = {"mcunet_in3_320kb_1mb_imagenet"}
 
 
-@pytest.fixture(scope="module")
-def tflm():  # noqa: ANN201
-    try:
-        from tflite_micro.python.tflite_micro import runtime
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("tflite-micro is not installed (a test dependency)")
-        pytest.skip("tflite-micro is not installed")
-    return runtime
-
-
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("split", [True, False], ids=["split", "layerwise"])
 def test_generated_c_equals_tflm(name: str, split: bool, tflm, kernels_obj: Path,  # noqa: ANN001, F811

@@ -9,7 +9,6 @@ skip, except in CI (CI=true) where they fail.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -115,19 +114,10 @@ def _added(data: bytes, k: int) -> bytes:
     return ((np.frombuffer(data, np.int8).astype(np.int32) + k) & 0xFF).astype(np.uint8).tobytes()
 
 
-@pytest.fixture(scope="module")
-def tools() -> None:
-    msg = missing_tools()
-    if msg is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
 # -- the stand-in model on M4 and M7 ---------------------------------------------------------
 
 @pytest.mark.parametrize("board", [M4, M7])
-def test_build_and_run(tools: None, tmp_path: Path, board: str) -> None:
+def test_build_and_run(qemu_tools: None, tmp_path: Path, board: str) -> None:
     pex = _write_pex(tmp_path / "pex_out", ADD_MODEL, repeat=1)
     x = _input()
     fw = build_firmware(pex, x, board, tmp_path / "build")
@@ -151,7 +141,7 @@ def test_build_and_run(tools: None, tmp_path: Path, board: str) -> None:
     assert r.invoke_stack_bytes is not None and 0 < r.invoke_stack_bytes <= r.stack_bytes
 
 
-def test_instruction_count_is_deterministic(tools: None, tmp_path: Path) -> None:
+def test_instruction_count_is_deterministic(qemu_tools: None, tmp_path: Path) -> None:
     pex = _write_pex(tmp_path / "pex_out", ADD_MODEL, repeat=3)
     x = _input(seed=1)
     fw = build_firmware(pex, x, M4, tmp_path / "b1")
@@ -164,7 +154,7 @@ def test_instruction_count_is_deterministic(tools: None, tmp_path: Path) -> None
     assert run_firmware(fw2).insns == first.insns
 
 
-def test_instruction_count_scales(tools: None, tmp_path: Path) -> None:
+def test_instruction_count_scales(qemu_tools: None, tmp_path: Path) -> None:
     counts = {}
     x = _input()
     for n in (50, 100, 150):
@@ -177,7 +167,7 @@ def test_instruction_count_scales(tools: None, tmp_path: Path) -> None:
     assert 1.9 < counts[100] / counts[50] < 2.0
 
 
-def test_empty_invoke_is_exactly_two_instructions(tools: None, tmp_path: Path) -> None:
+def test_empty_invoke_is_exactly_two_instructions(qemu_tools: None, tmp_path: Path) -> None:
     """pex_invoke = `movs r0, #0; bx lr`: the markers' overhead is subtracted exactly."""
     src = "#include \"pex_model.h\"\n__attribute__((used)) {arena_decl}\n" \
           "int pex_invoke(const int8_t *input, int8_t *output)\n" \
@@ -205,7 +195,7 @@ int pex_invoke(const int8_t *input, int8_t *output)
 """
 
 
-def test_fault_exits_with_fault_code(tools: None, tmp_path: Path) -> None:
+def test_fault_exits_with_fault_code(qemu_tools: None, tmp_path: Path) -> None:
     pex = _write_pex(tmp_path / "pex_out", FAULT_MODEL)
     fw = build_firmware(pex, _input(), M4, tmp_path / "build")
     r = run_firmware(fw, timeout=30)
@@ -235,7 +225,7 @@ int pex_invoke(const int8_t *input, int8_t *output)
 """
 
 
-def test_stack_overflow_is_caught(tools: None, tmp_path: Path) -> None:
+def test_stack_overflow_is_caught(qemu_tools: None, tmp_path: Path) -> None:
     pex = _write_pex(tmp_path / "pex_out", OVERFLOW_MODEL)
     fw = build_firmware(pex, _input(), M7, tmp_path / "build", stack_size=16 * 1024)
     r = run_firmware(fw, timeout=30)
@@ -243,7 +233,7 @@ def test_stack_overflow_is_caught(tools: None, tmp_path: Path) -> None:
     assert r.fault is not None and r.fault.startswith("stack overflow")
 
 
-def test_invoke_error_code(tools: None, tmp_path: Path) -> None:
+def test_invoke_error_code(qemu_tools: None, tmp_path: Path) -> None:
     src = "#include \"pex_model.h\"\n{arena_decl}\n" \
           "int pex_invoke(const int8_t *input, int8_t *output)\n" \
           "{{\n    ((volatile int8_t *)pex_arena)[0] = input[0];\n    output[0] = 7;\n" \
@@ -255,7 +245,7 @@ def test_invoke_error_code(tools: None, tmp_path: Path) -> None:
         r.check()
 
 
-def test_timeout(tools: None, tmp_path: Path) -> None:
+def test_timeout(qemu_tools: None, tmp_path: Path) -> None:
     src = "#include \"pex_model.h\"\n{arena_decl}\n" \
           "int pex_invoke(const int8_t *input, int8_t *output)\n" \
           "{{\n    (void)output;\n    for (;;) {{\n" \
@@ -266,19 +256,19 @@ def test_timeout(tools: None, tmp_path: Path) -> None:
         run_firmware(fw, timeout=1)
 
 
-def test_arena_size_must_match_the_header(tools: None, tmp_path: Path) -> None:
+def test_arena_size_must_match_the_header(qemu_tools: None, tmp_path: Path) -> None:
     pex = _write_pex(tmp_path / "pex_out", ADD_MODEL, arena=256, decl_arena=128, repeat=1)
     with pytest.raises(TargetError, match=r"pex_arena is 128 B .* PEX_ARENA_BYTES = 256"):
         build_firmware(pex, _input(), M4, tmp_path / "build")
 
 
-def test_input_size_must_match(tools: None, tmp_path: Path) -> None:
+def test_input_size_must_match(qemu_tools: None, tmp_path: Path) -> None:
     pex = _write_pex(tmp_path / "pex_out", ADD_MODEL, repeat=1)
     with pytest.raises(TargetError, match="input has 99 bytes.*PEX_INPUT_SIZE = 100"):
         build_firmware(pex, _input(99), M4, tmp_path / "build")
 
 
-def test_compile_error_is_one_line(tools: None, tmp_path: Path) -> None:
+def test_compile_error_is_one_line(qemu_tools: None, tmp_path: Path) -> None:
     src = ADD_MODEL.replace("    memcpy(pex_arena", "    int unused;\n    memcpy(pex_arena")
     pex = _write_pex(tmp_path / "pex_out", src, repeat=1)
     with pytest.raises(TargetError, match=r"compiling pex_model.c failed: .*unused") as e:
@@ -286,7 +276,7 @@ def test_compile_error_is_one_line(tools: None, tmp_path: Path) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_stdio_is_refused(tools: None, tmp_path: Path) -> None:
+def test_stdio_is_refused(qemu_tools: None, tmp_path: Path) -> None:
     src = "#include <stdio.h>\n#include \"pex_model.h\"\n{arena_decl}\n" \
           "int pex_invoke(const int8_t *input, int8_t *output)\n" \
           "{{\n    ((volatile int8_t *)pex_arena)[0] = input[0];\n" \
@@ -329,7 +319,7 @@ HAS_EMITTER = _has_emitter()
 
 
 @pytest.mark.skipif(not HAS_EMITTER, reason="pexopt.codegen.emit is not there yet")
-def test_resnet8_bit_exact_on_m4(tools: None, models_dir: Path, tmp_path: Path) -> None:
+def test_resnet8_bit_exact_on_m4(qemu_tools: None, models_dir: Path, tmp_path: Path) -> None:
     """C for resnet8_int8 on one random int8 input == the byte-exact arena simulation."""
     from pexopt.pipeline import ImportOptions, solve_model
     from pexopt.simulate.arena import run_plan

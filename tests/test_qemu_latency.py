@@ -6,7 +6,6 @@ where they fail.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,15 @@ from pexopt.latency.profile import load_profile
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.solver.cpsat_layout import SolverParams
 from pexopt.target.measure import measure_plan
-from pexopt.target.qemu import missing_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = sorted((ROOT / "models").glob("*_int8.onnx"))
 TOLERANCE = 0.15
 
 
-@pytest.fixture(scope="module")
-def tools() -> None:
-    msg = missing_tools()
-    if msg is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
 @pytest.mark.parametrize("split", [False, True], ids=["layerwise", "split"])
 @pytest.mark.parametrize("model", BUNDLED, ids=lambda p: p.stem)
-def test_estimate_within_15_percent_of_qemu(tools: None, model: Path, split: bool) -> None:
+def test_estimate_within_15_percent_of_qemu(qemu_tools: None, model: Path, split: bool) -> None:
     prof = load_profile("cortex-m4")
     res = solve_model(model, ImportOptions(), SolverParams(time_limit=20, workers=2,
                                                            split=split), None)
@@ -48,7 +37,7 @@ def test_estimate_within_15_percent_of_qemu(tools: None, model: Path, split: boo
     assert abs(err) <= TOLERANCE, (model.stem, split, est, measured.instructions)
 
 
-def test_calibrate_quick_writes_a_valid_profile(tools: None, tmp_path: Path) -> None:
+def test_calibrate_quick_writes_a_valid_profile(qemu_tools: None, tmp_path: Path) -> None:
     out = tmp_path / "m4.yaml"
     res = run("calibrate", "--target", "cortex-m4", "--quick", "-o", out, "--quiet")
     assert res.exit_code == 0, res.stderr
@@ -75,7 +64,7 @@ def _layerwise(name: str) -> tuple[int, float]:
 
 @pytest.mark.parametrize("width", [1, 2])
 @pytest.mark.parametrize("name", ["mbv2_w035_r96_int8", "mcunet_mixed_int8"])
-def test_narrow_slices_and_their_overhead(tools: None, name: str, width: int) -> None:
+def test_narrow_slices_and_their_overhead(qemu_tools: None, name: str, width: int) -> None:
     """Forced narrow slices (the costliest split plans): the total within 15%, and the extra
     instructions over layer by layer (what a latency bound trades against memory) within 30%."""
     model = ROOT / "models" / f"{name}.onnx"

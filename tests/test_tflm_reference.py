@@ -37,17 +37,6 @@ def _models() -> list[str]:
     return sorted(p.stem for p in (SHARED / "onnx").glob("*.onnx"))
 
 
-@pytest.fixture(scope="module")
-def tflm():  # noqa: ANN201
-    try:
-        from tflite_micro.python.tflite_micro import runtime
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("tflite-micro is not installed (a test dependency)")
-        pytest.skip("tflite-micro is not installed")
-    return runtime
-
-
 @pytest.mark.parametrize("name", _models() if (SHARED / "onnx").is_dir() else ["missing"])
 def test_reference_equals_tflm(name: str, tflm) -> None:  # noqa: ANN001
     if name == "missing":
