@@ -231,6 +231,9 @@ def solve(model: Path,
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
+    if prune and (latency is not None or pareto is not None):
+        raise PexError("--prune with --latency/--pareto: pruning meets --sram only for now; "
+                       "solve the pruned model with --latency afterwards")
     if rows and (latency is not None or pareto is not None or emit_c is not None):
         raise PexError("--rows: row-band plans have no C code nor latency model yet; drop "
                        "--rows for --emit-c, --latency or --pareto")
