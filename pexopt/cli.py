@@ -427,17 +427,10 @@ def _pareto(model: Path, opts, params, profile, budget, csv_path: Path, points: 
 
 
 def _target_profile(target: str | None):  # noqa: ANN202
-    """(profile or None, codegen core) for solve's --target: a profile name or .yaml path; a
-    codegen-only core without a shipped profile (e.g. cortex-m33) selects the core alone."""
-    from pexopt.codegen.emit import TARGETS
-    from pexopt.latency.profile import load_profile, shipped_profiles
+    """(profile or None, codegen core) for --target (cortex-m4 when absent)."""
+    from pexopt.latency.profile import resolve_target
 
-    if target is None:
-        return None, "cortex-m4"
-    if target in TARGETS and target not in shipped_profiles():
-        return None, target
-    profile = load_profile(target)
-    return profile, profile.core
+    return (None, "cortex-m4") if target is None else resolve_target(target)
 
 
 def _latency_line(lat: dict) -> str:

@@ -280,6 +280,18 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, FilesMixin):
             res.append(self.slice_operand(op, buf, t, c0, c1))
         return res
 
+    def unary_io(self, step: Step, op: Op, p: OpParams) -> tuple[str, View, str, View]:
+        """(input, its view, output, its view) of a one-input step run whole or on a slice."""
+        if step.mode == "whole":
+            x, xv = self.whole_in(op, p, 0)
+            y, yv = self.whole_out(op, p)
+            return x, xv, y, yv
+        if step.mode == "slice":
+            (x, xv, _), = self.slice_inputs(step, op, p)
+            y, yv, _ = self.slice_output(step, op)
+            return x, xv, y, yv
+        raise PexError(f"codegen: step {step.index}: unknown mode '{step.mode}'")
+
     def slice_output(self, step: Step, op: Op) -> tuple[str, View, bool]:
         c0, c1 = step.slice
         t = self.graph.tensors[op.outputs[0]]

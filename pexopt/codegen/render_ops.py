@@ -234,14 +234,7 @@ class OpsMixin:
     def pool(self, step: Step, op: Op, p: OpParams) -> None:
         where = self.where(op)
         c = self.pool_consts(op, p)
-        if step.mode == "whole":
-            x, xv = self.whole_in(op, p, 0)
-            y, yv = self.whole_out(op, p)
-        elif step.mode == "slice":
-            (x, xv, _), = self.slice_inputs(step, op, p)
-            y, yv, _ = self.slice_output(step, op)
-        else:
-            raise PexError(f"codegen: step {step.index}: unknown mode '{step.mode}'")
+        x, xv, y, yv = self.unary_io(step, op, p)
         ch = yv.dims[3]
         in_pix, out_pix = xv.pixel_stride(where), yv.pixel_stride(where)
         fn = "pex_maxpool_s8" if op.kind == OpKind.MAXPOOL else "pex_avgpool_s8"
@@ -314,16 +307,9 @@ class OpsMixin:
         mode = {"constant": 0, "reflect": 1, "edge": 2}.get(p.extra["mode"])
         if mode is None:
             raise PexError(f"{where}: Pad mode '{p.extra['mode']}' is not supported")
-        if step.mode == "whole":
-            x, xv = self.whole_in(op, p, 0)
-            y, yv = self.whole_out(op, p)
-        elif step.mode == "slice":
-            if any(pads[3]):
-                raise PexError(f"{where}: pads the channel axis, whole tensors only")
-            (x, xv, _), = self.slice_inputs(step, op, p)
-            y, yv, _ = self.slice_output(step, op)
-        else:
-            raise PexError(f"codegen: step {step.index}: unknown mode '{step.mode}'")
+        if step.mode == "slice" and any(pads[3]):
+            raise PexError(f"{where}: pads the channel axis, whole tensors only")
+        x, xv, y, yv = self.unary_io(step, op, p)
         before = ", ".join(str(b) for b, _ in pads)
         lut = self.rescale_lut(op, p, 0)
         self.both(step, None, [
@@ -333,15 +319,9 @@ class OpsMixin:
     def resize(self, step: Step, op: Op, p: OpParams) -> None:
         c = self.oc(op)
         maps = list(p.extra["maps"])
-        if step.mode == "whole":
-            x, xv = self.whole_in(op, p, 0)
-            y, yv = self.whole_out(op, p)
-        elif step.mode == "slice":
-            (x, xv, _), = self.slice_inputs(step, op, p)
-            y, yv, _ = self.slice_output(step, op)
-            maps[-1] = None
-        else:
-            raise PexError(f"codegen: step {step.index}: unknown mode '{step.mode}'")
+        x, xv, y, yv = self.unary_io(step, op, p)
+        if step.mode == "slice":
+            maps[-1] = None  # a channel slice maps channels one to one
         maps = [None] * (4 - len(maps)) + maps
         names = []
         for k, m in enumerate(maps):

@@ -211,3 +211,15 @@ def profile_yaml(p: Profile, header: str = "") -> str:
     body = yaml.safe_dump(d, sort_keys=False, width=100)
     lines = [f"# {ln}".rstrip() for ln in header.splitlines()]
     return "\n".join(lines + [body]) if lines else body
+
+
+def resolve_target(target: str) -> tuple[Profile | None, str]:
+    """(profile or None, codegen core) of a `--target`: a shipped profile name or a .yaml path
+    gives its profile and core; a CMSIS-NN core without a shipped profile (e.g. cortex-m33)
+    gives that core alone (no latency model)."""
+    from pexopt.cmsis_scratch import TARGETS
+
+    if target in TARGETS and target not in shipped_profiles():
+        return None, target
+    profile = load_profile(target)
+    return profile, profile.core

@@ -221,19 +221,13 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
 def _profile(p: Point):  # noqa: ANN202
     """(profile or None, CMSIS-NN core or None) of a point's target; a latency bound needs a
     profile."""
-    from pexopt.cmsis_scratch import TARGETS
-    from pexopt.latency.profile import load_profile, shipped_profiles
+    from pexopt.latency.profile import resolve_target
 
-    if p.target is None:
-        if p.latency is not None:
-            raise PexError(f"latency {p.latency} needs a target profile (targets: [cortex-m4])")
-        return None, None
-    if p.target in TARGETS and p.target not in shipped_profiles():
-        if p.latency is not None:
-            raise PexError(f"latency {p.latency}: target '{p.target}' has no profile")
-        return None, p.target
-    profile = load_profile(p.target)
-    return profile, profile.core
+    profile, core = (None, None) if p.target is None else resolve_target(p.target)
+    if p.latency is not None and profile is None:
+        raise PexError(f"latency {p.latency} needs a target profile (targets: [cortex-m4]), "
+                       f"not {p.target!r}")
+    return profile, core
 
 
 # -- results files ----------------------------------------------------------------------------
