@@ -234,9 +234,9 @@ def solve(model: Path,
     if prune and (latency is not None or pareto is not None):
         raise PexError("--prune with --latency/--pareto: pruning meets --sram only for now; "
                        "solve the pruned model with --latency afterwards")
-    if rows and (latency is not None or pareto is not None or emit_c is not None):
-        raise PexError("--rows: row-band plans have no C code nor latency model yet; drop "
-                       "--rows for --emit-c, --latency or --pareto")
+    if rows and (latency is not None or pareto is not None):
+        raise PexError("--rows: row-band plans have no latency model yet; drop --rows for "
+                       "--latency or --pareto")
     profile, core = _target_profile(target)
     defaults = profile.solver if profile is not None else SolverParams()
     params = _params(defaults.time_limit if time_limit is None else time_limit,

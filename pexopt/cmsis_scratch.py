@@ -28,8 +28,8 @@ TARGETS: dict[str, str] = {
     "cortex-m55": "mve", "cortex-m85": "mve",
 }
 CH_IN_BLOCK_MVE = 124  # arm_nnsupportfunctions.h
-# Step modes that run pexopt's own kernels (no CMSIS-NN call, no ctx.buf).
-PORTABLE_MODES = frozenset({"accumulate", "requantize"})
+# Step modes that run pexopt's own kernels or a memmove (no CMSIS-NN call, no ctx.buf).
+PORTABLE_MODES = frozenset({"accumulate", "requantize", "halo"})
 
 
 def arch_of(target: str) -> str:

@@ -1,7 +1,7 @@
 """Fuzzing reaches the generated C: a sample of random int8 QDQ models (tests/fuzz_graphs.py) is
-solved with splits, emitted as C, compiled with gcc (ASan + UBSan, -Werror) and run; the outputs
-equal the byte-exact arena simulation bit for bit, or the emitter refuses the model with one
-clean PexError.
+solved with splits (every other graph with row bands too), emitted as C, compiled with gcc
+(ASan + UBSan, -Werror) and run; the outputs equal the byte-exact arena simulation bit for bit,
+or the emitter refuses the model with one clean PexError.
 
 Quick profile by default; `make fuzz` runs 1,000.
 """
@@ -34,7 +34,7 @@ SAMPLE = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, databa
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                          HealthCheck.function_scoped_fixture],
                   print_blob=False)
-OUTCOMES: dict[str, int] = {"exact": 0, "refused": 0}
+OUTCOMES: dict[str, int] = {"exact": 0, "refused": 0, "exact_with_bands": 0}
 
 
 @SAMPLE
@@ -44,8 +44,9 @@ def test_fuzz_generated_c_bit_exact(spec: Spec, kernels_obj: Path) -> None:  # n
         folder = Path(d)
         path = folder / "fuzz_int8.onnx"
         onnx.save(build_model(spec, int8=True), str(path))
-        res = solve_model(path, ImportOptions(), SolverParams(time_limit=5, workers=1),
-                          budget=None)
+        rows = spec.seed % 2 == 0
+        res = solve_model(path, ImportOptions(), SolverParams(time_limit=5, workers=1,
+                                                              rows=rows), budget=None)
         graph, plan = res.graph, res.plan
         try:
             emit_c(plan, graph, path, folder / "c")
@@ -63,11 +64,13 @@ def test_fuzz_generated_c_bit_exact(spec: Spec, kernels_obj: Path) -> None:  # n
         got = _invoke(exe, [x], out.elements)[0]
         assert (got == want).all(), f"{int((got != want).sum())} of {want.size} outputs differ"
         OUTCOMES["exact"] += 1
+        OUTCOMES["exact_with_bands"] += any(s.mode == "band" for s in plan.steps)
 
 
 def test_fuzz_sample_mostly_reaches_the_c() -> None:
     """The sample above must exercise the C, not only refusals (runs after it, file order)."""
     print(f"\nfuzzed C: {OUTCOMES}")
     total = OUTCOMES["exact"] + OUTCOMES["refused"]
+    assert OUTCOMES["exact_with_bands"] >= total // 5, OUTCOMES  # row bands reach the C too
     assert total >= EXAMPLES // 2, OUTCOMES
     assert OUTCOMES["exact"] >= 0.75 * total, OUTCOMES

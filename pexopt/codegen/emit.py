@@ -27,9 +27,9 @@ from pexopt.cmsis_scratch import TARGETS
 from pexopt.codegen.consts import ConstsMixin, OpConsts
 from pexopt.codegen.files import FilesMixin, write_folder
 from pexopt.codegen.names import NameTable, comment
+from pexopt.codegen.render_bands import BandsMixin
 from pexopt.codegen.render_cmsis import CmsisMixin
 from pexopt.codegen.render_ops import HANDLERS, OpsMixin
-from pexopt.codegen.support_rows import refuse_bands
 from pexopt.codegen.views import View, contig, index_view, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
@@ -68,7 +68,6 @@ def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path
         raise PexError(f"codegen: unknown backend '{backend_default}' (cmsis or portable)")
     check_supported(graph)
     check(plan, graph)  # never emit a plan that is not valid for this model
-    refuse_bands(plan)  # row bands: not compiled yet (issue #7)
     if backend_default == "cmsis":
         check_target(plan, target)
     params = load_params(model_path, graph)
@@ -129,7 +128,7 @@ RESERVED = {"pex_invoke", "pex_arena", "pex_ctx", "input", "output",
             "pex_view", "pex_conv_t", "pex_fc_t", "pex_pool_t", "pex_ew_t"}
 
 
-class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, FilesMixin):
+class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, FilesMixin):
     """State of one emit: the plan, the graph, the C being built and its counters."""
 
     def __init__(self, plan: Plan, graph: Graph, params: dict[int, OpParams], arch: str,
@@ -151,6 +150,9 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, FilesMixin):
         self.portable_steps = 0
         self.kinds_cmsis: set[str] = set()
         self._slices = self._op_slices()
+        self.band_bases: dict[str, int] = {}  # band buffer -> the row at its slot 0
+        self.band_io: dict[str, object] | None = None  # operands of the band step being emitted
+        self.band_struct: str | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     def where(self, op: Op) -> str:
@@ -212,9 +214,17 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, FilesMixin):
             raise PexError(f"{self.where(op)}: runs in float; the C emitter supports int8 "
                            "operators only")
         sl = f" [{step.slice[0]}:{step.slice[1]})" if step.slice is not None else ""
+        if step.rows is not None:
+            sl += f" rows [{step.rows[0]}:{step.rows[1]})"
         self.emit()
         self.emit(f"/* step {step.index}: {op.kind.value} {step.mode}{sl} "
                   f"node {comment(op.name)} ({comment(op.onnx_type)}) */")
+        if step.mode == "halo":
+            self.halo(step)
+            return
+        if step.mode == "band":
+            self.band(step, op, p, HANDLERS)
+            return
         handler = HANDLERS.get(op.kind)
         if handler is None:  # pragma: no cover - check_supported ran first
             raise PexError(f"{self.where(op)}: not supported by the C emitter")
@@ -242,11 +252,15 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, FilesMixin):
 
     # -- operands -------------------------------------------------------------------------
     def whole_in(self, op: Op, p: OpParams, k: int) -> tuple[str, View]:
+        if self.band_io is not None:
+            return self.band_io["in"][k]
         t = self.graph.tensors[op.inputs[k]]
         v = index_view(p.in_index[k], p.in_shapes[k], self.where(op))
         return self.ptr(t.name, v.base), View(0, v.dims, v.strides)
 
     def whole_out(self, op: Op, p: OpParams) -> tuple[str, View]:
+        if self.band_io is not None:
+            return self.band_io["out"]
         t = self.graph.tensors[op.outputs[0]]
         v = index_view(p.out_index, p.out_shape, self.where(op))
         return self.ptr(t.name, v.base), View(0, v.dims, v.strides)

@@ -30,7 +30,10 @@ class CmsisMixin:
             bufs = [self.bufs[n] for n in step.scratch
                     if is_kscratch(n) and n in self.bufs and self.bufs[n].size >= size]
             if not bufs:
-                if self.cmsis and self.plan.target is not None:  # validator and emitter disagree
+                # a band may take another CMSIS-NN code path than its whole op (a 1-row
+                # band): the portable kernel runs it; for whole ops the validator and the
+                # emitter disagree
+                if self.cmsis and self.plan.target is not None and self.band_io is None:
                     raise PexError(f"codegen: step {step.index} needs {size} B of CMSIS-NN "
                                    f"kernel scratch on {self.target}; the plan gives it less")
                 return None

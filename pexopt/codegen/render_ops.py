@@ -22,7 +22,7 @@ class OpsMixin:
     def conv(self, step: Step, op: Op, p: OpParams) -> None:
         where = self.where(op)
         c = self.conv_consts(op, p)
-        pn = c.struct
+        pn = self.band_struct or c.struct
         n, h, w, cin = pad4(p.in_shapes[0], where)
         _, oh, ow, cout = pad4(p.out_shape, where)
         if step.mode == "accumulate":
@@ -67,7 +67,7 @@ class OpsMixin:
     def depthwise(self, step: Step, op: Op, p: OpParams) -> None:
         where = self.where(op)
         c = self.conv_consts(op, p)
-        pn = c.struct
+        pn = self.band_struct or c.struct
         _, _, _, cin = pad4(p.in_shapes[0], where)
         _, oh, ow, cout = pad4(p.out_shape, where)
         kh, kw = op.attrs.kernel
@@ -114,7 +114,7 @@ class OpsMixin:
     def fc(self, step: Step, op: Op, p: OpParams) -> None:
         where = self.where(op)
         c = self.fc_consts(op, p)
-        pn = c.struct
+        pn = self.band_struct or c.struct
         rows, k = p.in_shapes[0]
         cout = p.out_shape[1]
         in_last = int(p.extra.get("in_last", k))
@@ -238,7 +238,8 @@ class OpsMixin:
         ch = yv.dims[3]
         in_pix, out_pix = xv.pixel_stride(where), yv.pixel_stride(where)
         fn = "pex_maxpool_s8" if op.kind == OpKind.MAXPOOL else "pex_avgpool_s8"
-        portable = [f"{fn}(&{c.struct}, {x}, {in_pix}, {y}, {out_pix}, {ch});"]
+        pn = self.band_struct or c.struct
+        portable = [f"{fn}(&{pn}, {x}, {in_pix}, {y}, {out_pix}, {ch});"]
         cm = None
         if in_pix == ch and out_pix == ch:
             cm = self.cmsis_pool(step, op, p, x, y, xv, yv)
