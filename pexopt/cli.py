@@ -192,8 +192,8 @@ def solve(model: Path,
                                                    help="Never write in place.")] = False,
           rows: Annotated[bool, typer.Option(
               "--rows/--no-rows", help="Also run chains of spatially local operators band by "
-              "band (row bands, issue #7): planned, validated and simulated, but no C code "
-              "nor latency estimate yet.")] = False,
+              "band (row bands, issue #7): planned, validated, simulated and priced on the "
+              "--target profile, but no C code yet.")] = False,
           no_stream: Annotated[bool, typer.Option(
               "--no-stream", help="Row bands never stream over their input.")] = False,
           verify: Annotated[bool, typer.Option(
@@ -234,9 +234,6 @@ def solve(model: Path,
     if prune and (latency is not None or pareto is not None):
         raise PexError("--prune with --latency/--pareto: pruning meets --sram only for now; "
                        "solve the pruned model with --latency afterwards")
-    if rows and (latency is not None or pareto is not None):
-        raise PexError("--rows: row-band plans have no latency model yet; drop --rows for "
-                       "--latency or --pareto")
     profile, core = _target_profile(target)
     defaults = profile.solver if profile is not None else SolverParams()
     params = _params(defaults.time_limit if time_limit is None else time_limit,
@@ -247,8 +244,6 @@ def solve(model: Path,
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
                         output or emit_c)
     bound = _latency_bound(latency, pareto, pareto_points, profile, target)
-    if rows:  # costs of band steps are not calibrated: plan for memory alone
-        profile = None
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         try:
             res = solve_model(model, opts, params, budget, progress=live, profile=profile,

@@ -182,8 +182,9 @@ def kernel_scratch_bytes(graph: Graph, op_index: int, target: str | None,
     `slice` is the step's channel range [c0, c1) (output channels); a whole step uses all.
     An upper bound of what the emitter asks for: it may still run the portable kernel.
     """
-    if target is None or mode in PORTABLE_MODES or graph.dtype != "int8":
-        return 0  # float graphs never reach CMSIS-NN (the emitter is int8 only)
+    if target is None or mode in PORTABLE_MODES or mode == "halo" or graph.dtype != "int8":
+        return 0  # float graphs never reach CMSIS-NN (the emitter is int8 only); a halo step
+        # is a memmove, no kernel call
     op = graph.ops[op_index]
     formula = SPECS[op.kind].cmsis_scratch
     if not formula or (op.attrs is None and formula in ("conv", "depthwise")):

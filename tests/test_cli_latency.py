@@ -77,7 +77,6 @@ def test_unmeetable_latency_exits_3_with_the_fastest(model: Path, tmp_path: Path
     (["--pareto", "front.txt"], ".csv"),
     (["--pareto", "front.csv", "--pareto-points", "1"], "--pareto-points"),
     (["--latency", "1s", "--prune", "--sram", "64k"], "--prune"),
-    (["--latency", "1s", "--rows"], "--rows"),
 ])
 def test_bad_latency_options(model: Path, tmp_path: Path, args: list[str], words: str) -> None:
     res = run("solve", model, "-o", tmp_path / "p.json",
@@ -136,3 +135,46 @@ def test_mbv2_144_frontier_has_five_checked_points(models_dir: Path) -> None:
     whole = least_cost(graph, replace(params, cost=ProfileCost(prof)))
     assert rows[0].instructions <= whole + 100_000  # reaches the no-split speed (+ invoke copies)
     assert rows[-1].arena == 145_264
+
+
+@pytest.fixture(scope="module")
+def rows_model(models_dir: Path) -> Path:
+    return models_dir / "resnet8_int8.onnx"
+
+
+def test_rows_with_latency_bound(rows_model: Path, tmp_path: Path) -> None:
+    """--rows --latency: a bound just above the memory-optimal row plan's estimate is met by a
+    plan with row bands; an impossible one exits 3 with one line naming the fastest plan."""
+    first = tmp_path / "rows.json"
+    res = run("solve", rows_model, "--rows", "-o", first, *FAST)
+    assert res.exit_code == 0, res.stderr
+    base = json.loads(first.read_text())
+    assert any(s["split"]["dim"] == "rows" for s in base["splits"])
+    bound = base["latency"]["cycles"] + 1000
+    out = tmp_path / "bounded.json"
+    res = run("solve", rows_model, "--rows", "--latency", bound, "-o", out, "--json", *FAST)
+    assert res.exit_code == 0, res.stderr
+    plan = json.loads(out.read_text())
+    assert plan["latency"]["cycles"] <= bound
+    assert plan["arena_bytes"] <= base["arena_bytes"]
+    assert json.loads(res.stdout)["latency"] == plan["latency"]
+    never = tmp_path / "never.json"
+    res = run("solve", rows_model, "--rows", "--latency", "1ms", "-o", never, *FAST)
+    assert res.exit_code == 3
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be met" in lines[0] and "Traceback" not in res.stderr
+    assert not never.exists()
+
+
+def test_rows_pareto_front(rows_model: Path, tmp_path: Path) -> None:
+    path = tmp_path / "front.csv"
+    res = run("solve", rows_model, "--rows", "--pareto", path, "--json", *FAST)
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) >= 2
+    instr = [int(r["instructions"]) for r in rows]
+    arena = [int(r["arena_bytes"]) for r in rows]
+    assert instr == sorted(instr) and arena == sorted(arena, reverse=True)
+    assert arena[-1] == json.loads(res.stdout)["arena_bytes"]  # ends at the memory optimum
+    for r in rows:
+        assert r["validated"] == "yes" and r["simulated_exact"] == "yes"

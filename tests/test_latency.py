@@ -253,3 +253,72 @@ def test_segment_cost_is_the_sum_of_its_steps(mbv2_split) -> None:  # noqa: ANN0
                         for k, mode, sl in segment_steps(s, w))
             assert segment_instructions(M4, g, s, w) == pytest.approx(steps, rel=1e-12)
     assert uneven > 0  # a last, narrower slice is priced too
+
+
+
+def _row_graph(tmp_path: Path, pad: int):  # noqa: ANN202
+    """conv 3x3 (padding `pad`, ReLU fused) -> depthwise 3x3 stride 2 (pad 1): a row chain."""
+    from conftest import conv_weights
+
+    ah, aw = 13 - 2 + 2 * pad, 9 - 2 + 2 * pad
+    path = make_onnx(tmp_path / "rows.onnx", [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv", kernel_shape=[3, 3],
+                         pads=[pad] * 4),
+        helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], name="dw", kernel_shape=[3, 3], group=4,
+                         strides=[2, 2], pads=[1, 1, 1, 1])],
+        [vi("x", [1, 3, 13, 9])], [vi("y", [1, 4, (ah - 1) // 2 + 1, (aw - 1) // 2 + 1])],
+        [conv_weights("w1", 4, 3, 3, 3), conv_weights("w2", 4, 1, 3, 3)])
+    return ImportOptions().load(path)
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_band_steps_sum_to_the_whole_op(tmp_path: Path, pad: int) -> None:
+    """Bands of any height do the whole op's MACs, taps and outputs between them (padding rows
+    skipped as in the whole op), one kernel call each; a halo step moves rows x row bytes."""
+    from pexopt.graph.rows import height, row_bytes
+
+    g = _row_graph(tmp_path, pad)
+    for k, op in enumerate(g.ops):
+        (whole,) = step_work(g, k, "whole")
+        n_out = height(g, op.outputs[0])
+        for h in (1, 2, 5, n_out):
+            bands = [(r0, min(n_out, r0 + h)) for r0 in range(0, n_out, h)]
+            works = [step_work(g, k, "band", rows=r) for r in bands]
+            assert all(len(w) == 1 and w[0].cls == whole.cls for w in works)
+            for count, v in whole.counts.items():
+                got = sum(w[0].counts[count] for w in works)
+                assert got == (len(bands) if count == "calls" else v), (op.name, h, count)
+    with pytest.raises(ValueError, match="rows"):
+        step_work(g, 0, "band")
+    with pytest.raises(ValueError, match="rows"):
+        step_work(g, 0, "band", (0, 2), rows=(0, 1))
+    (halo,) = step_work(g, 0, "halo", rows=(3, 6))
+    assert halo.cls == "memcpy"
+    assert halo.counts == {"calls": 1, "outputs": 3 * row_bytes(g, g.ops[0].outputs[0])}
+
+
+def test_row_segment_cost_is_its_ops_plus_band_calls_and_halo_moves(tmp_path: Path) -> None:
+    """A row segment at height h costs its ops run whole, plus one kernel call per extra band
+    and one memmove per halo step: the sum of its band_schedule steps."""
+    from pexopt.graph.rows import row_bytes
+    from pexopt.latency.features import op_class
+    from pexopt.partial.bands import band_schedule, find_row_segments
+
+    g = _row_graph(tmp_path, 1)
+    (seg,) = find_row_segments(g)
+    whole = sum(op_instructions(M4, g, k) for k in seg.ops)
+    per_call = {k: M4.coefficient(op_class(g.ops[k]), "calls") for k in seg.ops}
+    moved_any = False
+    for h in seg.widths:
+        steps = band_schedule(g, seg, h)[0]
+        total = sum(step_instructions(M4, g, st.op, st.mode, rows=(st.r0, st.r1))
+                    for st in steps)
+        assert segment_instructions(M4, g, seg, h) == pytest.approx(total, rel=1e-12)
+        extra = sum(per_call[st.op] for st in steps if st.mode == "band") - sum(per_call.values())
+        moved = [(st.r1 - st.r0) * row_bytes(g, st.tensor) for st in steps if st.mode == "halo"]
+        extra += sum(M4.coefficient("memcpy", "calls") + b * M4.coefficient("memcpy", "outputs")
+                     for b in moved)
+        moved_any |= bool(moved)
+        assert total == pytest.approx(whole + extra, rel=1e-9)
+    assert moved_any  # heights with halo moves are priced too

@@ -105,3 +105,36 @@ def test_pareto_front_runs_from_no_split_speed_to_least_memory(mbv2: Graph) -> N
     for p in front:
         assert p.bound is None or p.cost <= p.bound
         assert schedule_cost(mbv2, p.schedule, ElementCost()) == p.cost
+
+
+def test_row_band_plan_latency_is_what_the_solver_summed(models_dir: Path) -> None:
+    """A row-band plan priced by a real profile: the plan's latency record is the sum of its
+    steps' estimates, and equals the cost the CP-SAT model had for its choices (each term is
+    rounded to whole instructions there)."""
+    from pexopt.latency.cost import (
+        estimate,
+        invoke_instructions,
+        latency_record,
+        plan_instructions,
+    )
+    from pexopt.latency.profile import load_profile
+    from pexopt.pipeline import solve_model
+
+    prof = load_profile("cortex-m4")
+    params = SolverParams(time_limit=20.0, workers=2, rows=True, target="cortex-m4")
+    res = solve_model(models_dir / "mbv2_w035_r96_int8.onnx", ImportOptions(), params, None,
+                      profile=prof)
+    g, sched, plan = res.graph, res.schedule, res.plan
+    used = [s for s in sched.segments if s.id in sched.splits]
+    assert any(s.dim == "rows" for s in used), "the memory-optimal plan runs row bands"
+    assert any(st.mode == "halo" for st in plan.steps)
+    record = latency_record(prof, estimate(prof, g, plan))
+    steps = plan_instructions(prof, g, plan)
+    assert len(steps) == len(plan.steps)
+    invoke = invoke_instructions(prof, g)
+    assert record["instructions"] == round(sum(steps) + invoke)
+    cost = sched.params.cost
+    assert cost is not None and sched.cost == schedule_cost(g, sched, cost)
+    in_seg = {k for s in used for k in s.ops}
+    terms = len(g.ops) - len(in_seg) + len(used) + len(sched.inplace) + 1
+    assert abs(record["instructions"] - (sched.cost + round(invoke))) <= terms / 2 + 1

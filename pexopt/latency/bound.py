@@ -59,8 +59,11 @@ class ProfileCost:
                          lambda: op_instructions(self.profile, graph, k))
 
     def segment(self, graph: Graph, seg: Segment, width: int) -> int:
+        """A channel segment at slice width `width`, or a row segment at band height `width`
+        (streaming or not: writing over the input moves no extra bytes)."""
         self._graphs[id(graph)] = graph
-        return self._get((id(graph), "seg", seg.ops, seg.accumulate, width),
+        # dim is part of the key: a row and a channel segment can have the same ops
+        return self._get((id(graph), "seg", seg.dim, seg.ops, seg.accumulate, width),
                          lambda: segment_instructions(self.profile, graph, seg, width))
 
     def inplace(self, graph: Graph, k: int) -> int:

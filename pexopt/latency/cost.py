@@ -8,7 +8,9 @@ offsets. So for the CP-SAT model:
           + sum over ops k run whole:           op_instructions(p, g, k, inplace=k's choice)
           + sum over chosen (segment, width):   segment_instructions(p, g, segment, width)
 
-equals `estimate(p, g, plan).instructions` of the plan those choices build (tested).
+equals `estimate(p, g, plan).instructions` of the plan those choices build (tested). A row
+segment's "width" is its band height: its cost is the sum of its band and halo steps
+(`partial.bands.band_schedule`); streaming in place moves no extra bytes, so it costs nothing.
 `cost_table` computes every term once, as integers in a chosen unit, for CP-SAT's integer model.
 """
 
@@ -22,8 +24,9 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import Graph
 from pexopt.latency.features import Work, invoke_work, step_work
 from pexopt.latency.profile import Profile, display_path
+from pexopt.partial.bands import band_schedule
 from pexopt.partial.candidates import Segment
-from pexopt.plan.format import Plan
+from pexopt.plan.format import Plan, is_kscratch
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,13 @@ def work_instructions(profile: Profile, works: Iterable[Work]) -> float:
 
 def step_instructions(profile: Profile, graph: Graph, op_index: int, mode: str,
                       channel_slice: tuple[int, int] | None = None,
-                      inplace: bool = False) -> float:
-    """One plan step: op `op_index` in `mode` (whole | slice | accumulate | requantize) over
-    channels [c0, c1) (`channel_slice`, for slice and accumulate); `inplace` for a depthwise
-    conv written over its input through its temporary."""
-    return work_instructions(profile, step_work(graph, op_index, mode, channel_slice, inplace))
+                      inplace: bool = False, rows: tuple[int, int] | None = None) -> float:
+    """One plan step: op `op_index` in `mode` (whole | slice | accumulate | requantize | band |
+    halo) over channels [c0, c1) (`channel_slice`, for slice and accumulate) or rows [r0, r1)
+    (`rows`, for band and halo); `inplace` for a depthwise conv written over its input through
+    its temporary."""
+    return work_instructions(profile, step_work(graph, op_index, mode, channel_slice, inplace,
+                                                rows))
 
 
 def op_instructions(profile: Profile, graph: Graph, k: int, inplace: bool = False) -> float:
@@ -69,9 +74,19 @@ def segment_steps(segment: Segment, width: int
     return steps
 
 
+def row_segment_instructions(profile: Profile, graph: Graph, segment: Segment, height: int
+                             ) -> float:
+    """All band and halo steps of row segment `segment` at band height `height`."""
+    return sum(step_instructions(profile, graph, st.op, st.mode, rows=(st.r0, st.r1))
+               for st in band_schedule(graph, segment, height)[0])
+
+
 def segment_instructions(profile: Profile, graph: Graph, segment: Segment, width: int
                          ) -> float:
-    """All steps of `segment` split at slice width `width` (its slices, then the requantize)."""
+    """All steps of `segment` split at slice width `width` (its slices, then the requantize),
+    or of a row segment at band height `width`."""
+    if segment.dim == "rows":
+        return row_segment_instructions(profile, graph, segment, width)
     # a step's counts depend on its slice's width only, so price each distinct width once
     per_width = Counter(c1 - c0 for c0, c1 in segment.slices(width))
     last = len(segment.ops) - 1
@@ -129,7 +144,12 @@ def _plan_works(graph: Graph, plan: Plan) -> list[list[Work]]:
         if k is None:
             raise PexError(f"plan step {s.index}: operator '{s.op}' is not in the model")
         sl = (s.slice[0], s.slice[1]) if s.slice is not None else None
-        res.append(step_work(graph, k, s.mode, sl, inplace=bool(s.scratch)))
+        rows = (s.rows[0], s.rows[1]) if s.rows is not None else None
+        if s.mode in ("band", "halo") and rows is None:
+            raise PexError(f"plan step {s.index}: a '{s.mode}' step needs its rows")
+        # kernel scratch (CMSIS-NN ctx.buf) is no in-place temporary: only `<op>@temp` is
+        inplace = any(not is_kscratch(b) for b in s.scratch)
+        res.append(step_work(graph, k, s.mode, sl, inplace=inplace, rows=rows))
     return res
 
 

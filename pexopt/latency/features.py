@@ -10,6 +10,13 @@ slices read and write with a pixel stride inside the kernels (no separate gather
 so a slice costs what its channel range costs plus one more call; the only channel copy is the
 write-back of an in-place depthwise conv (class `copy`), and pex_invoke copies the model's input
 and output with memcpy (class `memcpy`, counts in bytes).
+
+Row bands (`pexopt.partial.bands`): a "band" step of a window op is one call of the op's own
+kernel on the input rows the band reads, with top padding only where the band touches the top
+and rows past the end acting as padding, so it does the whole op's work restricted to its output
+rows (taps counted over valid rows only) plus one call; a band of a pointwise op is one call on a
+view of its rows. A "halo" step is one memmove of the kept rows inside the arena, priced like
+pex_invoke's memcpy (class `memcpy`: a call plus bytes).
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pexopt.graph.ir import ConvAttrs, Graph, Op, PoolAttrs, Tensor
-from pexopt.ops import SPECS
+from pexopt.graph.rows import row_bytes
+from pexopt.ops import SPECS, Rows
 
 FEATURES: tuple[str, ...] = ("calls", "pixels", "outputs", "taps", "macs")
 
@@ -45,7 +53,7 @@ def unit_key(count: str) -> str:
     """The profile key of a count's coefficient: calls -> per_call, macs -> per_mac."""
     return f"per_{count[:-1]}"
 
-MODES: tuple[str, ...] = ("whole", "slice", "accumulate", "requantize")
+MODES: tuple[str, ...] = ("whole", "slice", "accumulate", "requantize", "band", "halo")
 
 
 @dataclass(frozen=True)
@@ -61,20 +69,22 @@ def _nhwc(t: Tensor) -> tuple[int, int, int, int]:
     return s[-4], s[-3], s[-2], s[-1]
 
 
-@lru_cache(maxsize=4096)
-def _valid(n_out: int, n_in: int, k: int, stride: int, pad: int, dil: int) -> int:
-    """Sum over output positions of the kernel taps that fall inside the input."""
+@lru_cache(maxsize=16384)
+def _valid(o0: int, o1: int, n_in: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """Sum over output positions [o0, o1) of the kernel taps that fall inside the input."""
     total = 0
-    for o in range(n_out):
+    for o in range(o0, o1):
         start = o * stride - pad
         total += sum(1 for j in range(k) if 0 <= start + j * dil < n_in)
     return total
 
 
-def valid_taps(graph: Graph, op: Op) -> int:
-    """Kernel-window positions inside the input, summed over every output pixel."""
+def valid_taps(graph: Graph, op: Op, rows: tuple[int, int] | None = None) -> int:
+    """Kernel-window positions inside the input, summed over every output pixel (of output
+    rows [r0, r1) only, with `rows`: a band sees the same padding rows as the whole op)."""
     n, h, w, _ = _nhwc(graph.tensors[op.inputs[0]])
     _, oh, ow, _ = _nhwc(graph.tensors[op.outputs[0]])
+    r0, r1 = rows if rows is not None else (0, oh)
     a = op.attrs
     if isinstance(a, ConvAttrs):
         kh, kw = a.kernel
@@ -83,9 +93,9 @@ def valid_taps(graph: Graph, op: Op) -> int:
         kh, kw = a.kernel
         dh = dw = 1
     else:
-        return n * oh * ow
-    return n * _valid(oh, h, kh, a.stride[0], a.pads[0], dh) * \
-        _valid(ow, w, kw, a.stride[1], a.pads[1], dw)
+        return n * (r1 - r0) * ow
+    return n * _valid(r0, r1, h, kh, a.stride[0], a.pads[0], dh) * \
+        _valid(0, ow, w, kw, a.stride[1], a.pads[1], dw)
 
 
 def op_class(op: Op) -> str:
@@ -103,19 +113,31 @@ def _width(c: int, channel_slice: tuple[int, int] | None) -> int:
 
 
 def step_work(graph: Graph, op_index: int, mode: str,
-              channel_slice: tuple[int, int] | None = None, inplace: bool = False
-              ) -> list[Work]:
+              channel_slice: tuple[int, int] | None = None, inplace: bool = False,
+              rows: tuple[int, int] | None = None) -> list[Work]:
     """The work of one plan step (see the module doc); `inplace`: a depthwise conv run in place
-    through its H x W temporary (the plan step has a `scratch` buffer)."""
+    through its H x W temporary (the plan step has a `scratch` buffer); `rows`: the output rows
+    [r0, r1) of a "band" step, or the rows [r0, r1) of the op's output a "halo" step keeps."""
     if mode not in MODES:
         raise ValueError(f"unknown step mode '{mode}'")
     if mode in ("slice", "accumulate") and channel_slice is None:
         raise ValueError(f"a '{mode}' step needs a channel slice")
+    if mode in ("band", "halo") and (rows is None or channel_slice is not None):
+        raise ValueError(f"a '{mode}' step needs its rows and no channel slice")
     op = graph.ops[op_index]
     t_in = graph.tensors[op.inputs[0]] if op.inputs else None
     t_out = graph.tensors[op.outputs[0]]
+    if mode == "halo":
+        assert rows is not None
+        moved = (rows[1] - rows[0]) * row_bytes(graph, op.outputs[0])
+        return [Work("memcpy", {"calls": 1, "outputs": moved})]
     n, oh, ow, oc = _nhwc(t_out)
-    out_pix = n * oh * ow
+    band = rows if mode == "band" else None
+    if band is not None and SPECS[op.kind].rows == Rows.NONE:
+        raise ValueError(f"operator '{op.name}' ({op.kind.value}) cannot run in row bands")
+    # a band is the whole op over fewer output rows: one call, the same per-pixel loops
+    out_pix = n * (band[1] - band[0]) * ow if band is not None else n * oh * ow
+    elements = out_pix * oc if band is not None else t_out.elements
     if mode == "requantize":
         return [Work("requantize", {"calls": 1, "outputs": t_out.elements})]
     cls = op_class(op)
@@ -123,11 +145,12 @@ def step_work(graph: Graph, op_index: int, mode: str,
         assert t_in is not None
         ni = _width(0, channel_slice)
         if cls == "fully_connected":
-            rows = t_out.elements // max(1, oc)
-            per_row = t_in.elements // max(1, rows * _nhwc(t_in)[3])
-            return [Work("accumulate", {"calls": 1, "pixels": rows, "outputs": rows * oc,
-                                        "taps": rows * oc * per_row,
-                                        "macs": rows * oc * per_row * ni})]
+            rows_fc = t_out.elements // max(1, oc)
+            per_row = t_in.elements // max(1, rows_fc * _nhwc(t_in)[3])
+            return [Work("accumulate", {"calls": 1, "pixels": rows_fc,
+                                        "outputs": rows_fc * oc,
+                                        "taps": rows_fc * oc * per_row,
+                                        "macs": rows_fc * oc * per_row * ni})]
         taps = valid_taps(graph, op) * oc
         return [Work("accumulate", {"calls": 1, "pixels": out_pix, "outputs": out_pix * oc,
                                     "taps": taps, "macs": taps * ni})]
@@ -137,12 +160,12 @@ def step_work(graph: Graph, op_index: int, mode: str,
         a = op.attrs
         groups = a.group if isinstance(a, ConvAttrs) else 1
         cig = _nhwc(t_in)[3] // max(1, groups)
-        taps = valid_taps(graph, op) * width
+        taps = valid_taps(graph, op, band) * width
         return [Work(cls, {"calls": 1, "pixels": out_pix, "outputs": out_pix * width,
                            "taps": taps, "macs": taps * cig})]
     if cls == "depthwise":
-        taps = valid_taps(graph, op)
-        if inplace:  # one kernel call per channel, then the H x W temporary copied back
+        taps = valid_taps(graph, op, band)
+        if inplace and band is None:  # one call per channel, then the temporary copied back
             return [Work("depthwise", {"calls": width, "pixels": out_pix * width,
                                        "outputs": out_pix * width, "macs": taps * width}),
                     Work("copy", {"calls": 0, "pixels": width, "outputs": out_pix * width})]
@@ -150,22 +173,22 @@ def step_work(graph: Graph, op_index: int, mode: str,
                                    "macs": taps * width})]
     if cls == "fully_connected":
         assert t_in is not None
-        rows = t_out.elements // max(1, oc)
-        k = t_in.elements // max(1, rows)
-        return [Work(cls, {"calls": 1, "pixels": rows, "outputs": rows * width,
-                           "macs": rows * width * k})]
+        rows_fc = t_out.elements // max(1, oc)
+        k = t_in.elements // max(1, rows_fc)
+        return [Work(cls, {"calls": 1, "pixels": rows_fc, "outputs": rows_fc * width,
+                           "macs": rows_fc * width * k})]
     if cls == "pool":
         return [Work(cls, {"calls": 1, "pixels": out_pix, "outputs": out_pix * width,
-                           "taps": valid_taps(graph, op) * width})]
+                           "taps": valid_taps(graph, op, band) * width})]
     if cls == "mean":
         assert t_in is not None
         return [Work(cls, {"calls": 1, "outputs": t_out.elements * width // max(1, oc),
                            "taps": t_in.elements * width // max(1, _nhwc(t_in)[3])})]
-    outputs = t_out.elements * width // max(1, oc)
+    outputs = elements * width // max(1, oc)
     if cls in ("elementwise", "copy"):
         calls = max(1, len(op.inputs)) if cls == "copy" and len(op.inputs) > 1 else 1
-        rows = t_out.elements // max(1, oc)  # the kernels' innermost loop runs over channels
-        return [Work(cls, {"calls": calls, "pixels": rows * calls, "outputs": outputs})]
+        pix = elements // max(1, oc)  # the kernels' innermost loop runs over channels
+        return [Work(cls, {"calls": calls, "pixels": pix * calls, "outputs": outputs})]
     return [Work(cls, {"calls": 1, "outputs": outputs})]
 
 

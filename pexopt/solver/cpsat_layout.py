@@ -17,8 +17,9 @@ Options, each a boolean the solver may take:
   holds the band buffers; optionally streaming in place (`rows_model`).
 
 Latency (when a cost model is given): the estimated cost is the sum of every op's whole cost,
-corrected by (segment cost - whole costs of its ops) for the chosen segment width and by the
-extra cost of each in-place depthwise; `latency` bounds it, and objective "latency" minimises it.
+corrected by (segment cost - whole costs of its ops) for the chosen segment width (channel
+segments) or band height (row segments; streaming changes no work) and by the extra cost of each
+in-place depthwise; `latency` bounds it, and objective "latency" minimises it.
 
 Kernel scratch (CMSIS-NN ctx.buf, `SolverParams.target`): an op run whole gets a box of its
 scratch size at its position (absent when it runs inside a split segment or as an in-place
@@ -109,6 +110,7 @@ class Schedule:
     kscratch: dict[int, int] = field(default_factory=dict)  # whole op id -> its scratch offset
     stages: list[str] = field(default_factory=list)
     streams: set[int] = field(default_factory=set)  # row segment ids streaming in place
+    cost: int | None = None  # the model's latency expression at this schedule (cost model only)
 
     @property
     def gap(self) -> float:
@@ -536,7 +538,8 @@ class _Model:
             bound = self.lb
         sched = Schedule(order, offsets, inpl, 0, bound, name, time.time() - t0, params=p,
                          segments=self.segments, splits=splits, workspace=ws, temps=temps,
-                         kscratch=kscratch, streams=self.streams.used(solver))
+                         kscratch=kscratch, streams=self.streams.used(solver),
+                         cost=None if self.latency is None else int(solver.value(self.latency)))
         sched.arena = extent(self.g, sched)
         return name, sched, bound
 
@@ -744,6 +747,11 @@ def solve_fastest(graph: Graph, params: SolverParams, arena_limit: int | None,
     free = replace(params, latency=None)
     segments = find_segments(graph, params.max_segment_len, params.max_widths,
                              params.slice_widths) if params.split else []
+    if params.split and params.rows:  # bands may be what fits the arena limit
+        rows = find_row_segments(graph, len(segments), params.max_segment_len,
+                                 params.max_heights, single=params.stream)
+        segments += worth_trying(graph, rows, split_bound(graph, segments + rows,
+                                                          stream=params.stream))
     file_order = list(range(len(graph.ops)))
     model = _Model(graph, free, None if params.reorder else file_order, segments, 0, arena_limit)
     if params.hint:
