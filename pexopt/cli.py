@@ -215,7 +215,8 @@ def solve(model: Path,
           pareto_points: Annotated[int, typer.Option(
               "--pareto-points", help="Latency bounds the --pareto sweep solves for.")] = 6,
           prune: Annotated[bool, typer.Option(
-              "--prune", help="Remove the least important channels until --sram fits.")]
+              "--prune", help="Remove the least important channels until --sram fits (and "
+              "--latency is met).")]
           = False,
           min_keep: Annotated[float, typer.Option(
               "--min-keep", help="With --prune: keep at least this fraction of each layer.")]
@@ -231,9 +232,9 @@ def solve(model: Path,
 
     budget = parse_bytes(sram) if sram is not None else None
     opts = _opts(dtype, input_external, input_shape)
-    if prune and (latency is not None or pareto is not None):
-        raise PexError("--prune with --latency/--pareto: pruning meets --sram only for now; "
-                       "solve the pruned model with --latency afterwards")
+    if prune and pareto is not None:
+        raise PexError("--prune with --pareto: the frontier is of one model; prune with "
+                       "--write-pruned first, then run --pareto on the pruned model")
     profile, core = _target_profile(target)
     defaults = profile.solver if profile is not None else SolverParams()
     params = _params(defaults.time_limit if time_limit is None else time_limit,
@@ -246,20 +247,22 @@ def solve(model: Path,
     bound = _latency_bound(latency, pareto, pareto_points, profile, target)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
         try:
+            # pruning starts from the unpruned smallest arena; its search applies the bound
             res = solve_model(model, opts, params, budget, progress=live, profile=profile,
-                              latency=bound)
+                              latency=None if popts is not None else bound)
         except LatencyNotMet as e:
             err.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_NO_FIT) from None
     pruning, hint = None, None
     if popts is not None:  # the plan becomes the pruned model's plan
-        from pexopt.prune.report import summarize, summary_line
+        from pexopt.prune.report import fail_line, summarize
         from pexopt.prune.solve import prune_to_budget
 
-        outcome = prune_to_budget(model, opts, params, budget or 0, popts, base=res)
+        outcome = prune_to_budget(model, opts, params, budget or 0,
+                                  replace(popts, profile=profile, latency=bound), base=res)
         pruning = summarize(outcome)
         if outcome.chosen is None:
-            _prune_fail(pruning, as_json, summary_line(pruning))
+            _prune_fail(pruning, as_json, fail_line(pruning))
         res = outcome.chosen.result
         res.plan.model["path"] = str(write_pruned) if write_pruned else res.plan.model["path"]
     elif not res.plan.fits:
@@ -366,10 +369,11 @@ def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
 
 
 def _prune_fail(summary, as_json: bool, line: str) -> None:  # noqa: ANN001
-    """Even maximal pruning does not fit: one line (or JSON), exit 3, nothing written."""
+    """Even maximal pruning does not fit (or is too slow): one line (or JSON), exit 3, nothing
+    written."""
     if as_json:
         print(json.dumps({"fits": False, "prune": summary.to_dict()}))
-    err.print(f"does not fit: {line}", highlight=False, soft_wrap=True, markup=False)
+    err.print(line, highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(EXIT_NO_FIT)
 
 

@@ -76,7 +76,7 @@ def test_unmeetable_latency_exits_3_with_the_fastest(model: Path, tmp_path: Path
     (["--latency", "10ms", "--target", "cortex-m33"], "profile"),
     (["--pareto", "front.txt"], ".csv"),
     (["--pareto", "front.csv", "--pareto-points", "1"], "--pareto-points"),
-    (["--latency", "1s", "--prune", "--sram", "64k"], "--prune"),
+    (["--pareto", "front.csv", "--prune", "--sram", "64k"], "--prune with --pareto"),
 ])
 def test_bad_latency_options(model: Path, tmp_path: Path, args: list[str], words: str) -> None:
     res = run("solve", model, "-o", tmp_path / "p.json",

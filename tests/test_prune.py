@@ -425,3 +425,111 @@ def test_cli_prune_when_it_already_fits_keeps_the_model(int8_path: Path, tmp_pat
     assert d["prune"]["channels_removed"] == 0 and d["prune"]["rows"] == []
     assert pruned.read_bytes() == int8_path.read_bytes()
     assert runner.invoke(app, ["validate", str(plan), str(pruned)]).exit_code == 0
+
+
+# -- --prune --latency ---------------------------------------------------------------------------
+
+def _whole(profile, graph) -> float:  # noqa: ANN001
+    """The layer-by-layer estimate: pex_invoke's copies plus every operator run whole."""
+    from pexopt.latency.cost import invoke_instructions, op_instructions
+
+    return invoke_instructions(profile, graph) + sum(op_instructions(profile, graph, k)
+                                                     for k in range(len(graph.ops)))
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_latency_model_is_exact_on_pruned_models(float_path: Path, int8_path: Path,
+                                                 tmp_path: Path, int8: bool) -> None:
+    """The pruning model's latency terms equal the profile's estimate of the pruned IR."""
+    from pexopt.latency.profile import load_profile
+    from pexopt.prune.latency import LatencyModel
+
+    src = int8_path if int8 else float_path
+    profile, opts = load_profile("cortex-m4"), ImportOptions()
+    m = load_model(src)
+    groups = find_groups(m)
+    imp = group_importance(m, groups)
+    tables = {g: cost_table(g, imp[g], allowed_counts(groups.size[g], 0.25, 2))
+              for g in groups.free()}
+    lat = LatencyModel(profile, opts.load(src), groups, tables)
+    assert sum(t.d != 0 for t in lat.terms) >= 4  # dense convs: products of two counts
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        keep = {g: int(rng.choice(t.counts)) for g, t in tables.items()}
+        idx = {g: tables[g].kept(k) for g, k in keep.items() if k < tables[g].channels}
+        p = save(prune_onnx(m, groups, idx), tmp_path / f"p{i}.onnx")
+        assert lat.whole(keep) == pytest.approx(_whole(profile, opts.load(p)), rel=1e-9)
+    assert lat.whole({}) == pytest.approx(_whole(profile, opts.load(src)), rel=1e-9)
+
+
+def test_prune_to_budget_meets_a_latency_bound_and_reports_it(int8_path: Path) -> None:
+    from rich.console import Console
+
+    from pexopt.latency.cost import estimate
+    from pexopt.latency.profile import load_profile
+    from pexopt.prune.report import prune_table, summarize, summary_line
+
+    profile, opts = load_profile("cortex-m4"), ImportOptions()
+    base = solve_model(int8_path, opts, PARAMS, None, profile=profile)
+    bound = int(0.6 * _whole(profile, base.graph))  # the unpruned model cannot meet it
+    popts = PruneOptions(min_keep=0.25, profile=profile, latency=bound)
+    out = prune_to_budget(int8_path, opts, PARAMS, base.plan.arena_bytes, popts, base=base)
+    assert out.chosen is not None
+    res = out.chosen.result
+    assert estimate(profile, res.graph, res.plan).instructions <= bound
+    assert res.plan.arena_bytes <= base.plan.arena_bytes
+    assert out.chosen.keep != {g: t.counts[0] for g, t in out.tables.items()}
+    s = summarize(out)
+    assert s.instructions_after <= bound < s.instructions_before
+    assert s.ms_after < s.ms_before and s.latency_bound_instructions == bound
+    assert all(r.instructions_after <= r.instructions_before for r in s.rows)
+    console = Console(width=400, record=True)
+    console.print(prune_table(s))
+    text = console.export_text()
+    assert "est. instr before" in text and "estimated latency (whole plan)" in text
+    assert f"{s.ms_after:,.2f} ms" in text and "estimated latency" in summary_line(s)
+
+
+def test_mbv2_int8_prunes_into_64k_and_a_latency_bound(models_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """Issue #5: `--sram 64k --prune --latency X`, X below what pruning for memory alone
+    keeps (it keeps ~89% of the estimate) and 75% of the unpruned layer-by-layer estimate."""
+    from pexopt.latency.bound import parse_latency
+    from pexopt.latency.profile import load_profile
+
+    model = models_dir / "mbv2_w035_r144_int8.onnx"
+    profile = load_profile("cortex-m4")
+    unpruned = _whole(profile, ImportOptions(input_external=True).load(model))
+    cycles = str(int(0.75 * unpruned * profile.cycles_per_instruction))
+    bound = parse_latency(cycles, profile)
+    pruned, plan = tmp_path / "pruned.onnx", tmp_path / "plan.json"
+    res = runner.invoke(app, ["solve", str(model), "--sram", "64k", "--input-external",
+                              "--prune", "--latency", cycles, "--write-pruned", str(pruned),
+                              "-o", str(plan), "--json", "--time-limit", "3", "--workers", "2"])
+    assert res.exit_code == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["fits"] and d["arena_bytes"] <= 65536
+    assert d["latency"]["instructions"] <= bound == d["latency_bound_instructions"]
+    pr = d["prune"]
+    assert pr["instructions_after"] <= bound < pr["instructions_before"]
+    assert pr["ms_after"] == pytest.approx(d["latency"]["ms"], abs=1e-2)
+    written = json.loads(plan.read_text())
+    assert written["arena_bytes"] <= 65536 and written["latency"]["instructions"] <= bound
+    x = np.random.default_rng(0).random((1, 3, 144, 144)).astype(np.float32)
+    assert run_ort(pruned, x).shape == (1, 1000)
+    check = runner.invoke(app, ["validate", str(plan), str(pruned)])
+    assert check.exit_code == 0, check.stdout + check.stderr
+
+
+def test_cli_unmeetable_latency_even_at_min_keep_exits_3(models_dir: Path,
+                                                         tmp_path: Path) -> None:
+    pruned = tmp_path / "p.onnx"
+    res = runner.invoke(app, ["solve", str(models_dir / "mbv2_w035_r144_int8.onnx"),
+                              "--sram", "64k", "--input-external", "--prune", "--latency", "20M",
+                              "--write-pruned", str(pruned), "-q", "--time-limit", "3",
+                              "--workers", "2"])
+    line = _bad(res)
+    assert res.exit_code == 3 and line.startswith("does not meet --latency: ")
+    assert "--min-keep, the fastest plan needs" in line and " ms (" in line
+    assert "M instructions) (arena " in line
+    assert not pruned.exists()

@@ -3,8 +3,8 @@
 A producer (dense conv, FC) does `macs x (kept out / out) x (kept in / in)`: one product of two
 channel sums (`AddMultiplicationEquality`); an op that follows or ties channels scales with its
 output channels; anything else is constant. `cost_bound` turns per-operator cost coefficients
-(cycles per MAC, e.g. from a target profile) into `sum(coef x MACs) <= bound`, the extension
-point a `--latency` bound plugs into (PruneOptions.extra).
+(cycles per MAC) into `sum(coef x MACs) <= bound` for PruneOptions.extra; `--latency` itself
+uses the profile's full estimate (pexopt.prune.latency).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from pexopt.plan.format import Buffer, Plan
 from pexopt.prune.groups import Groups
 from pexopt.prune.importance import CostTable
 
-# Extension point (e.g. a latency bound): add constraints over group -> kept-channels variables;
+# Extension point: add constraints over group -> kept-channels variables; `--latency` uses
+# pexopt.prune.latency.LatencyModel.bound (the profile's estimate, exact), and
 # pexopt.prune.macs.cost_bound builds `sum(coef_op * MACs_op(keep)) <= bound` from per-op costs.
 ExtraConstraints = Callable[[cp_model.CpModel, dict[int, cp_model.IntVar]], None]
 

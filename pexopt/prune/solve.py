@@ -1,11 +1,17 @@
-"""`solve --prune`: the least important channels to remove so that the model fits `--sram`.
+"""`solve --prune`: the least important channels to remove so that the model fits `--sram`
+(and, with `--latency`, runs within the latency bound on the target profile).
 
 1. Groups and importance tables of the original model; its normal solve is the first structure.
-2. The pruning model (pexopt.prune.model) picks kept counts under the structure's per-step peak.
-3. The pruned ONNX is written and solved again by the normal solver (order and splits free),
-   which builds and validates its plan. If its arena exceeds the budget, the cap is lowered by
-   the excess; the new plan becomes the structure either way (bounded rounds). The best pruning
-   that fits is kept; pruning every group to --min-keep is the fallback and the feasibility test.
+2. The pruning model (pexopt.prune.model) picks kept counts under the structure's per-step peak;
+   with a latency bound, also under `whole(keep) + overhead <= latency cap`
+   (pexopt.prune.latency: the layer-by-layer estimate, exact, plus the structure's split and
+   in-place overhead).
+3. The pruned ONNX is written and solved again by the normal solver (order and splits free,
+   under the same latency bound), which builds and validates its plan. If its arena exceeds the
+   budget, the cap is lowered by the excess; if no plan meets the latency bound, the latency cap
+   is lowered by the excess; the new plan becomes the structure (bounded rounds). The best
+   pruning that fits both is kept; pruning every group to --min-keep is the fallback and the
+   feasibility test.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from ortools.sat.python import cp_model
 
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import load_model
-from pexopt.pipeline import ImportOptions, SolveResult, solve_model
+from pexopt.latency.cost import estimate, invoke_instructions, op_instructions
+from pexopt.latency.profile import Profile
+from pexopt.pipeline import ImportOptions, LatencyNotMet, SolveResult, solve_model
 from pexopt.prune.groups import Groups, find_groups
 from pexopt.prune.importance import (
     CostTable,
@@ -28,6 +37,7 @@ from pexopt.prune.importance import (
     filter_norms,
     group_importance,
 )
+from pexopt.prune.latency import LatencyModel
 from pexopt.prune.model import ExtraConstraints, choose_keep, step_sizes
 from pexopt.prune.onnx_prune import prune_onnx
 from pexopt.solver.cpsat_layout import SolverParams
@@ -41,7 +51,9 @@ class PruneOptions:
     step: int = 4
     rounds: int = 6
     simulate: bool = True  # run the chosen plan in the byte-exact simulator before returning
-    extra: ExtraConstraints | None = None  # e.g. a latency bound over the kept counts
+    extra: ExtraConstraints | None = None  # more constraints over the kept counts
+    profile: Profile | None = None  # prices plans (estimated latency in the report)
+    latency: int | None = None  # bound on estimated instructions (needs `profile`)
 
 
 @dataclass
@@ -64,6 +76,10 @@ class PruneOutcome:
     min_arena: int  # the arena at maximal pruning (the unpruned arena if that already fits)
     rounds: list[dict[str, int | bool]] = field(default_factory=list)
     norms: dict[str, np.ndarray] = field(default_factory=dict)  # producer -> filter importance
+    profile: Profile | None = None
+    latency: int | None = None  # the bound pruned for (estimated instructions)
+    # when even --min-keep misses the latency bound: (fastest estimate, its arena) there
+    too_slow: tuple[float, int] | None = None
 
     @property
     def fits(self) -> bool:
@@ -84,6 +100,56 @@ class _Searcher:
                        for g in self.groups.free()}
         self.full = {g: t.channels for g, t in self.tables.items()}
         self.solves = 0
+        self.last: Path = self.path  # the model the latest solve was of
+        self.lat: LatencyModel | None = None  # set once the unpruned IR is known
+
+    def met(self, res: SolveResult) -> bool:
+        """The plan fits the budget and, with a latency bound, meets it."""
+        return res.plan.fits and (self.popts.latency is None or self.popts.profile is None
+                                  or estimate(self.popts.profile, res.graph, res.plan)
+                                  .instructions <= self.popts.latency)
+
+    def constraints(self, struct: SolveResult, cap: float) -> ExtraConstraints | None:
+        """PruneOptions.extra and, with a latency bound, the latency cap on this structure."""
+        extra = self.popts.extra
+        if self.lat is None or self.popts.profile is None:
+            return extra
+        # the structure's splits and in-place writes cost on top of running every op whole;
+        # clamped at zero so that the layer-by-layer plan always meets the cap
+        whole = invoke_instructions(self.popts.profile, struct.graph) + sum(
+            op_instructions(self.popts.profile, struct.graph, k)
+            for k in range(len(struct.graph.ops)))
+        over = max(0.0, estimate(self.popts.profile, struct.graph, struct.plan).instructions
+                   - whole)
+        bound = self.lat.bound(cap, over)
+        if extra is None:
+            return bound
+
+        def both(m: cp_model.CpModel, keep: dict[int, cp_model.IntVar]) -> None:
+            extra(m, keep)
+            bound(m, keep)
+
+        return both
+
+    def fastest(self, path: Path, e: LatencyNotMet) -> tuple[float, int]:
+        """(estimated instructions, arena) of the fastest plan of a model that missed the bound:
+        the solver's fastest within the budget, else every op whole (the greedy layout)."""
+        from pexopt.latency.bound import ProfileCost
+        from pexopt.solver.cpsat_layout import greedy_schedule, schedule_cost
+
+        assert self.popts.profile is not None
+        graph = self.opts_for(path).load(path)
+        invoke = invoke_instructions(self.popts.profile, graph)
+        if e.fastest is not None:
+            return (schedule_cost(graph, e.fastest, ProfileCost(self.popts.profile)) + invoke,
+                    e.fastest.arena)
+        whole = invoke + sum(op_instructions(self.popts.profile, graph, k)
+                             for k in range(len(graph.ops)))
+        return whole, greedy_schedule(graph, list(range(len(graph.ops))), self.params).arena
+
+    def opts_for(self, path: Path) -> ImportOptions:
+        # a pruned model has the fixed shapes
+        return self.opts if path == self.path else replace(self.opts, input_shapes={})
 
     def cost(self, keep: dict[int, int]) -> int:
         return sum(t.cost[t.counts.index(keep[g])] for g, t in self.tables.items())
@@ -98,8 +164,9 @@ class _Searcher:
         p = self.tmp / str(self.solves) / f"{self.path.stem}_pruned.onnx"
         p.parent.mkdir()
         p.write_bytes(data)
-        opts = replace(self.opts, input_shapes={})  # the pruned model has the fixed shapes
-        res = solve_model(p, opts, self.params, self.budget)
+        self.last = p
+        res = solve_model(p, self.opts_for(p), self.params, self.budget,
+                          profile=self.popts.profile, latency=self.popts.latency)
         return Candidate(dict(keep), res, data, self.cost(keep), p)
 
 
@@ -113,45 +180,78 @@ def prune_to_budget(path: str | Path, opts: ImportOptions, params: SolverParams,
     """
     with tempfile.TemporaryDirectory(prefix="pexopt_prune_") as tmp:
         s = _Searcher(path, opts, params, budget, popts, Path(tmp))
-        base = base or solve_model(path, opts, params, budget)
+        base = base or solve_model(path, opts, params, budget, profile=popts.profile)
         smallest = {g: t.counts[0] for g, t in s.tables.items()}
-        if base.plan.fits:
-            data = Path(path).read_bytes()
-            return PruneOutcome(base, s.groups, s.tables, Candidate(s.full, base, data, 0),
-                                base.plan.arena_bytes, norms=filter_norms(s.model))
-        at_min = s.solve(smallest)
-        out = PruneOutcome(base, s.groups, s.tables, None, at_min.result.plan.arena_bytes,
-                           norms=filter_norms(s.model))
-        if not at_min.result.plan.fits:
+        out = PruneOutcome(base, s.groups, s.tables, None, base.plan.arena_bytes,
+                           norms=filter_norms(s.model), profile=popts.profile,
+                           latency=popts.latency)
+        unpruned = _unpruned(s, base)
+        if unpruned is not None:
+            out.chosen = Candidate(s.full, unpruned, Path(path).read_bytes(), 0)
+            return out
+        if popts.latency is not None and popts.profile is not None:
+            s.lat = LatencyModel(popts.profile, base.graph, s.groups, s.tables)
+        try:
+            at_min = s.solve(smallest)
+        except LatencyNotMet as e:  # even maximal pruning is too slow
+            out.too_slow = s.fastest(s.last, e)
+            out.min_arena = out.too_slow[1]
+            return out
+        out.min_arena = at_min.result.plan.arena_bytes
+        if not s.met(at_min.result):
             return out
         best: Candidate = at_min
-        struct, struct_keep, cap = base, s.full, budget
+        struct, struct_keep, cap, lat_cap = base, s.full, budget, popts.latency
         seen: set[tuple[tuple[int, int], ...]] = {tuple(sorted(smallest.items()))}
         for _ in range(popts.rounds):
             steps = step_sizes(struct.plan, struct.graph, s.groups, struct_keep)
+            extra = s.constraints(struct, lat_cap) if lat_cap is not None else popts.extra
             keep = choose_keep(s.tables, steps, cap, params.workers, params.seed,
-                               min(5.0, params.time_limit), popts.extra)
+                               min(5.0, params.time_limit), extra)
             if keep is None or s.cost(keep) >= best.cost:
-                break  # nothing cheaper than what already fits under this structure and cap
+                break  # nothing cheaper than what already fits under this structure and caps
             key = tuple(sorted(keep.items()))
             if key in seen:
                 cap -= params.align * 64  # same answer again: ask for a little more room
                 continue
             seen.add(key)
-            cand = s.solve(keep)
+            try:
+                cand = s.solve(keep)
+            except LatencyNotMet as e:  # rare: the structure's overhead was underestimated
+                assert lat_cap is not None and popts.latency is not None
+                need = s.fastest(s.last, e)[0]
+                lat_cap -= max(need - popts.latency, 0.01 * popts.latency)
+                out.rounds.append({"cap": cap, "arena": -1, "cost": s.cost(keep),
+                                   "fits": False})
+                continue
             arena = cand.result.plan.arena_bytes
-            out.rounds.append({"cap": cap, "arena": arena, "cost": cand.cost,
-                               "fits": cand.result.plan.fits})
-            if cand.result.plan.fits:
+            ok = s.met(cand.result)
+            out.rounds.append({"cap": cap, "arena": arena, "cost": cand.cost, "fits": ok})
+            if ok:
                 best = cand
-                cap = budget  # the new structure may allow less pruning
+                cap, lat_cap = budget, popts.latency  # the new structure may allow less pruning
             else:
-                cap -= arena - budget
+                cap -= max(0, arena - budget)
             struct, struct_keep = cand.result, keep
         if popts.simulate:
             _check_simulation(best)
         out.chosen = best
         return out
+
+
+def _unpruned(s: _Searcher, base: SolveResult) -> SolveResult | None:
+    """The unpruned model's plan if it already fits (and meets the latency bound), else None.
+    `base` may be a solve without the bound (the smallest arena): then one solve with it."""
+    if not base.plan.fits:
+        return None
+    if s.met(base):
+        return base
+    try:
+        res = solve_model(s.path, s.opts, s.params, s.budget, profile=s.popts.profile,
+                          latency=s.popts.latency)
+    except LatencyNotMet:
+        return None
+    return res if s.met(res) else None
 
 
 def _check_simulation(c: Candidate) -> None:
