@@ -249,6 +249,7 @@ class BenchRow:
     exact_on_target: bool | None = None
     target_note: str = ""  # why the target measurement is missing
     channel_arena: int | None = None  # channel splits only (no row bands), when rows are on
+    rows_arena: int | None = None  # row bands only (no channel splits), when rows are on
 
     @property
     def overhead(self) -> float | None:
@@ -265,15 +266,15 @@ class BenchRow:
 def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams,
                 target: str | None = None) -> BenchRow:
     """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run;
-    with a target, both plans' generated C also runs under QEMU (instructions, flash, RAM;
-    then without row bands, which the emitter does not compile yet)."""
-    if target is not None:
-        params = replace(params, rows=False)
+    with a target, the generated C of the layer-by-layer and the final plan also runs under
+    QEMU (instructions, flash, RAM)."""
     res = solve_model(path, opts, params, budget=None)
     row = _row(Path(path).stem, res, not opts.input_external)
-    if params.split and params.rows:  # the channel-split-only arena, side by side
+    if params.split and params.rows:  # channel splits alone (Pex), row bands alone (MCUNetV2)
         chan = solve_model(path, opts, replace(params, rows=False), budget=None)
-        row = replace(row, channel_arena=chan.plan.arena_bytes)
+        bands = solve_model(path, opts, replace(params, channels=False), budget=None)
+        row = replace(row, channel_arena=chan.plan.arena_bytes,
+                      rows_arena=bands.plan.arena_bytes)
     if target is not None:
         from pexopt.target.measure import measure_plan
 

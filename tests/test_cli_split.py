@@ -135,12 +135,13 @@ def test_bench(models_dir: Path, tmp_path: Path) -> None:
     assert set(rows) == {"resnet8_int8", "mbv2_w035_r96_int8"}
     for r in rows.values():
         assert r["arena"] <= r["channel_arena"] <= r["layerwise"], r
+        assert r["arena"] <= r["rows_arena"] <= r["layerwise"], r
     assert rows["mbv2_w035_r96_int8"]["arena"] < rows["mbv2_w035_r96_int8"]["layerwise"]
     assert rows["mbv2_w035_r96_int8"]["splits"] >= 1
     # channel splits cannot shrink resnet8, row bands can
     assert rows["resnet8_int8"]["channel_arena"] == rows["resnet8_int8"]["layerwise"]
     assert rows["resnet8_int8"]["arena"] < rows["resnet8_int8"]["layerwise"]
-    assert "| channel split |" in (out / "bench.md").read_text()
+    assert "| channel split | row bands | hybrid (pexopt) |" in (out / "bench.md").read_text()
     assert (out / "bench.md").is_file()
 
 

@@ -106,19 +106,19 @@ def peak_line(res: SolveResult) -> str:
 
 
 BENCH_COLS = ("model", "ops", "TFLM arena", "reorder bound", "layer by layer",
-              "channel split", "partial execution", "splits", "pexopt/TFLM", "lower bound", "gap",
-              "status", "solve s", "peak at (live buffers, B)")
+              "channel split", "row bands", "hybrid (pexopt)", "splits", "pexopt/TFLM",
+              "lower bound", "gap", "status", "solve s", "peak at (live buffers, B)")
 
 
 def bench_cells(r: BenchRow) -> list[str]:
     return [r.model, str(r.ops), kb(r.tflm), kb(r.reorder_bound), kb(r.layerwise),
-            kb(r.channel_arena), kb(r.arena),
+            kb(r.channel_arena), kb(r.rows_arena), kb(r.arena),
             str(r.splits), f"{r.ratio:.3f}", kb(r.bound), f"{100 * r.gap:.1f}%", r.status,
             f"{r.seconds:.2f}", r.peak]
 
 
-TARGET_COLS = ("model", "layer by layer arena", "partial execution arena",
-               "instructions (layer by layer)", "instructions (partial execution)",
+TARGET_COLS = ("model", "layer by layer arena", "pexopt arena",
+               "instructions (layer by layer)", "instructions (pexopt)",
                "overhead", "flash B", "RAM B", "bit-exact vs simulator", "note")
 
 
@@ -168,6 +168,8 @@ def bench_markdown(rows: list[BenchRow], workers: int) -> str:
             "TFLM = TFLM's greedy planner in file order (explicit Pads kept); reorder bound = "
             "best peak sum of live bytes over all operator orders (no offsets, no splits); "
             "layer by layer = pexopt without splits; channel split = pexopt with channel splits "
-            "only; partial execution = pexopt with channel splits and row bands (streaming in "
-            "place included; the plan); lower bound and gap refer to it.\n")
+            "only (Pex); row bands = pexopt with row bands only (MCUNetV2-like, but halos kept, "
+            "not recomputed, and the input counted); hybrid = pexopt with channel splits and row "
+            "bands in one model (streaming in place included; the plan); lower bound and gap "
+            "refer to it.\n")
     return head + sep + body + note

@@ -86,7 +86,8 @@ class SolverParams:
     cost: CostModel | None = field(default=None, compare=False)  # latency estimate per choice
     latency: int | None = None  # hard bound on the estimated cost (needs `cost`)
     target: str | None = None  # CMSIS-NN kernel scratch for this target; None: none
-    rows: bool = False  # row-band segments (with `split`); opt-in until codegen has them
+    rows: bool = False  # row-band segments (with `split`)
+    channels: bool = True  # channel-slice segments (with `split`); off: row bands alone
     stream: bool = True  # row segments may stream their output over their input
     max_heights: int = 6
 
@@ -595,7 +596,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     """
     t0 = time.time()
     segments = find_segments(graph, params.max_segment_len, params.max_widths,
-                             params.slice_widths) if params.split else []
+                             params.slice_widths) if params.split and params.channels else []
     rows = find_row_segments(graph, len(segments), params.max_segment_len, params.max_heights,
                              single=params.stream) if params.split and params.rows else []
     segments += rows
@@ -746,7 +747,7 @@ def solve_fastest(graph: Graph, params: SolverParams, arena_limit: int | None,
     assert params.cost is not None, "solve_fastest needs a cost model"
     free = replace(params, latency=None)
     segments = find_segments(graph, params.max_segment_len, params.max_widths,
-                             params.slice_widths) if params.split else []
+                             params.slice_widths) if params.split and params.channels else []
     if params.split and params.rows:  # bands may be what fits the arena limit
         rows = find_row_segments(graph, len(segments), params.max_segment_len,
                                  params.max_heights, single=params.stream)
