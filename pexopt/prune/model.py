@@ -52,8 +52,9 @@ def live_buffers(plan: Plan) -> list[list[Buffer]]:
 def buffer_size(buf: Buffer, graph: Graph, groups: Groups, keep: dict[int, int]) -> Linear:
     """The buffer's bytes as a function of the groups' kept channels.
 
-    `graph` is the model the plan was solved for, pruned to `keep`; a full tensor or accumulator
-    scales with its channels, a slice counts one channel, anything else is constant.
+    `graph` is the model the plan was solved for, pruned to `keep`; a full tensor, accumulator
+    or band buffer (rows x W x C) scales with its channels, a slice counts one channel, anything
+    else is constant.
     """
     layout = groups.layouts.get(buf.tensor or "")
     try:
@@ -64,7 +65,7 @@ def buffer_size(buf: Buffer, graph: Graph, groups: Groups, keep: dict[int, int])
         # a narrower slice is always admissible (width 1): the structure stays valid with the
         # smallest slices, and the real solve widens them where the arena allows
         return Linear(t.nbytes // t.shape[-1], {})
-    if buf.kind not in ("tensor", "accumulator") or layout is None:
+    if buf.kind not in ("tensor", "accumulator", "band") or layout is None:
         return Linear(buf.size, {})
     now = sum(keep.get(p.group, p.size) for p in layout.parts)
     if not t.shape or t.shape[-1] != now or now == 0:
@@ -81,8 +82,20 @@ def buffer_size(buf: Buffer, graph: Graph, groups: Groups, keep: dict[int, int])
 
 def step_sizes(plan: Plan, graph: Graph, groups: Groups, keep: dict[int, int]
                ) -> list[list[Linear]]:
-    """Per plan step, the linear sizes of its live buffers."""
-    return [[buffer_size(b, graph, groups, keep) for b in live] for live in live_buffers(plan)]
+    """Per plan step, the linear sizes of its live buffers.
+
+    Buffers sharing bytes while both live (streaming in place: a band-written output over the
+    input rows already consumed) occupy their union: the shared bytes of the solved plan are
+    subtracted once, so the sum is not twice the image the plan streams over."""
+    res = []
+    for live in live_buffers(plan):
+        sizes = [buffer_size(b, graph, groups, keep) for b in live]
+        spans = sorted((b.offset, b.offset + b.size) for b in live)
+        shared = sum(max(0, min(e0, e1) - s1) for (_, e0), (s1, e1) in zip(spans, spans[1:]))
+        if shared:
+            sizes.append(Linear(-shared, {}))
+        res.append(sizes)
+    return res
 
 
 def choose_keep(tables: dict[int, CostTable], steps: list[list[Linear]], cap: int,

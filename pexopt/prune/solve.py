@@ -208,6 +208,11 @@ def prune_to_budget(path: str | Path, opts: ImportOptions, params: SolverParams,
             extra = s.constraints(struct, lat_cap) if lat_cap is not None else popts.extra
             keep = choose_keep(s.tables, steps, cap, params.workers, params.seed,
                                min(5.0, params.time_limit), extra)
+            if keep is None and struct is not best.result:
+                # this structure cannot reach the caps (e.g. the unpruned plan's, whose row
+                # bands or splits differ): prune back up from the structure that fits
+                struct, struct_keep, cap, lat_cap = best.result, best.keep, budget, popts.latency
+                continue
             if keep is None or s.cost(keep) >= best.cost:
                 break  # nothing cheaper than what already fits under this structure and caps
             key = tuple(sorted(keep.items()))
