@@ -311,3 +311,23 @@ def test_codegen_per_point(tmp_path: Path) -> None:
     folder = tmp_path / "out" / row["codegen"]
     assert (folder / "pex_model.c").is_file() and (folder / "pex_kernels.c").is_file()
     assert "PEX_ARENA_BYTES" in (folder / "pex_model.h").read_text()
+
+
+def test_sweep_modes_rows_and_hybrid(tmp_path: Path, models_dir: Path) -> None:
+    """Row bands alone and hybrid are sweep modes; on resnet8 channel splits cannot shrink the
+    arena, row bands can, and hybrid is never larger than either."""
+    shutil.copy(models_dir / "resnet8_int8.onnx", tmp_path / "resnet8_int8.onnx")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("models: [resnet8_int8.onnx]\nbudgets: [32k]\n"
+                     "modes: [layerwise, split, rows, hybrid]\n"
+                     "solver: {time_limit: 10, workers: 1}\nsimulate: true\n")
+    s = run_sweep(sweep, tmp_path / "out", workers=2, quiet=True)
+    assert (s.total, s.failed) == (4, 0)
+    by = {r["mode"]: r for r in read_results(tmp_path / "out" / "results.jsonl")}
+    assert all(r["verify"] == "exact" for r in by.values())
+    assert by["split"]["arena"] == by["layerwise"]["arena"]
+    assert by["rows"]["arena"] < by["split"]["arena"]
+    assert by["hybrid"]["arena"] <= min(by["rows"]["arena"], by["split"]["arena"])
+    assert by["hybrid"]["fits"]
+    modes = {s.mode for r in by.values() for s in load_plan(tmp_path / "out" / r["plan"]).steps}
+    assert "band" in modes and "halo" in modes

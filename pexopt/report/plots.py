@@ -87,9 +87,9 @@ def split_ranges(plan: Plan) -> list[tuple[int, int]]:
 
 def split_buffers(plan: Plan) -> set[str]:
     """Buffers of split subgraphs: slice buffers, accumulators, outputs written slice by slice."""
-    names = {b.name for b in plan.buffers if b.kind in ("slice", "accumulator")}
+    names = {b.name for b in plan.buffers if b.kind in ("slice", "accumulator", "band")}
     for s in plan.steps:
-        if s.mode in ("slice", "accumulate", "requantize"):
+        if s.mode in ("slice", "accumulate", "requantize", "band"):
             names.update(w for w in s.writes)
     return names
 
@@ -97,7 +97,7 @@ def split_buffers(plan: Plan) -> set[str]:
 def _shade_splits(ax: Any, ranges: Sequence[tuple[int, int]], left: float) -> None:
     for i, (a, b) in enumerate(ranges):
         ax.axvspan(a + left, b + 1 + left, color=SPLIT_SHADE, alpha=0.35, lw=0, zorder=0,
-                   label="split subgraph (runs slice by slice)" if i == 0 else None)
+                   label="split subgraph (runs slice by slice or band by band)" if i == 0 else None)
 
 
 def _hlines(ax: Any, plan: Plan) -> None:
@@ -251,8 +251,10 @@ def report_plan(plan: Plan, graph: Graph | None, out_dir: str | Path) -> dict[st
 
 # -- per sweep --------------------------------------------------------------------------------
 
-MODE_STYLE = {"layerwise": ("o", "#4C72B0", "layer by layer", 120),
-              "split": ("s", "#DD8452", "partial execution (split)", 55)}  # big under small
+MODE_STYLE = {"layerwise": ("o", "#4C72B0", "layer by layer", 120),  # big under small
+              "split": ("s", "#DD8452", "channel splits (Pex)", 80),
+              "rows": ("^", "#55A868", "row bands", 55),
+              "hybrid": ("D", "#C44E52", "channel splits + row bands", 35)}
 
 
 def pareto_front(points: Sequence[tuple[float, int]]) -> list[tuple[float, int]]:

@@ -6,7 +6,7 @@ them are collected and raised as one `PexError`, before anything runs or is writ
     models: [../models/mbv1_w025_r96_int8.onnx, "../models/mbv2_*_int8.onnx"]  # paths, globs
     resolutions: [96, 128x160]     # optional: rescale the image input (height x width)
     budgets: [64k, 128k]           # SRAM sizes (k = 1024)
-    modes: [layerwise, split]      # optional, default [split]
+    modes: [layerwise, split]      # optional, default [split]; also rows, hybrid
     latency: [50ms]                # optional: a bound on the target profile's estimate
     targets: [cortex-m4]           # optional: profile (name or .yaml): scratch, latency
     solver: {time_limit: 30, workers: 1, seed: 0}
@@ -34,7 +34,7 @@ import yaml
 
 from pexopt.errors import PexError
 
-MODES = ("layerwise", "split")
+MODES = ("layerwise", "split", "rows", "hybrid")  # split = channel splits; hybrid = + rows
 FUTURE_MODES = ("prune",)  # accepted by the schema once pexopt implements them
 TOP_KEYS = ("models", "resolutions", "budgets", "latency", "targets", "modes", "solver",
             "simulate", "codegen", "points")
@@ -59,7 +59,7 @@ class Point:
     model: str  # absolute path of the ONNX file
     resolution: tuple[int, int] | None  # (height, width) of the image input, None = as is
     budget: int  # bytes
-    mode: str  # layerwise | split
+    mode: str  # layerwise | split | rows | hybrid
     latency: str | None = None  # a bound on the target profile's estimate
     target: str | None = None  # recorded
 

@@ -174,7 +174,8 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
     row["planned_model"] = str(path)  # the rescaled copy when the resolution changes
     profile, core = _profile(p)
     params = SolverParams(time_limit=task.solver.time_limit, workers=task.solver.workers,
-                          seed=task.solver.seed, split=p.mode == "split", target=core)
+                          seed=task.solver.seed, split=p.mode != "layerwise", target=core,
+                          rows=p.mode in ("rows", "hybrid"), channels=p.mode != "rows")
     bound = None
     if p.latency is not None:
         from pexopt.latency.bound import parse_latency
