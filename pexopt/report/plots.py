@@ -22,7 +22,7 @@ from pexopt.plan.format import Buffer, Plan, write_atomic
 from pexopt.report.markdown import KB, group_rows, plan_summary, sweep_summary
 
 KIND_COLORS = {"tensor": "#4C72B0", "slice": "#DD8452", "accumulator": "#C44E52",
-               "scratch": "#8C8C8C"}
+               "scratch": "#8C8C8C", "band": "#55A868"}
 SPLIT_SHADE = "#F2D16B"
 BUDGET_COLOR = "#D62728"
 ARENA_COLOR = "#222222"
