@@ -343,6 +343,58 @@ def test_mbv2_144_rows_and_streaming() -> None:
         assert verify_plan(plan, g, MBV2, n_inputs=1, onnxruntime=False).exact
 
 
+def _mbv2(external: bool) -> Graph:
+    if not MBV2.is_file():
+        pytest.skip("bundled models not built")
+    return import_onnx(MBV2, dtype="int8", input_external=external)
+
+
+def test_row_plan_heuristic_alone_streams_mbv2_144() -> None:
+    """The constructive row plan (no CP-SAT) from the greedy layout, input external: at most
+    40,000 B with streaming, valid and bit-exact; the same plan on every call."""
+    from pexopt.partial.candidates import find_segments
+    from pexopt.solver.cpsat_layout import greedy_schedule
+    from pexopt.solver.rows_greedy import row_plan
+
+    g = _mbv2(True)
+    p = SolverParams(rows=True, target="cortex-m4")
+    segs = find_segments(g, p.max_segment_len, p.max_widths, p.slice_widths)
+    segs += find_row_segments(g, len(segs), p.max_segment_len, p.max_heights, single=True)
+    start = greedy_schedule(g, list(range(len(g.ops))), p)
+    plan = row_plan(g, p, segs, start, seconds=600)
+    again = row_plan(g, p, segs, start, seconds=600)
+    assert plan is not None and again is not None
+    assert plan.arena <= 40_000 and plan.streams
+    assert (plan.offsets, plan.splits, plan.streams) == (again.offsets, again.splits,
+                                                         again.streams)
+    built = build_plan(g, plan)
+    assert validate(built, g) == []
+    assert verify_plan(built, g, MBV2, n_inputs=1, onnxruntime=False).exact
+
+
+@pytest.mark.parametrize("external,limit", [(True, 40_000), (False, 70_000)])
+def test_mbv2_144_rows_early(external: bool, limit: int) -> None:
+    """Issue #7 targets at a short time limit on 2 workers (the greedy row plan is the hint and
+    the fallback): input external <= 40,000 B, input counted <= 70,000 B; never above the
+    bound-free channel-only stage; the plan validates."""
+    g = _mbv2(external)
+    sched = solve_layout(g, SolverParams(rows=True, target="cortex-m4", time_limit=15.0,
+                                         workers=2))
+    assert sched.arena <= limit and sched.bound <= sched.arena
+    assert sched.streams
+    assert validate(build_plan(g, sched), g) == []
+
+
+def test_tinyengine_vww_rows_never_above_channel_only(shared_models_dir: Path) -> None:
+    """The rows plan is never larger than the channel-only plan (issue #7), and <= 40,000 B."""
+    g = import_onnx(shared_models_dir / "tinyengine_vww.onnx", dtype="int8")
+    base = {"target": "cortex-m4", "time_limit": 15.0, "workers": 2}
+    chan = solve_layout(g, SolverParams(**base))
+    rows = solve_layout(g, SolverParams(**base, rows=True))
+    assert rows.arena <= chan.arena and rows.arena <= 40_000
+    assert validate(build_plan(g, rows), g) == []
+
+
 def test_cli_solve_bands_then_codegen(tmp_models: Path, tmp_path: Path) -> None:
     """`solve --rows` plans row bands (not by default); `codegen` and `--rows --emit-c` compile
     them."""

@@ -633,15 +633,23 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         return max(0.0, min(share * budget, 0.97 * (deadline - time.time())))
 
     chan = None
-    if rows:  # channel splits alone first (small model, fast): the hint of the model with rows
+    built: list[Schedule] = []  # constructive row plans: hints, and results if the model lags
+    if rows:  # a greedy row plan, then channel splits alone (small model, fast): the hints
+        built = _row_plans(graph, params, segments, greedy, lb, left(0.5), progress)
         chan = solve_layout(graph, replace(params, rows=False, time_limit=left(0.4)),
                             progress, start)
         stages.append(f"channel splits {chan.arena}")
+        if chan.order != file_order:  # a row plan in the order the channel stage found
+            built += _row_plans(graph, params, segments, chan, lb, left(0.2), progress)
+        built = [b for b in built if fast_enough(b)]
+        if built:
+            stages.append(f"rows greedy {min(b.arena for b in built)}")
     fixed_model = _Model(graph, params, file_order, segments, lb,
                          greedy.arena if fast_enough(greedy) else None)
     if params.hint:
-        fixed_model.hint(chan if chan is not None and chan.order == file_order
-                         and chan.arena < greedy.arena else greedy)
+        hints = [s for s in (chan, *built) if s is not None and s.order == file_order]
+        fixed_model.hint(min(hints, key=lambda s: s.arena) if hints and
+                         min(s.arena for s in hints) < greedy.arena else greedy)
     name, fixed, fbound = fixed_model.solve(left(0.6 if params.reorder else 1.0),
                                             "file order", progress)
     best = fixed if fixed is not None else greedy
@@ -650,6 +658,10 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     if chan is not None and chan.status != TOO_SLOW and (chan.arena < best.arena
                                                          or not fast_enough(best)):
         best = chan
+    for b in built:
+        if b.arena < best.arena:
+            best = b
+            stages.append(f"kept the rows greedy plan {b.arena}")
     bound = lb
     if params.reorder and params.use_bound and not segments and best.arena > lb:
         # without splits no order keeps less than the least peak of live bytes (in-place
@@ -699,6 +711,28 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     best.stages = stages
     best.params = params
     return best
+
+
+def _row_plans(graph: Graph, params: SolverParams, segments: list[Segment], start: Schedule,
+               lb: int, seconds: float, progress: Progress | None) -> list[Schedule]:
+    """The greedy row-band plan (`rows_greedy`) grown from start, its offsets then re-packed by
+    the model with its choices fixed (a fifth of that time); [] when it does not beat start."""
+    from pexopt.solver.rows_greedy import fixed_layout, row_plan  # they build on this module
+
+    t0 = time.time()
+    sc = row_plan(graph, params, segments, start, seconds=seconds)
+    if sc is None:
+        return []
+    sc.bound = lb
+    sc.cost = None if params.cost is None else schedule_cost(graph, sc, params.cost)
+    if progress:
+        progress("rows greedy", sc.arena, lb, time.time() - t0)
+    if sc.arena > lb:
+        packed = fixed_layout(graph, params, segments, sc, lb, 0.2 * seconds, progress)
+        if packed is not None:
+            sc = packed
+            sc.bound = lb
+    return [sc]
 
 
 CANONICAL_WORK = 4.0  # deterministic-time budget (CP-SAT work units) of the canonical search
