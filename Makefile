@@ -21,7 +21,7 @@ models: $(BUILT)
 
 demo: $(STAMP) $(BUILT)
 	$(BIN)/pexopt inspect $(DEMO_MODEL)
-	$(BIN)/pexopt solve $(DEMO_MODEL) --sram 256k --verify -o out/demo_plan.json
+	$(BIN)/pexopt solve $(DEMO_MODEL) --sram 96k --verify -o out/demo_plan.json --emit-c out/demo_c
 	$(BIN)/pexopt validate out/demo_plan.json $(DEMO_MODEL)
 
 test: $(STAMP) $(BUILT)

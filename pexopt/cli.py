@@ -192,8 +192,8 @@ def solve(model: Path,
                                                    help="Never write in place.")] = False,
           rows: Annotated[bool, typer.Option(
               "--rows/--no-rows", help="Also run chains of spatially local operators band by "
-              "band (row bands, issue #7): planned, validated, simulated and priced on the "
-              "--target profile, but no C code yet.")] = False,
+              "band (row bands: halos kept, streaming in place); --no-rows: channel splits "
+              "only.")] = True,
           no_stream: Annotated[bool, typer.Option(
               "--no-stream", help="Row bands never stream over their input.")] = False,
           verify: Annotated[bool, typer.Option(
@@ -245,7 +245,10 @@ def solve(model: Path,
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
                         output or emit_c)
     bound = _latency_bound(latency, pareto, pareto_points, profile, target)
-    with _LiveLine(not quiet and not as_json and err.is_terminal) as live:
+    from pexopt.solver.interrupt import keep_best_on_sigint
+
+    with _LiveLine(not quiet and not as_json and err.is_terminal) as live, \
+            keep_best_on_sigint() as stop:
         try:
             # pruning starts from the unpruned smallest arena; its search applies the bound
             res = solve_model(model, opts, params, budget, progress=live, profile=profile,
@@ -253,6 +256,12 @@ def solve(model: Path,
         except LatencyNotMet as e:
             err.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_NO_FIT) from None
+    if stop.hit:  # the first Ctrl-C: this plan is validated and simulated like any other
+        if popts is not None or pareto is not None:
+            raise KeyboardInterrupt
+        if not quiet:
+            err.print("interrupted (Ctrl-C): finishing with the best plan found so far; "
+                      "Ctrl-C again to abort without writing anything")
     pruning, hint = None, None
     if popts is not None:  # the plan becomes the pruned model's plan
         from pexopt.prune.report import fail_line, summarize

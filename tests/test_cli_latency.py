@@ -16,7 +16,8 @@ from conftest import run_cli as run
 from pexopt.latency.bound import parse_latency
 from pexopt.latency.profile import load_profile
 
-FAST = ["--time-limit", "10", "--workers", "2"]
+LIMITS = ["--time-limit", "10", "--workers", "2"]
+FAST = [*LIMITS, "--no-rows"]  # pins channel-split plans (row bands: LIMITS alone)
 
 
 @pytest.fixture(scope="module")
@@ -146,20 +147,20 @@ def test_rows_with_latency_bound(rows_model: Path, tmp_path: Path) -> None:
     """--rows --latency: a bound just above the memory-optimal row plan's estimate is met by a
     plan with row bands; an impossible one exits 3 with one line naming the fastest plan."""
     first = tmp_path / "rows.json"
-    res = run("solve", rows_model, "--rows", "-o", first, *FAST)
+    res = run("solve", rows_model, "--rows", "-o", first, *LIMITS)
     assert res.exit_code == 0, res.stderr
     base = json.loads(first.read_text())
     assert any(s["split"]["dim"] == "rows" for s in base["splits"])
     bound = base["latency"]["cycles"] + 1000
     out = tmp_path / "bounded.json"
-    res = run("solve", rows_model, "--rows", "--latency", bound, "-o", out, "--json", *FAST)
+    res = run("solve", rows_model, "--rows", "--latency", bound, "-o", out, "--json", *LIMITS)
     assert res.exit_code == 0, res.stderr
     plan = json.loads(out.read_text())
     assert plan["latency"]["cycles"] <= bound
     assert plan["arena_bytes"] <= base["arena_bytes"]
     assert json.loads(res.stdout)["latency"] == plan["latency"]
     never = tmp_path / "never.json"
-    res = run("solve", rows_model, "--rows", "--latency", "1ms", "-o", never, *FAST)
+    res = run("solve", rows_model, "--rows", "--latency", "1ms", "-o", never, *LIMITS)
     assert res.exit_code == 3
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be met" in lines[0] and "Traceback" not in res.stderr
@@ -168,7 +169,7 @@ def test_rows_with_latency_bound(rows_model: Path, tmp_path: Path) -> None:
 
 def test_rows_pareto_front(rows_model: Path, tmp_path: Path) -> None:
     path = tmp_path / "front.csv"
-    res = run("solve", rows_model, "--rows", "--pareto", path, "--json", *FAST)
+    res = run("solve", rows_model, "--rows", "--pareto", path, "--json", *LIMITS)
     assert res.exit_code == 0, res.stderr
     rows = list(csv.DictReader(path.open()))
     assert len(rows) >= 2

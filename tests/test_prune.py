@@ -300,12 +300,13 @@ def test_mbv2_int8_prunes_into_64k_keeping_80pct_macs(models_dir: Path, tmp_path
     pruned, plan = tmp_path / "pruned.onnx", tmp_path / "plan.json"
     res = runner.invoke(app, ["solve", str(model), "--sram", "64k", "--input-external",
                               "--prune", "--write-pruned", str(pruned), "-o", str(plan),
-                              "--json", "--time-limit", "5", "--workers", "2"])
+                              "--json", "--time-limit", "5", "--workers", "2", "--no-rows"])
     assert res.exit_code == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["fits"] and d["arena_bytes"] <= 65536
     pr = d["prune"]
-    # 124,416 B of activations and the stem conv's 64 B of CMSIS-NN scratch (cortex-m4)
+    # channel splits only (the issue's setting): 124,416 B of activations and the stem
+    # conv's 64 B of CMSIS-NN scratch (cortex-m4)
     assert pr["arena_before"] == 124480 and pr["macs_kept"] >= 0.8
     rows = {r["layer"]: r for r in pr["rows"]}
     assert rows["stem_conv"]["producer"] and rows["stem_conv"]["importance_removed"] > 0
@@ -315,6 +316,28 @@ def test_mbv2_int8_prunes_into_64k_keeping_80pct_macs(models_dir: Path, tmp_path
     assert run_ort(pruned, x).shape == run_ort(model, x).shape == (1, 1000)
     check = runner.invoke(app, ["validate", str(plan), str(pruned)])
     assert check.exit_code == 0, check.stdout + check.stderr
+
+
+def test_mbv2_int8_with_row_bands_prunes_little(models_dir: Path, tmp_path: Path) -> None:
+    """With row bands (the default) the image streams: 64 KB needs no pruning at all, and a
+    budget below the unpruned arena prunes a few channels of the plan's peak only."""
+    model = models_dir / "mbv2_w035_r144_int8.onnx"
+    args = ["solve", str(model), "--input-external", "--prune", "--json", "--time-limit", "5",
+            "--workers", "2"]
+    res = runner.invoke(app, [*args, "--sram", "64k"])
+    assert res.exit_code == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["fits"] and d["arena_bytes"] <= 40_000 and d["prune"]["macs_kept"] == 1.0
+    pruned = tmp_path / "p.onnx"
+    res = runner.invoke(app, [*args, "--sram", str(d["arena_bytes"] - 4096), "-o",
+                              str(tmp_path / "b.json"), "--write-pruned", str(pruned)])
+    assert res.exit_code == 0, res.stderr
+    e = json.loads(res.stdout)
+    assert e["fits"] and e["arena_bytes"] <= d["arena_bytes"] - 4096
+    assert 0.8 <= e["prune"]["macs_kept"] < 1.0
+    assert any(s["split"]["dim"] == "rows" for s in e["splits"])
+    x = np.random.default_rng(0).random((1, 3, 144, 144)).astype(np.float32)
+    assert run_ort(pruned, x).shape == (1, 1000)
 
 
 def test_mbv2_float_prunes_into_64k(models_dir: Path) -> None:
@@ -364,7 +387,7 @@ def test_cli_impossible_budget_exits_3_with_smallest_arena(int8_path: Path,
 def test_cli_hint_names_the_pruning_that_would_fit(int8_path: Path) -> None:
     base = solve_model(int8_path, ImportOptions(), PARAMS, None).plan.arena_bytes
     res = runner.invoke(app, ["solve", str(int8_path), "--sram", str(base - 1024), "-q",
-                              "--workers", "1"])
+                              "--workers", "1", "--no-rows"])
     line = _bad(res)
     assert res.exit_code == 3 and "rerun with --prune" in line and "of MACs kept" in line
 

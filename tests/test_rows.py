@@ -396,8 +396,8 @@ def test_tinyengine_vww_rows_never_above_channel_only(shared_models_dir: Path) -
 
 
 def test_cli_solve_bands_then_codegen(tmp_models: Path, tmp_path: Path) -> None:
-    """`solve --rows` plans row bands (not by default); `codegen` and `--rows --emit-c` compile
-    them."""
+    """`solve` plans row bands (by default; `--no-rows` does not); `codegen` and `--emit-c`
+    compile them."""
     from typer.testing import CliRunner
 
     from pexopt.cli import app
@@ -413,9 +413,13 @@ def test_cli_solve_bands_then_codegen(tmp_models: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.stderr
     assert " band rows [" in (tmp_path / "c" / "pex_model.c").read_text()
     flat = tmp_path / "flat.json"
-    res = runner.invoke(app, ["solve", str(path), "-o", str(flat), *fast])
+    res = runner.invoke(app, ["solve", str(path), "-o", str(flat), "--no-rows", *fast])
     assert res.exit_code == 0
     assert not any(s["mode"] == "band" for s in json.loads(flat.read_text())["steps"])
+    default = tmp_path / "default.json"
+    res = runner.invoke(app, ["solve", str(path), "-o", str(default), *fast])
+    assert res.exit_code == 0
+    assert json.loads(default.read_text()) == json.loads(plan.read_text())
     res = runner.invoke(app, ["solve", str(path), "--rows", "--emit-c", str(tmp_path / "c3"),
                               *fast])
     assert res.exit_code == 0, res.stderr

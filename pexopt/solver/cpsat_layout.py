@@ -41,6 +41,7 @@ from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
 from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
+from pexopt.solver import interrupt
 from pexopt.solver.baselines import Lifetime, greedy_by_size
 from pexopt.solver.bounds import (
     any_order_bound,
@@ -515,7 +516,9 @@ class _Model:
             solver.parameters.cp_model_probing_level = 0
         t0 = time.time()
         cb = _Callback(stage, self.lb, t0, progress if objective == "arena" else None)
-        status = solver.solve(m, cb)
+        status = interrupt.run_search(solver, lambda: solver.solve(m, cb))
+        if status is None:  # Ctrl-C before this stage: keep what the earlier stages found
+            return "INTERRUPTED", None, self.lb
         self.work = solver.deterministic_time  # for callers that need reproducible stops
         name = solver.status_name(status)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -629,7 +632,10 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     deadline = t0 + budget
 
     def left(share: float = 1.0) -> float:
-        """Seconds for the next stage: a share of the budget, never past the deadline."""
+        """Seconds for the next stage: a share of the budget, never past the deadline (none
+        after a Ctrl-C)."""
+        if interrupt.requested():
+            return 0.0
         return max(0.0, min(share * budget, 0.97 * (deadline - time.time())))
 
     chan = None
@@ -705,6 +711,8 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         best = _simplest(graph, params, best, segments, lb, left(0.25))
     best.bound = min(max(best.bound, bound), best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
+    if interrupt.requested():
+        stages.append("interrupted (Ctrl-C): the best plan so far")
     if not fast_enough(best):
         best.status = TOO_SLOW
     best.seconds = time.time() - t0
