@@ -22,19 +22,23 @@ BUNDLED = sorted((ROOT / "models").glob("*_int8.onnx"))
 TOLERANCE = 0.15
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["layerwise", "split"])
+@pytest.mark.parametrize("split,rows", [(False, False), (True, False), (True, True)],
+                         ids=["layerwise", "split", "rows"])
 @pytest.mark.parametrize("model", BUNDLED, ids=lambda p: p.stem)
-def test_estimate_within_15_percent_of_qemu(qemu_tools: None, model: Path, split: bool) -> None:
+def test_estimate_within_15_percent_of_qemu(qemu_tools: None, model: Path, split: bool,
+                                            rows: bool) -> None:
     prof = load_profile("cortex-m4")
     res = solve_model(model, ImportOptions(), SolverParams(time_limit=20, workers=2,
-                                                           split=split), None)
+                                                           split=split, rows=rows), None)
+    if rows:
+        assert any(s.mode == "band" for s in res.plan.steps), "row bands must be measured"
     measured = measure_plan(res.plan, res.graph, model, "cortex-m4")
     assert measured.exact
     est = estimate(prof, res.graph, res.plan).instructions
     err = est / measured.instructions - 1
-    print(f"{model.stem} split={split}: estimated {est:,.0f}, measured "
+    print(f"{model.stem} split={split} rows={rows}: estimated {est:,.0f}, measured "
           f"{measured.instructions:,}, error {100 * err:+.1f}%")
-    assert abs(err) <= TOLERANCE, (model.stem, split, est, measured.instructions)
+    assert abs(err) <= TOLERANCE, (model.stem, split, rows, est, measured.instructions)
 
 
 def test_calibrate_quick_writes_a_valid_profile(qemu_tools: None, tmp_path: Path) -> None:
