@@ -42,7 +42,10 @@ class Segment:
     accumulate: bool
     widths: tuple[int, ...]
     dim: str = "channel"  # "rows": a row-band segment (pexopt.partial.bands); `channels` then
-    # counts output rows and `widths` are band heights
+    # counts output rows and `widths` are band heights. "hybrid": bands and channel slices at
+    # once (pexopt.partial.hybrid): as "rows", plus `slice_width`; its band accumulator lives in
+    # the workspace, so `accumulate` stays False
+    slice_width: int = 0  # channels per slice of a hybrid segment
 
     def spec(self, width: int) -> SplitSpec:
         return SplitSpec(dim=self.dim, extent=width, halo=0)
@@ -84,6 +87,9 @@ def workspace_bytes(graph: Graph, seg: Segment, width: int, align: int = 1) -> i
     if seg.dim == "rows":  # band buffers: rows needed plus halo rows kept
         from pexopt.partial.bands import band_workspace_bytes
         return band_workspace_bytes(graph, seg, width, align)
+    if seg.dim == "hybrid":  # band buffer, band x slice tiles, band accumulator
+        from pexopt.partial.hybrid import hybrid_workspace_bytes
+        return hybrid_workspace_bytes(graph, seg, width, align)
     if not seg.internal:
         return 0
     last = seg.internal[-1]

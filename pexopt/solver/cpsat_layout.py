@@ -41,6 +41,7 @@ from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
 from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
+from pexopt.partial.hybrid import find_hybrid_segments
 from pexopt.solver.baselines import Lifetime, greedy_by_size
 from pexopt.solver.bounds import (
     any_order_bound,
@@ -89,6 +90,7 @@ class SolverParams:
     rows: bool = False  # row-band segments (with `split`)
     channels: bool = True  # channel-slice segments (with `split`); off: row bands alone
     stream: bool = True  # row segments may stream their output over their input
+    hybrid: bool = True  # with `rows` and `channels`: bands and channel slices at once
     max_heights: int = 6
 
 
@@ -509,7 +511,7 @@ class _Model:
         solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         if p.deterministic_time is not None:
             solver.parameters.max_deterministic_time = p.deterministic_time
-        if any(s.dim == "rows" for s in self.segments):
+        if any(s.dim != "channel" for s in self.segments):
             # probing the many band-height literals took most of the time (14 s of presolve on
             # MobileNetV2 with the input external) and pruned little
             solver.parameters.cp_model_probing_level = 0
@@ -587,6 +589,14 @@ def greedy_schedule(graph: Graph, order: list[int], params: SolverParams) -> Sch
     return Schedule(order, offs, {}, arena, 0, "GREEDY", 0.0, params=params, kscratch=ks)
 
 
+def _hybrid(graph: Graph, params: SolverParams, first_id: int) -> list[Segment]:
+    """Hybrid segments (rows and channel slices at once) when rows, channels and hybrid are on."""
+    if not (params.split and params.rows and params.channels and params.hybrid):
+        return []
+    return find_hybrid_segments(graph, first_id, params.max_segment_len, params.max_heights,
+                                widths=params.slice_widths)
+
+
 def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
                  progress: Progress | None = None, start: Schedule | None = None) -> Schedule:
     """Best schedule: file order first (hinted by greedy), then a free order, hinted.
@@ -599,6 +609,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
                              params.slice_widths) if params.split and params.channels else []
     rows = find_row_segments(graph, len(segments), params.max_segment_len, params.max_heights,
                              single=params.stream) if params.split and params.rows else []
+    rows += _hybrid(graph, params, len(segments) + len(rows))
     segments += rows
     if params.use_bound:
         # kernel scratch joins the per-op sums: without it the bound stays valid but weak,
@@ -751,6 +762,7 @@ def solve_fastest(graph: Graph, params: SolverParams, arena_limit: int | None,
     if params.split and params.rows:  # bands may be what fits the arena limit
         rows = find_row_segments(graph, len(segments), params.max_segment_len,
                                  params.max_heights, single=params.stream)
+        rows += _hybrid(graph, params, len(segments) + len(rows))
         segments += worth_trying(graph, rows, split_bound(graph, segments + rows,
                                                           stream=params.stream))
     file_order = list(range(len(graph.ops)))
