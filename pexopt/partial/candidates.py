@@ -46,6 +46,7 @@ class Segment:
     # once (pexopt.partial.hybrid): as "rows", plus `slice_width`; its band accumulator lives in
     # the workspace, so `accumulate` stays False
     slice_width: int = 0  # channels per slice of a hybrid segment
+    slice_channels: int = 0  # channels of a hybrid segment's internal tensors (all sliced)
 
     def spec(self, width: int) -> SplitSpec:
         return SplitSpec(dim=self.dim, extent=width, halo=0)
@@ -53,6 +54,11 @@ class Segment:
     def slices(self, width: int) -> list[tuple[int, int]]:
         """Channel (or row) ranges [c0, c1) of the slices (bands) for one width (height)."""
         return [(c, min(self.channels, c + width)) for c in range(0, self.channels, width)]
+
+    def pieces(self, width: int) -> int:
+        """How many pieces the split runs: slices, bands, or bands x channel slices."""
+        per_band = -(-self.slice_channels // self.slice_width) if self.dim == "hybrid" else 1
+        return len(self.slices(width)) * per_band
 
 
 def channels(t: Tensor) -> int:

@@ -69,14 +69,14 @@ def find_hybrid_segments(graph: Graph, first_id: int = 0, max_len: int = 6,
             segs.append(Segment(id=first_id + len(segs), ops=cs.ops,
                                 channels=height(graph, cs.output), internal=cs.internal,
                                 inputs=cs.inputs, output=cs.output, accumulate=False,
-                                widths=hs, dim="hybrid", slice_width=w))
+                                widths=hs, dim="hybrid", slice_width=w,
+                                slice_channels=cs.channels))
     return segs
 
 
 def slice_ranges(graph: Graph, seg: Segment) -> list[tuple[int, int]]:
     """The channel slices [c0, c1) of the segment's internal tensors."""
-    c = graph.tensors[seg.internal[0]].shape[-1]
-    s = max(1, seg.slice_width)
+    c, s = seg.slice_channels, max(1, seg.slice_width)
     return [(c0, min(c, c0 + s)) for c0 in range(0, c, s)]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pexopt.graph.ir import Graph
 from pexopt.partial.candidates import Segment
-from pexopt.partial.hybrid import hybrid_offsets, hybrid_schedule, slice_ranges
+from pexopt.partial.hybrid import hybrid_offsets, hybrid_schedule
 from pexopt.plan.build_rows import band_name
 from pexopt.plan.format import Step
 
@@ -76,7 +76,7 @@ def hybrid_summary(graph: Graph, seg: Segment, h: int) -> dict:
             "kinds": [graph.ops[k].kind.value for k in seg.ops], "width": h,
             "split": {"dim": "hybrid", "extent": h, "halo": 0, "slice_width": seg.slice_width},
             "band_rows": {graph.tensors[seg.internal[0]].name: caps[0]},
-            "slices": len(seg.slices(h)) * len(slice_ranges(graph, seg)),
+            "slices": seg.pieces(h),
             "channels": seg.channels, "accumulate": True,
             "halo_moves": sum(1 for s in steps if s.mode == "halo"),
             "accumulator_bytes": offs[-1][3], "streaming": False,

@@ -498,12 +498,12 @@ class _Model:
             m.minimize(self.latency)
         else:  # at the arena already reached: the fastest plan (with a cost model), then the
             # simplest: fewest slices, no needless in-place writes
-            simple = sum(self.width[(s.id, w)] * len(s.slices(w)) for s in self.segments
+            simple = sum(self.width[(s.id, w)] * s.pieces(w) for s in self.segments
                          for w in s.widths) + sum(self.choice.values())
             if self.latency is None:
                 m.minimize(simple)
             else:
-                worst = sum(max(len(s.slices(w)) for w in s.widths) for s in self.segments)
+                worst = sum(max(s.pieces(w) for w in s.widths) for s in self.segments)
                 m.minimize(self.latency * (worst + len(self.choice) + 1) + simple)
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = p.workers
@@ -623,7 +623,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         lb = 0
     if rows:  # the bound above counts every row segment; the model gets the promising ones
         keep = {s.id for s in worth_trying(graph, rows, lb or split_bound(graph, segments))}
-        segments = [s for s in segments if s.dim != "rows" or s.id in keep]
+        segments = [s for s in segments if s.dim == "channel" or s.id in keep]
     file_order = list(range(len(graph.ops)))
 
     def fast_enough(sc: Schedule) -> bool:
@@ -645,9 +645,11 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
 
     chan = None
     if rows:  # channel splits alone first (small model, fast): the hint of the model with rows
-        chan = solve_layout(graph, replace(params, rows=False, time_limit=left(0.4)),
-                            progress, start)
-        stages.append(f"channel splits {chan.arena}")
+        # (with hybrid segments: row bands without them first, so hybrid is never worse)
+        hybrid = any(s.dim == "hybrid" for s in rows)
+        simpler = replace(params, hybrid=False) if hybrid else replace(params, rows=False)
+        chan = solve_layout(graph, replace(simpler, time_limit=left(0.4)), progress, start)
+        stages.append(f"{'row bands' if hybrid else 'channel splits'} {chan.arena}")
     fixed_model = _Model(graph, params, file_order, segments, lb,
                          greedy.arena if fast_enough(greedy) else None)
     if params.hint:
