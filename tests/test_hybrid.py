@@ -196,6 +196,40 @@ def test_validator_refuses_a_short_band_accumulator(tmp_models: Path) -> None:
     assert "size" in codes
 
 
+def test_validator_catches_every_mutation_of_a_hybrid_plan(tmp_models: Path) -> None:
+    """Shifted rows or slices, dropped fields, other modes, swapped steps: never a crash, and
+    a mutated plan the validator accepts (steps swapped that do not depend on each other) still
+    equals the reference."""
+    import random
+
+    path, g = _block(tmp_models, "ir_k3s1")
+    seg = next(s for s in find_hybrid_segments(g) if len(s.ops) == 2 and s.slice_width == 4)
+    base = json.loads(build_plan(g, manual_schedule(g, seg, 2)).to_json())
+    rng = random.Random(0)
+    for _ in range(150):
+        d = json.loads(json.dumps(base))
+        k = rng.randrange(len(d["steps"]))
+        s, m = d["steps"][k], rng.randrange(6)
+        if m == 0 and s["rows"]:
+            s["rows"][rng.randrange(2)] += rng.choice([-1, 1])
+        elif m == 1 and s["slice"]:
+            s["slice"][rng.randrange(2)] += rng.choice([-1, 1])
+        elif m == 2:
+            s["rows"] = None
+        elif m == 3:
+            s["slice"] = None if s["slice"] else [0, 4]
+        elif m == 4:
+            s["mode"] = rng.choice(["band", "accumulate", "requantize", "halo", "slice"])
+        else:
+            j = rng.randrange(len(d["steps"]))
+            d["steps"][k], d["steps"][j] = d["steps"][j], d["steps"][k]
+            for i, st in enumerate(d["steps"]):
+                st["index"] = i
+        plan = plan_from_dict(d)
+        if d != base and not validate(plan, g):
+            assert verify_plan(plan, g, path, n_inputs=1, onnxruntime=False).exact, (m, s)
+
+
 # ------------------------------------------------------------------------- C
 
 

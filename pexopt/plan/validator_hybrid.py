@@ -84,6 +84,9 @@ def _op_execution(ix: PlanIndex, op: Op, steps: list[int]) -> list[Violation]:
                                                f"[r0, r1) with 0 <= r0 < r1 <= {h}"))
         elif s.mode == "requantize":
             req.setdefault(r, []).append(i)
+            if s.slice is not None:  # it requantizes every channel of the band
+                out.append(Violation("slice_range", f"{step_name(i, s)} is 'requantize' but "
+                                                    f"has slice {s.slice}"))
         elif ix.slices[i] is None:
             out.append(Violation("slice_range", f"{step_name(i, s)} has slice {s.slice}"))
         else:
