@@ -268,9 +268,11 @@ def test_hybrid_is_strictly_smaller_on_a_wide_block(tmp_models: Path) -> None:
     chans = solve_layout(g, replace(FAST, rows=False))
     assert hyb.arena < min(rows.arena, rows_alone.arena, chans.arena), \
         (hyb.arena, rows.arena, rows_alone.arena, chans.arena)
-    assert any(s.dim == "hybrid" for s in hyb.segments if s.id in hyb.splits)
     assert hyb.status == "OPTIMAL"  # the bound counts hybrid segments
-    _exact(g, path, build_plan(g, hyb))
+    plan = build_plan(g, hyb)
+    (sp,) = [s for s in plan.splits if s["split"]["dim"] == "hybrid"]
+    assert sp["streaming"]  # the output is written over input rows no later band reads
+    _exact(g, path, plan)
 
 
 @pytest.mark.parametrize("name", ["ir_k3s1", "ir_k3s2"])

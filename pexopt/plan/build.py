@@ -205,7 +205,7 @@ def _split_summary(graph: Graph, sched: Schedule) -> list[dict]:
             out.append(band_summary(graph, s, w, s.id in sched.streams))
             continue
         if s.dim == "hybrid":
-            out.append(hybrid_summary(graph, s, w))
+            out.append(hybrid_summary(graph, s, w, s.id in sched.streams))
             continue
         whole = sum(graph.tensors[t].nbytes for t in s.internal)
         extra = accumulator_bytes(graph.tensors[s.output]) - graph.tensors[s.output].nbytes \

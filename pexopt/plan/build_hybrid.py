@@ -66,7 +66,7 @@ def hybrid_buffers(graph: Graph, seg: Segment, h: int, workspace: int, align: in
     return res
 
 
-def hybrid_summary(graph: Graph, seg: Segment, h: int) -> dict:
+def hybrid_summary(graph: Graph, seg: Segment, h: int, streaming: bool) -> dict:
     """The `splits` entry of a hybrid segment."""
     steps, caps = hybrid_schedule(graph, seg, h)
     whole = sum(graph.tensors[t].nbytes for t in seg.internal)
@@ -79,5 +79,5 @@ def hybrid_summary(graph: Graph, seg: Segment, h: int) -> dict:
             "slices": seg.pieces(h),
             "channels": seg.channels, "accumulate": True,
             "halo_moves": sum(1 for s in steps if s.mode == "halo"),
-            "accumulator_bytes": offs[-1][3], "streaming": False,
+            "accumulator_bytes": offs[-1][3], "streaming": streaming,
             "bytes_saved": whole - ws}
