@@ -275,6 +275,23 @@ def test_hybrid_is_strictly_smaller_on_a_wide_block(tmp_models: Path) -> None:
     _exact(g, path, plan)
 
 
+def test_cli_rows_uses_hybrid_and_no_hybrid_ablates_it(tmp_models: Path, tmp_path: Path
+                                                       ) -> None:
+    from conftest import run_cli
+
+    path, _ = _block(tmp_models, "wide")
+    arenas = {}
+    for flag in ("--rows", "--no-hybrid"):
+        out = tmp_path / f"{flag}.json"
+        args = ["solve", path, "--rows", "--time-limit", "20", "--workers", "2", "-o", out]
+        res = run_cli(*args, *(["--no-hybrid"] if flag == "--no-hybrid" else []))
+        assert res.exit_code == 0, res.stdout
+        d = json.loads(out.read_text())
+        arenas[flag] = d["arena_bytes"]
+        assert any(s["split"]["dim"] == "hybrid" for s in d["splits"]) == (flag == "--rows")
+    assert arenas["--rows"] < arenas["--no-hybrid"]
+
+
 @pytest.mark.parametrize("name", ["ir_k3s1", "ir_k3s2"])
 def test_bound_never_exceeds_a_hybrid_plan(tmp_models: Path, name: str) -> None:
     _, g = _block(tmp_models, name)
