@@ -106,7 +106,7 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
             inplace: bool = True, split: bool = True, target: str | None = None,
-            rows: bool = True, stream: bool = True) -> SolverParams:
+            rows: bool = True, stream: bool = True, hybrid: bool = True) -> SolverParams:
     if time_limit <= 0:
         raise PexError("--time-limit must be positive")
     if workers < 1:
@@ -120,7 +120,7 @@ def _params(time_limit: float, workers: int, seed: int, align: int, reorder: boo
             raise PexError(f"--target: unknown target '{target}' (one of {', '.join(TARGETS)})")
     return SolverParams(time_limit=time_limit, workers=workers, seed=seed, align=align,
                         reorder=reorder, inplace=inplace, split=split, target=target,
-                        rows=rows, stream=stream)
+                        rows=rows, stream=stream, hybrid=hybrid)
 
 
 @app.command()
@@ -196,6 +196,9 @@ def solve(model: Path,
               "only.")] = True,
           no_stream: Annotated[bool, typer.Option(
               "--no-stream", help="Row bands never stream over their input.")] = False,
+          no_hybrid: Annotated[bool, typer.Option(
+              "--no-hybrid", help="No chain runs in row bands and channel slices at "
+              "once (hybrid segments).")] = False,
           verify: Annotated[bool, typer.Option(
               "--verify/--no-verify",
               help="Simulate the plan in a byte-exact arena before writing it (default: on; "
@@ -239,7 +242,8 @@ def solve(model: Path,
     defaults = profile.solver if profile is not None else SolverParams()
     params = _params(defaults.time_limit if time_limit is None else time_limit,
                      defaults.workers if workers is None else workers, seed, align,
-                     not no_reorder, not no_inplace, not no_split, core, rows, not no_stream)
+                     not no_reorder, not no_inplace, not no_split, core, rows, not no_stream,
+                     not no_hybrid)
     if profile is not None and profile.solver.slice_widths is not None:
         params = replace(params, slice_widths=profile.solver.slice_widths)
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,

@@ -182,7 +182,8 @@ def kernel_scratch_bytes(graph: Graph, op_index: int, target: str | None,
     `slice` is the step's channel range [c0, c1) (output channels); a whole step uses all.
     An upper bound of what the emitter asks for: it may still run the portable kernel.
     """
-    if target is None or mode in PORTABLE_MODES or mode == "halo" or graph.dtype != "int8":
+    if target is None or mode in PORTABLE_MODES or mode == "halo" or graph.dtype != "int8" \
+            or (mode == "band" and slice is not None):
         return 0  # float graphs never reach CMSIS-NN (the emitter is int8 only); a halo step
         # is a memmove, no kernel call
     op = graph.ops[op_index]
@@ -198,6 +199,8 @@ def segment_scratch_bytes(graph: Graph, seg: Segment, width: int, target: str | 
     """The one kernel scratch of a split segment at slice width `width`: the largest need of
     any of its steps (slices of one segment interleave, so one region serves all of them)."""
     if target is None:
+        return 0
+    if getattr(seg, "dim", "channel") == "hybrid":  # portable kernels only
         return 0
     if getattr(seg, "dim", "channel") == "rows":  # bands call the whole-width kernels
         return max((kernel_scratch_bytes(graph, k, target) for k in seg.ops), default=0)

@@ -1,9 +1,10 @@
 """Property-based fuzzing: random CNN-like ONNX models (tests/fuzz_graphs.py), float32 and int8 QDQ.
 
-For every model: solve layer by layer, with channel splits and with row bands too (5 s, 1
-worker); every plan validates, rows <= channel splits <= layer by layer in arena, and every plan
-executed in the byte-exact arena equals the unsplit reference (bit for bit for int8, within
-tolerance for float32) on one input.
+For every model: solve layer by layer, with channel splits and with row bands too (hybrid
+segments included; 5 s, 1 worker); every plan validates, rows <= channel splits <= layer by
+layer in arena, and every plan executed in the byte-exact arena equals the unsplit reference
+(bit for bit for int8, within tolerance for float32) on one input. Hybrid plans of the model's
+first candidates are also built directly (the solver need not pick them) and checked alike.
 
 Quick profile by default (`FUZZ_EXAMPLES` per flavour); the long profile:
     PEXOPT_FUZZ_EXAMPLES=5000 python -m pytest -q tests/test_fuzz.py
@@ -24,8 +25,12 @@ from hypothesis import HealthCheck, given, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_graphs import Spec, build_model, fixed_input, specs  # noqa: E402
+from test_rows import manual_schedule  # noqa: E402
 
+from pexopt.graph.ir import Graph  # noqa: E402
+from pexopt.partial.hybrid import find_hybrid_segments  # noqa: E402
 from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
+from pexopt.plan.build import build_plan  # noqa: E402
 from pexopt.plan.validator import validate  # noqa: E402
 from pexopt.simulate.verify import verify_plan  # noqa: E402
 from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
@@ -58,10 +63,22 @@ def check_model(model: onnx.ModelProto, int8: bool, folder: Path) -> None:
                 f"{mode}: simulator vs onnxruntime {rep.ort_max_error}"
         arenas[mode] = res.plan.arena_bytes
         status[mode] = res.plan.solver.status
+    _check_hybrid(res.graph, path)
     assert arenas["split"] <= arenas["layerwise"], arenas
     assert arenas["rows"] <= arenas["layerwise"], arenas
     if status["rows"] == "OPTIMAL":  # the row-band model contains every channel-split plan
         assert arenas["rows"] <= arenas["split"], arenas
+
+
+def _check_hybrid(graph: Graph, path: Path) -> None:
+    """Hybrid plans (bands x channel slices) of up to two candidates, at a middle band height,
+    laid out without reuse: they validate and equal the reference, whatever the solver chose."""
+    for seg in find_hybrid_segments(graph)[:2]:
+        h = seg.widths[len(seg.widths) // 2]
+        plan = build_plan(graph, manual_schedule(graph, seg, h))
+        assert validate(plan, graph) == [], f"hybrid {seg.ops} h {h}"
+        assert verify_plan(plan, graph, path, n_inputs=1, onnxruntime=False).exact, \
+            f"hybrid {seg.ops} h {h}"
 
 
 def run_spec(spec: Spec, int8: bool) -> None:

@@ -292,7 +292,9 @@ def test_band_steps_sum_to_the_whole_op(tmp_path: Path, pad: int) -> None:
     with pytest.raises(ValueError, match="rows"):
         step_work(g, 0, "band")
     with pytest.raises(ValueError, match="rows"):
-        step_work(g, 0, "band", (0, 2), rows=(0, 1))
+        step_work(g, 0, "halo", (0, 2), rows=(0, 1))
+    (part,) = step_work(g, 0, "band", (0, 2), rows=(0, 1))  # hybrid: a slice of a band
+    assert part.counts["outputs"] * 2 == step_work(g, 0, "band", rows=(0, 1))[0].counts["outputs"]
     (halo,) = step_work(g, 0, "halo", rows=(3, 6))
     assert halo.cls == "memcpy"
     assert halo.counts == {"calls": 1, "outputs": 3 * row_bytes(g, g.ops[0].outputs[0])}

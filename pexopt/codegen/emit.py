@@ -29,6 +29,7 @@ from pexopt.codegen.files import FilesMixin, write_folder
 from pexopt.codegen.names import NameTable, comment
 from pexopt.codegen.render_bands import BandsMixin
 from pexopt.codegen.render_cmsis import CmsisMixin
+from pexopt.codegen.render_hybrid import HybridMixin
 from pexopt.codegen.render_ops import HANDLERS, OpsMixin
 from pexopt.codegen.views import View, contig, index_view, pad4
 from pexopt.errors import PexError
@@ -128,7 +129,7 @@ RESERVED = {"pex_invoke", "pex_arena", "pex_ctx", "input", "output",
             "pex_view", "pex_conv_t", "pex_fc_t", "pex_pool_t", "pex_ew_t"}
 
 
-class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, FilesMixin):
+class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, HybridMixin, FilesMixin):
     """State of one emit: the plan, the graph, the C being built and its counters."""
 
     def __init__(self, plan: Plan, graph: Graph, params: dict[int, OpParams], arch: str,
@@ -153,6 +154,8 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, FilesMixin):
         self.band_bases: dict[str, int] = {}  # band buffer -> the row at its slot 0
         self.band_io: dict[str, object] | None = None  # operands of the band step being emitted
         self.band_struct: str | None = None
+        self.hybrid_io: dict | None = None  # sliced band operands of the hybrid step emitted
+        self.tile_rows: dict[str, int] = {}  # tile -> the row at its slot 0
 
     # -- plumbing -------------------------------------------------------------------------
     def where(self, op: Op) -> str:
@@ -161,7 +164,7 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, FilesMixin):
     def _op_slices(self) -> dict[str, list[tuple[int, int]]]:
         out: dict[str, list[tuple[int, int]]] = {}
         for s in self.plan.steps:
-            if s.slice is not None and s.mode == "slice":
+            if s.slice is not None and s.mode in ("slice", "band"):  # band: hybrid
                 sl = (int(s.slice[0]), int(s.slice[1]))
                 lst = out.setdefault(s.op, [])
                 if sl not in lst:
@@ -222,8 +225,11 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, FilesMixin):
         if step.mode == "halo":
             self.halo(step)
             return
-        if step.mode == "band":
+        if step.mode == "band" or (step.mode == "accumulate" and step.rows is not None):
             self.band(step, op, p, HANDLERS)
+            return
+        if step.mode == "requantize" and step.rows is not None:
+            self.hybrid_requantize(step, op, p)
             return
         handler = HANDLERS.get(op.kind)
         if handler is None:  # pragma: no cover - check_supported ran first
@@ -269,6 +275,8 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, FilesMixin):
                       ) -> tuple[str, View, bool]:
         """(pointer, view, contiguous) of channels [c0, c1) of tensor t: its slice buffer or
         the channel range of the full tensor (IR layout, as run_plan reads it)."""
+        if self.hybrid_io is not None:  # a hybrid step: the slice of its band
+            return self.hybrid_io[t.name]
         where = self.where(op)
         full = pad4(t.shape, where)
         dims = full[:3] + (c1 - c0,)

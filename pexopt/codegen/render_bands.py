@@ -42,6 +42,8 @@ class BandsMixin:
     band_bases: dict[str, int]
     band_io: dict[str, object] | None
     band_struct: str | None
+    hybrid_io: dict | None
+    cmsis: bool
 
     def _row_elems(self, t: Tensor) -> int:
         return t.elements // t.shape[1]
@@ -132,6 +134,12 @@ class BandsMixin:
             patch = [f"{_STRUCTS[op.kind]} {BAND_STRUCT} = {c.struct};"]
             patch += [f"{BAND_STRUCT}.{f} = {v};" for f, v in fields]
             patch.append(f"(void){BAND_STRUCT};  /* unused when CMSIS-NN runs the band */")
+        run = dataclasses.replace(step, mode="whole")
+        cmsis = self.cmsis
+        if step.slice is not None:  # hybrid: the op's channel-slice renderer on the band
+            self.hybrid_io = self.hybrid_operands(step, op)
+            run = dataclasses.replace(step, mode="slice" if step.mode == "band" else step.mode)
+            self.cmsis = False  # portable kernels: the plan gives hybrid steps no scratch
         self.emit("{")
         for ln in patch:
             self.emit("    " + ln)
@@ -139,9 +147,10 @@ class BandsMixin:
         self.band_io = {"in": ins, "out": out}
         self.band_struct = BAND_STRUCT if patch else None
         try:
-            handlers[op.kind](self, dataclasses.replace(step, mode="whole"), bop, bp)
+            handlers[op.kind](self, run, bop, bp)
         finally:
-            self.band_io, self.band_struct = None, None
+            self.band_io, self.band_struct, self.hybrid_io = None, None, None
+            self.cmsis = cmsis
         self.body[mark:] = ["    " + ln if ln and not ln.startswith("#") else ln
                             for ln in self.body[mark:]]
         self.emit("}")

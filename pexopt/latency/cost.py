@@ -11,6 +11,7 @@ offsets. So for the CP-SAT model:
 equals `estimate(p, g, plan).instructions` of the plan those choices build (tested). A row
 segment's "width" is its band height: its cost is the sum of its band and halo steps
 (`partial.bands.band_schedule`); streaming in place moves no extra bytes, so it costs nothing.
+A hybrid segment's cost is the sum of its steps (`partial.hybrid.hybrid_schedule`).
 `cost_table` computes every term once, as integers in a chosen unit, for CP-SAT's integer model.
 """
 
@@ -26,6 +27,7 @@ from pexopt.latency.features import Work, invoke_work, step_work
 from pexopt.latency.profile import Profile, display_path
 from pexopt.partial.bands import band_schedule
 from pexopt.partial.candidates import Segment
+from pexopt.partial.hybrid import hybrid_schedule
 from pexopt.plan.format import Plan, is_kscratch
 
 
@@ -87,6 +89,11 @@ def segment_instructions(profile: Profile, graph: Graph, segment: Segment, width
     or of a row segment at band height `width`."""
     if segment.dim == "rows":
         return row_segment_instructions(profile, graph, segment, width)
+    if segment.dim == "hybrid":
+        return sum(step_instructions(profile, graph, st.op, st.mode,
+                                     None if st.mode in ("halo", "requantize") else
+                                     (st.c0, st.c1), rows=(st.r0, st.r1))
+                   for st in hybrid_schedule(graph, segment, width)[0])
     # a step's counts depend on its slice's width only, so price each distinct width once
     per_width = Counter(c1 - c0 for c0, c1 in segment.slices(width))
     last = len(segment.ops) - 1

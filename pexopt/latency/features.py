@@ -16,7 +16,9 @@ kernel on the input rows the band reads, with top padding only where the band to
 and rows past the end acting as padding, so it does the whole op's work restricted to its output
 rows (taps counted over valid rows only) plus one call; a band of a pointwise op is one call on a
 view of its rows. A "halo" step is one memmove of the kept rows inside the arena, priced like
-pex_invoke's memcpy (class `memcpy`: a call plus bytes).
+pex_invoke's memcpy (class `memcpy`: a call plus bytes). A hybrid step (rows and a channel
+slice at once, `pexopt.partial.hybrid`) is the slice step's work over the band's output rows;
+a hybrid requantize also copies the band into the output rows.
 """
 
 from __future__ import annotations
@@ -122,8 +124,9 @@ def step_work(graph: Graph, op_index: int, mode: str,
         raise ValueError(f"unknown step mode '{mode}'")
     if mode in ("slice", "accumulate") and channel_slice is None:
         raise ValueError(f"a '{mode}' step needs a channel slice")
-    if mode in ("band", "halo") and (rows is None or channel_slice is not None):
-        raise ValueError(f"a '{mode}' step needs its rows and no channel slice")
+    if mode in ("band", "halo") and (rows is None or
+                                     (mode == "halo" and channel_slice is not None)):
+        raise ValueError(f"a '{mode}' step needs its rows (and a halo no channel slice)")
     op = graph.ops[op_index]
     t_in = graph.tensors[op.inputs[0]] if op.inputs else None
     t_out = graph.tensors[op.outputs[0]]
@@ -132,13 +135,17 @@ def step_work(graph: Graph, op_index: int, mode: str,
         moved = (rows[1] - rows[0]) * row_bytes(graph, op.outputs[0])
         return [Work("memcpy", {"calls": 1, "outputs": moved})]
     n, oh, ow, oc = _nhwc(t_out)
-    band = rows if mode == "band" else None
+    band = rows if mode in ("band", "accumulate", "requantize") else None  # hybrid: rows too
     if band is not None and SPECS[op.kind].rows == Rows.NONE:
         raise ValueError(f"operator '{op.name}' ({op.kind.value}) cannot run in row bands")
     # a band is the whole op over fewer output rows: one call, the same per-pixel loops
     out_pix = n * (band[1] - band[0]) * ow if band is not None else n * oh * ow
     elements = out_pix * oc if band is not None else t_out.elements
     if mode == "requantize":
+        if band is not None:  # a hybrid band: requantized in place, then copied to its rows
+            return [Work("requantize", {"calls": 1, "outputs": elements}),
+                    Work("memcpy", {"calls": 1, "outputs": elements * t_out.nbytes
+                                    // max(1, t_out.elements)})]
         return [Work("requantize", {"calls": 1, "outputs": t_out.elements})]
     cls = op_class(op)
     if mode == "accumulate":
@@ -151,7 +158,7 @@ def step_work(graph: Graph, op_index: int, mode: str,
                                         "outputs": rows_fc * oc,
                                         "taps": rows_fc * oc * per_row,
                                         "macs": rows_fc * oc * per_row * ni})]
-        taps = valid_taps(graph, op) * oc
+        taps = valid_taps(graph, op, band) * oc
         return [Work("accumulate", {"calls": 1, "pixels": out_pix, "outputs": out_pix * oc,
                                     "taps": taps, "macs": taps * ni})]
     width = _width(oc, channel_slice)

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from pexopt.graph.ir import Graph
 from pexopt.graph.rows import height, input_rows, is_nhwc, row_bytes, row_capable
-from pexopt.partial.candidates import Segment
+from pexopt.partial.candidates import Segment, workspace_bytes
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,10 @@ def band_workspace_bytes(graph: Graph, seg: Segment, h: int, align: int = 1) -> 
 
 
 def stream_input(graph: Graph, seg: Segment) -> int | None:
-    """The chain input the output may stream over (the first op's first input), if any."""
-    if seg.dim != "rows":
+    """The chain input the output may stream over (the first op's first input), if any; a
+    hybrid segment streams like the row segment of its chain (its output rows of a band are
+    written after every slice of that band, which read no later input rows than the band)."""
+    if seg.dim not in ("rows", "hybrid"):
         return None
     t = graph.ops[seg.ops[0]].inputs[0]
     tt = graph.tensors[t]
@@ -207,18 +209,18 @@ def stream_union(graph: Graph, seg: Segment, h: int, align: int) -> tuple[int, i
 
 
 def row_macro_bytes(graph: Graph, seg: Segment, stream: bool) -> int:
-    """Least bytes live while a row segment runs (its full inputs, output and band buffers;
-    with streaming the input and output share their union box), over its heights."""
+    """Least bytes live while a row (or hybrid) segment runs (its full inputs, output and
+    workspace; with streaming the input and output share their union box), over its heights."""
     size = {t: graph.tensors[t].nbytes for t in (*seg.inputs, seg.output)}
     io = sum(size[t] for t in seg.inputs) + size[seg.output]
     best = None
     for h in seg.widths:
-        v = io + band_workspace_bytes(graph, seg, h)
+        ws = workspace_bytes(graph, seg, h)
+        v = io + ws
         u = stream_union(graph, seg, h, 1) if stream else None
         a = stream_input(graph, seg)
         if u is not None and a is not None:
-            v = min(v, io - size[a] - size[seg.output] + u[2]
-                    + band_workspace_bytes(graph, seg, h))
+            v = min(v, io - size[a] - size[seg.output] + u[2] + ws)
         best = v if best is None else min(best, v)
     return best or 0
 

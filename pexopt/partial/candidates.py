@@ -42,7 +42,11 @@ class Segment:
     accumulate: bool
     widths: tuple[int, ...]
     dim: str = "channel"  # "rows": a row-band segment (pexopt.partial.bands); `channels` then
-    # counts output rows and `widths` are band heights
+    # counts output rows and `widths` are band heights. "hybrid": bands and channel slices at
+    # once (pexopt.partial.hybrid): as "rows", plus `slice_width`; its band accumulator lives in
+    # the workspace, so `accumulate` stays False
+    slice_width: int = 0  # channels per slice of a hybrid segment
+    slice_channels: int = 0  # channels of a hybrid segment's internal tensors (all sliced)
 
     def spec(self, width: int) -> SplitSpec:
         return SplitSpec(dim=self.dim, extent=width, halo=0)
@@ -50,6 +54,11 @@ class Segment:
     def slices(self, width: int) -> list[tuple[int, int]]:
         """Channel (or row) ranges [c0, c1) of the slices (bands) for one width (height)."""
         return [(c, min(self.channels, c + width)) for c in range(0, self.channels, width)]
+
+    def pieces(self, width: int) -> int:
+        """How many pieces the split runs: slices, bands, or bands x channel slices."""
+        per_band = -(-self.slice_channels // self.slice_width) if self.dim == "hybrid" else 1
+        return len(self.slices(width)) * per_band
 
 
 def channels(t: Tensor) -> int:
@@ -84,6 +93,9 @@ def workspace_bytes(graph: Graph, seg: Segment, width: int, align: int = 1) -> i
     if seg.dim == "rows":  # band buffers: rows needed plus halo rows kept
         from pexopt.partial.bands import band_workspace_bytes
         return band_workspace_bytes(graph, seg, width, align)
+    if seg.dim == "hybrid":  # band buffer, band x slice tiles, band accumulator
+        from pexopt.partial.hybrid import hybrid_workspace_bytes
+        return hybrid_workspace_bytes(graph, seg, width, align)
     if not seg.internal:
         return 0
     last = seg.internal[-1]

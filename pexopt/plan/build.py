@@ -17,6 +17,7 @@ from pexopt.partial.candidates import (
     slice_offsets,
     workspace_bytes,
 )
+from pexopt.plan.build_hybrid import hybrid_buffers, hybrid_steps, hybrid_summary
 from pexopt.plan.build_rows import band_buffers, band_steps, band_summary
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, kscratch_name
 from pexopt.solver.cpsat_layout import Schedule, SolverParams, temp_bytes
@@ -70,6 +71,9 @@ def _steps(graph: Graph, sched: Schedule, in_arena: set[int], target: str | None
         internal = set(seg.internal)
         width = sched.splits[seg.id]
         ks = kscratch_name(graph.ops[seg.ops[0]].name)
+        if seg.dim == "hybrid":  # portable kernels on band x slice: no kernel scratch
+            steps += hybrid_steps(graph, seg, width, in_arena, len(steps))
+            continue
         if seg.dim == "rows":  # band steps call the whole-width kernels: the segment's scratch
             by_name = {graph.ops[k].name: k for k in seg.ops}
             for st in band_steps(graph, seg, width, in_arena, len(steps)):
@@ -148,7 +152,12 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
         w = sched.splits.get(s.id)
         if w is None:
             continue
-        if s.dim == "rows":
+        if s.dim == "hybrid":
+            for bname, tname, kind, off, size in hybrid_buffers(graph, s, w,
+                                                                sched.workspace[s.id],
+                                                                params.align):
+                add(bname, tname, kind, off, size)
+        elif s.dim == "rows":
             for bname, tname, off, size in band_buffers(graph, s, w, sched.workspace[s.id],
                                                         params.align):
                 add(bname, tname, "band", off, size)
@@ -194,6 +203,9 @@ def _split_summary(graph: Graph, sched: Schedule) -> list[dict]:
             continue
         if s.dim == "rows":
             out.append(band_summary(graph, s, w, s.id in sched.streams))
+            continue
+        if s.dim == "hybrid":
+            out.append(hybrid_summary(graph, s, w, s.id in sched.streams))
             continue
         whole = sum(graph.tensors[t].nbytes for t in s.internal)
         extra = accumulator_bytes(graph.tensors[s.output]) - graph.tensors[s.output].nbytes \

@@ -22,16 +22,17 @@ from pexopt.ops import SPECS
 from pexopt.plan.format import Buffer, Plan, Step, is_kscratch
 
 MODES = ("whole", "slice", "accumulate", "requantize", "band", "halo")
-BUFFER_KINDS = ("tensor", "slice", "accumulator", "scratch", "band")
+BUFFER_KINDS = ("tensor", "slice", "accumulator", "scratch", "band", "tile")
 ACC_BYTES = 4  # int32 accumulator element
 
 # Buffer kinds a step may name, per mode, for an input tensor (reads) and an output (writes).
+# (a hybrid step, rows and a slice at once, reads and writes band buffers and tiles)
 READ_KINDS = {"whole": ("tensor",), "slice": ("tensor", "slice"),
-              "accumulate": ("tensor", "slice"), "requantize": (),
-              "band": ("tensor", "band"), "halo": ()}
+              "accumulate": ("tensor", "slice", "band", "tile"), "requantize": (),
+              "band": ("tensor", "band", "tile"), "halo": ()}
 WRITE_KINDS = {"whole": ("tensor",), "slice": ("tensor", "slice"),
                "accumulate": ("accumulator",), "requantize": ("tensor",),
-               "band": ("tensor", "band"), "halo": ("band",)}
+               "band": ("tensor", "band", "tile"), "halo": ("band",)}
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def desc(b: Buffer) -> str:
 def step_name(i: int, s: Step) -> str:
     where = f" {s.mode} [{s.slice[0]}, {s.slice[1]})" if _slice_of(s) else ""
     if isinstance(s.rows, list) and len(s.rows) == 2:
-        where = f" {s.mode} rows [{s.rows[0]}, {s.rows[1]})"
+        where = f" {s.mode} rows [{s.rows[0]}, {s.rows[1]})" + (
+            f" channels [{s.slice[0]}, {s.slice[1]})" if _slice_of(s) else "")
     return f"step {i} ('{s.op}'{where})"
 
 
@@ -223,12 +225,15 @@ def _buffer_problem(ix: PlanIndex, b: Buffer) -> tuple[str, str] | None:
     if not _in_arena(t):
         return "buffer", f"tensor '{t.name}' is not in the arena (external or empty)"
     want = {"tensor": t.name, "slice": f"{t.name}@slice", "accumulator": f"{t.name}@acc",
-            "band": f"{t.name}@band"}[b.kind]
+            "band": f"{t.name}@band", "tile": f"{t.name}@tile"}[b.kind]
     if b.name != want:
         return "buffer", f"a {b.kind} buffer of '{t.name}' must be named '{want}'"
     if b.kind == "tensor" and b.size != t.nbytes:
         return "size", f"has size {b.size}, tensor '{t.name}' has {t.nbytes} bytes"
-    if b.kind == "accumulator" and b.size != t.elements * ACC_BYTES:
+    row = t.elements // max(1, t.shape[1]) * ACC_BYTES if len(t.shape) == 4 else 0
+    if b.kind == "accumulator" and b.size != t.elements * ACC_BYTES and not (
+            row and b.size % row == 0 and 0 < b.size < t.elements * ACC_BYTES):
+        # a hybrid segment's band accumulator holds whole rows
         return "size", f"has size {b.size}, {t.elements} int32 elements need " \
                        f"{t.elements * ACC_BYTES}"
     return None
@@ -250,7 +255,7 @@ def check_buffers(ix: PlanIndex) -> list[Violation]:
         t = ix.tensor_of(b)
         if t is not None and b.kind in BUFFER_KINDS:
             count[b.kind, t.id] = count.get((b.kind, t.id), 0) + 1
-    slice_bufs = {t for (k, t), n in count.items() if k in ("slice", "band")}
+    slice_bufs = {t for (k, t), n in count.items() if k in ("slice", "band", "tile")}
     for t in ix.graph.tensors:
         if t.id not in ix.arena:
             continue
@@ -258,7 +263,7 @@ def check_buffers(ix: PlanIndex) -> list[Violation]:
         if n != 1 and not (n == 0 and _slice_only(ix, t, slice_bufs)):
             out.append(Violation("buffer", f"tensor '{t.name}' has {n} \"tensor\" buffers, "
                                            "expected 1 (0 only if held only as slices)"))
-        for kind in ("slice", "accumulator", "band"):
+        for kind in ("slice", "accumulator", "band", "tile"):
             if count.get((kind, t.id), 0) > 1:
                 out.append(Violation("buffer", f"tensor '{t.name}' has "
                                                f"{count[kind, t.id]} {kind} buffers"))
@@ -521,6 +526,7 @@ def check_fits(plan: Plan) -> list[Violation]:
 
 def validate(plan: Plan, graph: Graph, check_hash: bool = True) -> list[Violation]:
     """Every rule the plan breaks for this graph (empty when the plan is valid)."""
+    from pexopt.plan import validator_hybrid as vh
     from pexopt.plan import validator_rows as vr  # builds on this module's index
     from pexopt.plan import validator_slices as vs
     from pexopt.plan.validator_scratch import check_kernel_scratch
@@ -528,13 +534,16 @@ def validate(plan: Plan, graph: Graph, check_hash: bool = True) -> list[Violatio
     ix = build_index(plan, graph)
     out: list[Violation] = check_model_hash(plan, graph) if check_hash else []
     out += check_steps(ix)
-    out += vs.check_execution(ix, skip=vr.row_ops(ix))
-    out += vr.check_row_execution(ix)
+    hybrid = vh.hybrid_ops(ix)
+    out += vs.check_execution(ix, skip=vr.row_ops(ix) | hybrid)
+    out += vr.check_row_execution(ix, skip=hybrid)
+    out += vh.check_hybrid_execution(ix)
     out += vs.check_order(ix)
     out += check_buffers(ix)
     out += check_step_io(ix)
     out += vs.check_dataflow(ix)
     out += vr.check_row_dataflow(ix)
+    out += vh.check_hybrid_dataflow(ix)
     out += check_lifetimes(ix)
     out += check_kernel_scratch(ix)
     out += check_offsets(plan)

@@ -79,10 +79,13 @@ def _op_rows(ix: PlanIndex, op: Op, steps: list[int]) -> list[Violation]:
     return out
 
 
-def check_row_execution(ix: PlanIndex) -> list[Violation]:
-    """Ops with row steps run completely in disjoint bands, and can."""
+def check_row_execution(ix: PlanIndex, skip: set[int] | None = None) -> list[Violation]:
+    """Ops with row steps run completely in disjoint bands, and can (ops in `skip` run in
+    hybrid steps: `validator_hybrid` checks them)."""
     out: list[Violation] = []
     for op in ix.graph.ops:
+        if skip and op.id in skip:
+            continue
         steps = ix.op_steps.get(op.id, [])
         if any(ix.plan.steps[i].mode in ROW_MODES for i in steps):
             out += _op_rows(ix, op, steps)
@@ -249,6 +252,16 @@ def _halo_step(fl: _Flow, i: int) -> list[Violation]:
     return []
 
 
+def _band_write(fl: _Flow, i: int) -> None:
+    """A hybrid requantize step writes its rows of the full output tensor."""
+    r = _rows_of(fl.ix, i)
+    for name in fl.ix.plan.steps[i].writes:
+        b = fl.ix.buffers.get(name)
+        if b is not None and b.kind == "tensor" and r is not None:
+            fl.written.setdefault(name, set()).update(range(*r))
+            _clobber(fl, i, b, *r)
+
+
 def check_row_dataflow(ix: PlanIndex) -> list[Violation]:
     """Run the steps at row granularity (see the module docstring)."""
     fl = _Flow(ix)
@@ -261,6 +274,8 @@ def check_row_dataflow(ix: PlanIndex) -> list[Violation]:
             out += _band_step(fl, i, op)
         elif s.mode == "halo":
             out += _halo_step(fl, i)
+        elif s.mode == "requantize" and _rows_of(ix, i) is not None:
+            _band_write(fl, i)  # a hybrid band's output rows (`validator_hybrid`)
         else:  # a non-band step reads band-written (or streamed-over) tensors whole
             for name in dict.fromkeys(s.reads):
                 b = ix.buffers.get(name)
@@ -278,8 +293,9 @@ def check_row_dataflow(ix: PlanIndex) -> list[Violation]:
 
 def check_streaming(ix: PlanIndex) -> set[tuple[str, str]]:
     """(input, output) tensor buffer pairs that may share bytes: while both live, the output
-    is written only by band steps and the input not at all (whether every row the input still
-    needs survives is `check_row_dataflow`'s clobber rule)."""
+    is written only by band steps (or a hybrid segment's requantize steps with rows) and the
+    input not at all (whether every row the input still needs survives is
+    `check_row_dataflow`'s clobber rule)."""
     legal: set[tuple[str, str]] = set()
     tensors = [b for b in ix.plan.buffers if b.kind == "tensor"]
     writers: dict[str, list[int]] = {}
@@ -288,7 +304,9 @@ def check_streaming(ix: PlanIndex) -> set[tuple[str, str]]:
             writers.setdefault(n, []).append(i)
     for b in tensors:
         w = writers.get(b.name, [])
-        if not w or any(ix.plan.steps[i].mode != "band" for i in w):
+        if not w or any(ix.plan.steps[i].mode != "band" and not (
+                ix.plan.steps[i].mode == "requantize" and ix.plan.steps[i].rows is not None)
+                for i in w):
             continue
         for a in tensors:
             if a is b or not overlaps(a.offset, a.offset + a.size, b.offset, b.offset + b.size):

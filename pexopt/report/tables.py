@@ -71,9 +71,11 @@ def splits_table(res: SolveResult) -> Table | None:
                 "bytes saved"):
         t.add_column(col, justify="left" if col in ("operators", "kinds") else "right")
     for sp in res.plan.splits:
-        rows = sp.get("split", {}).get("dim") == "rows"  # row bands: rows and band height
+        dim = sp.get("split", {}).get("dim")
+        rows = dim in ("rows", "hybrid")  # row bands: rows and band height
         extent = f"{sp['channels']} rows" if rows else str(sp["channels"])
-        width = (f"{sp['width']} rows" + (", streams" if sp.get("streaming") else "")
+        chans = f" x {sp['split'].get('slice_width')} ch" if dim == "hybrid" else ""
+        width = (f"{sp['width']} rows{chans}" + (", streams" if sp.get("streaming") else "")
                  if rows else str(sp["width"]))
         t.add_row(" -> ".join(sp["ops"]), " -> ".join(sp["kinds"]), extent, width,
                   str(sp["slices"]), "yes" if sp["accumulate"] else "no",

@@ -17,7 +17,7 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import DTYPE_BYTES, Graph, Op, Tensor
 from pexopt.ops import SPECS, Split
 from pexopt.plan.format import Buffer, Plan, Step, is_kscratch
-from pexopt.simulate import bands
+from pexopt.simulate import bands, hybrid
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
 from pexopt.simulate.params import OpParams
 from pexopt.simulate.quant import dequantize, quantize_real
@@ -237,6 +237,7 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
             born.setdefault(b.first_step, []).append(b)
     protect = bands.streamed_over(plan)  # an output streamed over its input keeps its bytes
     band_base: dict[str, int] = {}  # band buffer -> row at its slot 0
+    tiles: dict[str, tuple[int, int]] = {}  # tile -> (first row, rows) it holds
     for step in plan.steps:
         for b in born.get(step.index, []):  # fresh garbage: a handover overlap must show
             _scribble(ctx, step.index, [b], protect.get(b.name, []))
@@ -245,7 +246,16 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
             raise SimulationError(f"step {step.index}: unknown op '{step.op}'")
         p = params[op.id]
         _scribble_kscratch(ctx, step)  # before: inputs overlapping it get corrupted
-        if step.mode == "whole":
+        both = step.rows is not None and step.mode in ("band", "accumulate", "requantize") \
+            and (step.slice is not None or step.mode == "requantize")
+        if both:  # a hybrid step: rows and a channel slice at once
+            if step.mode == "band":
+                hybrid.hybrid_band(ctx, tiles, band_base, step, op, p)
+            elif step.mode == "accumulate":
+                hybrid.hybrid_accumulate(ctx, tiles, band_base, step, op, p)
+            else:
+                hybrid.hybrid_requantize(ctx, step, op, p)
+        elif step.mode == "whole":
             _whole(ctx, step, op, p)
         elif step.mode == "slice":
             _sliced(ctx, step, op, p)

@@ -104,8 +104,9 @@ def streamed_over(plan: Plan) -> dict[str, list[Buffer]]:
     (streaming in place): its birth must not scribble over their bytes."""
     writers: dict[str, set[str]] = {}
     for s in plan.steps:
-        for n in s.writes:
-            writers.setdefault(n, set()).add(s.mode)
+        for n in s.writes:  # a hybrid requantize with rows writes output rows like a band
+            writers.setdefault(n, set()).add(
+                "band" if s.mode == "requantize" and s.rows is not None else s.mode)
     tensors = [b for b in plan.buffers if b.kind == "tensor"]
     res: dict[str, list[Buffer]] = {}
     for b in tensors:

@@ -104,8 +104,8 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
     full inputs, output (or int32 accumulator) and smallest workspace are live, plus every
     tensor produced before g and read after it. Kernel scratch (`scratch`: op id -> bytes when
     whole; `seg_scratch`: segment id -> its smallest scratch over widths) adds to each option.
-    A row segment counts its least bytes over its band heights, streaming included when allowed
-    (`bands.row_macro_bytes`).
+    A row (or hybrid) segment counts its least bytes over its band heights, streaming included
+    when allowed (`bands.row_macro_bytes`).
     """
     from pexopt.partial.bands import row_macro_bytes
     from pexopt.partial.candidates import accumulator_bytes, workspace_bytes
@@ -125,7 +125,7 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
     for s in segments:
         own = set(s.inputs) | {s.output} | set(s.internal)
         out = accumulator_bytes(graph.tensors[s.output]) if s.accumulate else size[s.output]
-        io_ws = (row_macro_bytes(graph, s, stream) if s.dim == "rows" else
+        io_ws = (row_macro_bytes(graph, s, stream) if s.dim in ("rows", "hybrid") else
                  sum(size[t] for t in s.inputs) + out
                  + min(workspace_bytes(graph, s, w) for w in s.widths))
         macro[s.id] = (io_ws + (seg_scratch or {}).get(s.id, 0)

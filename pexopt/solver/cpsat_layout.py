@@ -41,6 +41,7 @@ from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
 from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
+from pexopt.partial.hybrid import find_hybrid_segments
 from pexopt.solver import interrupt
 from pexopt.solver.baselines import Lifetime, greedy_by_size
 from pexopt.solver.bounds import (
@@ -90,6 +91,7 @@ class SolverParams:
     rows: bool = False  # row-band segments (with `split`)
     channels: bool = True  # channel-slice segments (with `split`); off: row bands alone
     stream: bool = True  # row segments may stream their output over their input
+    hybrid: bool = True  # with `rows` and `channels`: bands and channel slices at once
     max_heights: int = 6
 
 
@@ -497,12 +499,12 @@ class _Model:
             m.minimize(self.latency)
         else:  # at the arena already reached: the fastest plan (with a cost model), then the
             # simplest: fewest slices, no needless in-place writes
-            simple = sum(self.width[(s.id, w)] * len(s.slices(w)) for s in self.segments
+            simple = sum(self.width[(s.id, w)] * s.pieces(w) for s in self.segments
                          for w in s.widths) + sum(self.choice.values())
             if self.latency is None:
                 m.minimize(simple)
             else:
-                worst = sum(max(len(s.slices(w)) for w in s.widths) for s in self.segments)
+                worst = sum(max(s.pieces(w) for w in s.widths) for s in self.segments)
                 m.minimize(self.latency * (worst + len(self.choice) + 1) + simple)
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = p.workers
@@ -510,7 +512,7 @@ class _Model:
         solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         if p.deterministic_time is not None:
             solver.parameters.max_deterministic_time = p.deterministic_time
-        if any(s.dim == "rows" for s in self.segments):
+        if any(s.dim != "channel" for s in self.segments):
             # probing the many band-height literals took most of the time (14 s of presolve on
             # MobileNetV2 with the input external) and pruned little
             solver.parameters.cp_model_probing_level = 0
@@ -590,6 +592,14 @@ def greedy_schedule(graph: Graph, order: list[int], params: SolverParams) -> Sch
     return Schedule(order, offs, {}, arena, 0, "GREEDY", 0.0, params=params, kscratch=ks)
 
 
+def _hybrid(graph: Graph, params: SolverParams, first_id: int) -> list[Segment]:
+    """Hybrid segments (rows and channel slices at once) when rows, channels and hybrid are on."""
+    if not (params.split and params.rows and params.channels and params.hybrid):
+        return []
+    return find_hybrid_segments(graph, first_id, params.max_segment_len, params.max_heights,
+                                widths=params.slice_widths)
+
+
 def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
                  progress: Progress | None = None, start: Schedule | None = None) -> Schedule:
     """Best schedule: file order first (hinted by greedy), then a free order, hinted.
@@ -602,6 +612,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
                              params.slice_widths) if params.split and params.channels else []
     rows = find_row_segments(graph, len(segments), params.max_segment_len, params.max_heights,
                              single=params.stream) if params.split and params.rows else []
+    rows += _hybrid(graph, params, len(segments) + len(rows))
     segments += rows
     if params.use_bound:
         # kernel scratch joins the per-op sums: without it the bound stays valid but weak,
@@ -615,7 +626,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         lb = 0
     if rows:  # the bound above counts every row segment; the model gets the promising ones
         keep = {s.id for s in worth_trying(graph, rows, lb or split_bound(graph, segments))}
-        segments = [s for s in segments if s.dim != "rows" or s.id in keep]
+        segments = [s for s in segments if s.dim == "channel" or s.id in keep]
     file_order = list(range(len(graph.ops)))
 
     def fast_enough(sc: Schedule) -> bool:
@@ -640,12 +651,17 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
 
     chan = None
     built: list[Schedule] = []  # constructive row plans: hints, and results if the model lags
-    if rows:  # a greedy row plan, then channel splits alone (small model, fast): the hints
-        built = _row_plans(graph, params, segments, greedy, lb, left(0.5), progress)
-        chan = solve_layout(graph, replace(params, rows=False, time_limit=left(0.4)),
-                            progress, start)
-        stages.append(f"channel splits {chan.arena}")
-        if chan.order != file_order:  # a row plan in the order the channel stage found
+    if rows:
+        # with hybrid segments: row bands without them first (that solve builds the greedy row
+        # plans and solves channel splits alone), so hybrid is never worse; else a greedy row
+        # plan, then channel splits alone (small model, fast): the hints
+        hybrid = any(s.dim == "hybrid" for s in rows)
+        if not hybrid:
+            built = _row_plans(graph, params, segments, greedy, lb, left(0.5), progress)
+        simpler = replace(params, hybrid=False) if hybrid else replace(params, rows=False)
+        chan = solve_layout(graph, replace(simpler, time_limit=left(0.4)), progress, start)
+        stages.append(f"{'row bands' if hybrid else 'channel splits'} {chan.arena}")
+        if not hybrid and chan.order != file_order:  # a row plan in the order found there
             built += _row_plans(graph, params, segments, chan, lb, left(0.2), progress)
         built = [b for b in built if fast_enough(b)]
         if built:
@@ -793,6 +809,7 @@ def solve_fastest(graph: Graph, params: SolverParams, arena_limit: int | None,
     if params.split and params.rows:  # bands may be what fits the arena limit
         rows = find_row_segments(graph, len(segments), params.max_segment_len,
                                  params.max_heights, single=params.stream)
+        rows += _hybrid(graph, params, len(segments) + len(rows))
         segments += worth_trying(graph, rows, split_bound(graph, segments + rows,
                                                           stream=params.stream))
     file_order = list(range(len(graph.ops)))
