@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_codegen import _build, _expected, _invoke, kernels_obj  # noqa: F401  (fixture)
-from test_rows import _chain_model, manual_schedule
+from test_rows import _chain_model, drop_step, manual_schedule
 
 from pexopt.codegen import emit_c
 from pexopt.graph.ir import Graph
@@ -65,19 +65,6 @@ def _block(tmp: Path, name: str, dtype: str = "int8") -> tuple[Path, Graph]:
 def _exact(g: Graph, path: Path, plan: Plan) -> None:
     assert [str(v) for v in validate(plan, g)] == []
     assert verify_plan(plan, g, path, n_inputs=1, onnxruntime=False).exact
-
-
-def _renumber(d: dict, k: int) -> None:
-    """Remove step k from a plan dict, keeping indices and lifetimes consistent."""
-    del d["steps"][k]
-    for i, s in enumerate(d["steps"]):
-        s["index"] = i
-    for b in d["buffers"]:
-        b["first_step"] -= b["first_step"] > k
-        b["last_step"] -= b["last_step"] >= k
-
-
-# ------------------------------------------------------------------------- schedules
 
 
 def test_candidates_keep_halo_rows_only_in_the_first_buffer(tmp_models: Path) -> None:
@@ -158,7 +145,7 @@ def _dropped_slice(g: Graph, plan: Plan) -> dict:
     bands = sorted({tuple(s["rows"]) for s in d["steps"] if s["mode"] == "requantize"})
     k = [i for i, s in enumerate(d["steps"]) if s["mode"] == "accumulate"
          and tuple(s["rows"]) == bands[1]][1]
-    _renumber(d, k)
+    drop_step(d, k)
     return d
 
 

@@ -225,16 +225,20 @@ def _codes(g: Graph, d: dict) -> set[str]:
     return {v.code for v in validate(plan_from_dict(d), g)}
 
 
-def test_validator_rejects_a_dropped_halo_move(tmp_models: Path) -> None:
-    g, d = _band_plan(tmp_models)
-    assert _codes(g, d) == set()
-    k = next(i for i, s in enumerate(d["steps"]) if s["mode"] == "halo")
+def drop_step(d: dict, k: int) -> None:
+    """Remove step k from a plan dict, keeping indices and lifetimes consistent."""
     del d["steps"][k]
     for i, s in enumerate(d["steps"]):
         s["index"] = i
     for b in d["buffers"]:
         b["first_step"] -= b["first_step"] > k
         b["last_step"] -= b["last_step"] >= k
+
+
+def test_validator_rejects_a_dropped_halo_move(tmp_models: Path) -> None:
+    g, d = _band_plan(tmp_models)
+    assert _codes(g, d) == set()
+    drop_step(d, next(i for i, s in enumerate(d["steps"]) if s["mode"] == "halo"))
     assert {"band_row", "size"} & _codes(g, d)
 
 

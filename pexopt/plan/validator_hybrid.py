@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pexopt.graph.ir import Op
 from pexopt.graph.rows import input_rows, row_capable
 from pexopt.plan.validator import PlanIndex, Violation, channels, step_name
+from pexopt.plan.validator_rows import row_coverage
 from pexopt.plan.validator_slices import _coverage, _mode_problem, covers
 
 Range = tuple[int, int]
@@ -91,18 +92,7 @@ def _op_execution(ix: PlanIndex, op: Op, steps: list[int]) -> list[Violation]:
             out.append(Violation("slice_range", f"{step_name(i, s)} has slice {s.slice}"))
         else:
             groups.setdefault(r, []).append(i)
-    at = 0
-    for r0, r1 in sorted(groups):
-        if r0 < at:
-            out.append(Violation("duplicate_op", f"op '{op.name}' computes rows "
-                                                 f"[{r0}, {min(r1, at)}) twice"))
-        elif r0 > at:
-            out.append(Violation("row_coverage", f"op '{op.name}' never computes rows "
-                                                 f"[{at}, {r0}) of {h}"))
-        at = max(at, r1)
-    if at < h and groups:
-        out.append(Violation("row_coverage", f"op '{op.name}' never computes rows [{at}, {h}) "
-                                             f"of {h}"))
+    out += row_coverage(op, list(groups), h, bool(groups))
     t = ix.graph.tensors[op.inputs[0] if acc else op.outputs[0]]
     what = "input channels" if acc else "output channels"
     for (r0, r1), g in sorted(groups.items()):

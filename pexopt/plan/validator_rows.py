@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from pexopt.graph.ir import Op
-from pexopt.graph.rows import input_rows, row_capable
+from pexopt.graph.rows import Range, input_rows, row_capable
 from pexopt.plan.format import Buffer
 from pexopt.plan.validator import PlanIndex, Violation, overlaps, step_name
 
@@ -64,16 +64,26 @@ def _op_rows(ix: PlanIndex, op: Op, steps: list[int]) -> list[Violation]:
                                                f"[r0, r1) with 0 <= r0 < r1 <= {h}"))
         elif s.mode == "band":
             ranges.append((r, i))
+    out += row_coverage(op, [r for r, _ in ranges], h,
+                        not any(v.code == "rows_range" for v in out))
+    return out
+
+
+def row_coverage(op: Op, ranges: list[Range], h: int, check_end: bool = True
+                 ) -> list[Violation]:
+    """Rows [0, h) of op's output computed exactly once by the given row ranges (rows computed
+    twice, rows never computed; the end only when `check_end`)."""
+    out: list[Violation] = []
     at = 0
-    for (r0, r1), i in sorted(ranges):
+    for r0, r1 in sorted(ranges):
         if r0 < at:
             out.append(Violation("duplicate_op", f"op '{op.name}' computes rows "
-                                                 f"[{r0}, {min(r1, at)}) twice (step {i})"))
+                                                 f"[{r0}, {min(r1, at)}) twice"))
         elif r0 > at:
             out.append(Violation("row_coverage", f"op '{op.name}' never computes rows "
                                                  f"[{at}, {r0}) of {h}"))
         at = max(at, r1)
-    if at < h and not any(v.code == "rows_range" for v in out):
+    if at < h and check_end:
         out.append(Violation("row_coverage", f"op '{op.name}' never computes rows [{at}, {h}) "
                                              f"of {h}"))
     return out
