@@ -6,7 +6,7 @@ them are collected and raised as one `PexError`, before anything runs or is writ
     models: [../models/mbv1_w025_r96_int8.onnx, "../models/mbv2_*_int8.onnx"]  # paths, globs
     resolutions: [96, 128x160]     # optional: rescale the image input (height x width)
     budgets: [64k, 128k]           # SRAM sizes (k = 1024)
-    modes: [layerwise, split]      # optional, default [split]; also rows, hybrid
+    modes: [layerwise, split]      # optional, default [hybrid]; also rows
     latency: [50ms]                # optional: a bound on the target profile's estimate
     targets: [cortex-m4]           # optional: profile (name or .yaml): scratch, latency
     solver: {time_limit: 30, workers: 1, seed: 0}
@@ -16,7 +16,8 @@ them are collected and raised as one `PexError`, before anything runs or is writ
 
 Relative model paths and globs are relative to the sweep file's folder; a single value may
 stand for a list of one. In `points`, a missing key takes the top-level value when that list has
-exactly one (mode defaults to split). `resolutions` apply to models whose single image input can
+exactly one (mode defaults to hybrid, as `solve` does). `resolutions` apply to models whose single
+image input can
 be resized and whose shapes re-infer (see rescale.py); other models fail that point, with the
 reason, when the sweep runs.
 """
@@ -376,7 +377,7 @@ def _product(r: _Reader, root: yaml.Node, top: dict, values: dict) -> list[Point
     if r.err.items:
         return []
     dims = {"models": values["models"], "resolutions": values.get("resolutions", [(None, None)]),
-            "budgets": values["budgets"], "modes": values.get("modes", [("split", None)]),
+            "budgets": values["budgets"], "modes": values.get("modes", [("hybrid", None)]),
             "latency": values.get("latency", [(None, None)]),
             "targets": values.get("targets", [(None, None)])}
     empty = [k for k, v in dims.items() if not v]
@@ -434,7 +435,7 @@ def _points(r: _Reader, entry: tuple[yaml.Node, yaml.Node], values: dict, base: 
                 r.err.add(pn, f"{where}.{key}", f"missing '{key}'")
                 ok = False
             else:
-                got[key] = ["split" if key == "mode" else None]
+                got[key] = ["hybrid" if key == "mode" else None]
         if ok:
             res += [Point(model=mo, resolution=got["resolution"][0], budget=got["budget"][0],
                           mode=got["mode"][0], latency=got["latency"][0],
