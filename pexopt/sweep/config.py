@@ -17,9 +17,8 @@ them are collected and raised as one `PexError`, before anything runs or is writ
 Relative model paths and globs are relative to the sweep file's folder; a single value may
 stand for a list of one. In `points`, a missing key takes the top-level value when that list has
 exactly one (mode defaults to hybrid, as `solve` does). `resolutions` apply to models whose single
-image input can
-be resized and whose shapes re-infer (see rescale.py); other models fail that point, with the
-reason, when the sweep runs.
+image input can be resized and whose shapes re-infer (see rescale.py); other models fail that
+point, with the reason, when the sweep runs.
 """
 
 from __future__ import annotations
