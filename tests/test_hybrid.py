@@ -262,6 +262,18 @@ def test_hybrid_is_strictly_smaller_on_a_wide_block(tmp_models: Path) -> None:
     _exact(g, path, plan)
 
 
+def test_hybrid_plan_bit_exact_under_qemu(tmp_models: Path, qemu_tools: None) -> None:
+    """The generated C of a hybrid plan on emulated Cortex-M4 equals the simulator."""
+    from pexopt.pipeline import ImportOptions, solve_model
+    from pexopt.target.measure import measure_plan
+
+    path, _ = _block(tmp_models, "wide")
+    res = solve_model(path, ImportOptions(), FAST, None)
+    assert any(s["split"]["dim"] == "hybrid" for s in res.plan.splits)
+    m = measure_plan(res.plan, res.graph, path, "cortex-m4")
+    assert m.exact and m.instructions > 0
+
+
 def test_cli_rows_uses_hybrid_and_no_hybrid_ablates_it(tmp_models: Path, tmp_path: Path
                                                        ) -> None:
     from conftest import run_cli
