@@ -61,16 +61,19 @@ def band_step(ctx: _Ctx, bases: dict[str, int], step: Step, op: Op, p: OpParams)
     bufs, graph = ctx.bufs, ctx.graph
     by_tensor = {bufs[n].tensor: n for n in step.reads if n in bufs}
     xs = []
-    for k, i in enumerate(op.inputs):
-        t = graph.tensors[i]
-        name = by_tensor.get(t.name)
-        if name is not None and bufs[name].kind == "band":
-            full = _full_from_band(ctx, bases.get(name, 0), name, t)
-        else:
-            full = np.array(_tensor_view(ctx, t.name))
-        xs.append(np.array(kernel_input(t, p, k, full)))
     out = graph.tensors[op.outputs[0]]
-    y = store_output(out, p, KERNELS[op.kind](op, p, xs, None, None))[:, r0:r1]
+    # a band buffer's slots past the rows written so far hold arena garbage (random float
+    # bits, signalling NaNs among them); the rows computed from them are never stored
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k, i in enumerate(op.inputs):
+            t = graph.tensors[i]
+            name = by_tensor.get(t.name)
+            if name is not None and bufs[name].kind == "band":
+                full = _full_from_band(ctx, bases.get(name, 0), name, t)
+            else:
+                full = np.array(_tensor_view(ctx, t.name))
+            xs.append(np.array(kernel_input(t, p, k, full)))
+        y = store_output(out, p, KERNELS[op.kind](op, p, xs, None, None))[:, r0:r1]
     for name in step.writes:
         if bufs[name].kind == "band":
             base = bases.get(name, 0)
