@@ -21,10 +21,12 @@ class CmsisMixin:
     def cmsis_check(self, step: Step, call: str) -> str:
         return f"if ({call} != ARM_CMSIS_NN_SUCCESS) return -{step.index + 1};"
 
-    def need_scratch(self, step: Step, size: int, getter: str | None) -> list[str] | None:
-        """The step's `pex_ctx` (its `@kscratch` buffer in the arena) and a run-time check of
-        CMSIS-NN's own getter against it; None when the plan gives the step no kernel scratch
-        of `size` bytes (a plan solved without a target): the step runs the portable kernel."""
+    def with_scratch(self, step: Step, head: list[str], size: int, getter: str | None,
+                     calls: list[str]) -> list[str] | None:
+        """A CMSIS-NN call block: `head` (params, dims), the step's `pex_ctx` (its `@kscratch`
+        buffer in the arena) with a run-time check of CMSIS-NN's own getter against it, then
+        `calls`; None when the plan gives the step no kernel scratch of `size` bytes (a plan
+        solved without a target): the step runs the portable kernel."""
         ctx = "{NULL, 0}"
         if size > 0:
             bufs = [self.bufs[n] for n in step.scratch
@@ -41,10 +43,10 @@ class CmsisMixin:
             ctx = f"{{(void *)(pex_arena + {b.offset}), {b.size}}}"
             self.scratch = max(self.scratch, b.size)
             self.scratch_steps += 1
-        lines = [f"const cmsis_nn_context pex_ctx = {ctx};"]
+        lines = [*head, f"const cmsis_nn_context pex_ctx = {ctx};"]
         if getter is not None:
             lines.append(f"if ({getter} > pex_ctx.size) return -{step.index + 1};")
-        return lines
+        return lines + calls
 
     def cmsis_conv(self, step: Step, op: Op, p: OpParams, c: OpConsts, x: str, in_pix: int,
                    y: str, out_pix: int, oc0: int, oc1: int) -> list[str] | None:
@@ -84,15 +86,11 @@ class CmsisMixin:
             f"const cmsis_nn_dims bd = {{1, 1, 1, {nout}}};",
             f"const cmsis_nn_dims od = {{{n}, {oh}, {ow}, {nout}}};",
         ]
-        ctx = self.need_scratch(step, size,
-                                "arm_convolve_wrapper_s8_get_buffer_size(&cp, &id, &fd, &od)")
-        if ctx is None:
-            return None
-        lines += ctx
-        lines.append(self.cmsis_check(step, (
-            f"arm_convolve_wrapper_s8(&pex_ctx, &cp, &qp, &id, {x}, &fd, "
-            f"{c.weights} + {oc0 * filt}, &bd, {c.bias} + {oc0}, &od, {y})")))
-        return lines
+        return self.with_scratch(
+            step, lines, size, "arm_convolve_wrapper_s8_get_buffer_size(&cp, &id, &fd, &od)",
+            [self.cmsis_check(step, (
+                f"arm_convolve_wrapper_s8(&pex_ctx, &cp, &qp, &id, {x}, &fd, "
+                f"{c.weights} + {oc0 * filt}, &bd, {c.bias} + {oc0}, &od, {y})"))])
 
     def cmsis_dw(self, step: Step, op: Op, p: OpParams, c: OpConsts, x: str, y: str,
                  c0: int, c1: int, w: str, in_c: int) -> list[str] | None:
@@ -118,15 +116,12 @@ class CmsisMixin:
             f"const cmsis_nn_dims bd = {{1, 1, 1, {nout}}};",
             f"const cmsis_nn_dims od = {{1, {oh}, {ow}, {nout}}};",
         ]
-        ctx = self.need_scratch(
-            step, size, "arm_depthwise_conv_wrapper_s8_get_buffer_size(&dp, &id, &fd, &od)")
-        if ctx is None:
-            return None
-        lines += ctx
-        lines.append(self.cmsis_check(step, (
-            f"arm_depthwise_conv_wrapper_s8(&pex_ctx, &dp, &qp, &id, {x}, &fd, {w}, &bd, "
-            f"{c.bias} + {c0}, &od, {y})")))
-        return lines
+        return self.with_scratch(
+            step, lines, size,
+            "arm_depthwise_conv_wrapper_s8_get_buffer_size(&dp, &id, &fd, &od)",
+            [self.cmsis_check(step, (
+                f"arm_depthwise_conv_wrapper_s8(&pex_ctx, &dp, &qp, &id, {x}, &fd, {w}, &bd, "
+                f"{c.bias} + {c0}, &od, {y})"))])
 
     def cmsis_fc(self, step: Step, op: Op, p: OpParams, c: OpConsts, x: str, y: str,
                  rows: int, k: int, oc0: int, oc1: int) -> list[str] | None:
@@ -145,20 +140,16 @@ class CmsisMixin:
             f"const cmsis_nn_dims bd = {{1, 1, 1, {nout}}};",
             f"const cmsis_nn_dims od = {{{rows}, 1, 1, {nout}}};",
         ]
-        ctx = self.need_scratch(step, size, "arm_fully_connected_s8_get_buffer_size(&fd)")
-        if ctx is None:
-            return None
-        lines += ctx
-        lines.append("if (arm_fully_connected_s8_get_buffer_size(&fd) > 0) {  /* MVE: kernel "
-                     "sums */")
-        lines.append("    " + self.cmsis_check(step, (
-            f"arm_vector_sum_s8((int32_t *)pex_ctx.buf, {k}, {nout}, "
-            f"{c.weights} + {oc0 * k}, {-p.in_zp}, 0, {c.bias} + {oc0})")))
-        lines.append("}")
-        lines.append(self.cmsis_check(step, (
-            f"arm_fully_connected_s8(&pex_ctx, &fp, &qp, &id, {x}, &fd, {c.weights} + "
-            f"{oc0 * k}, &bd, {c.bias} + {oc0}, &od, {y})")))
-        return lines
+        return self.with_scratch(step, lines, size,
+                                 "arm_fully_connected_s8_get_buffer_size(&fd)", [
+            "if (arm_fully_connected_s8_get_buffer_size(&fd) > 0) {  /* MVE: kernel sums */",
+            "    " + self.cmsis_check(step, (
+                f"arm_vector_sum_s8((int32_t *)pex_ctx.buf, {k}, {nout}, "
+                f"{c.weights} + {oc0 * k}, {-p.in_zp}, 0, {c.bias} + {oc0})")),
+            "}",
+            self.cmsis_check(step, (
+                f"arm_fully_connected_s8(&pex_ctx, &fp, &qp, &id, {x}, &fd, {c.weights} + "
+                f"{oc0 * k}, &bd, {c.bias} + {oc0}, &od, {y})"))])
 
     def cmsis_pool(self, step: Step, op: Op, p: OpParams, x: str, y: str, xv: View,
                    yv: View) -> list[str] | None:
@@ -177,15 +168,8 @@ class CmsisMixin:
             f"const cmsis_nn_dims fd = {{1, {a.kernel[0]}, {a.kernel[1]}, 1}};",
             f"const cmsis_nn_dims od = {{1, {oh}, {ow}, {ch}}};",
         ]
-        ctx = self.need_scratch(step, avgpool_scratch(self.arch, ch) if avg else 0,
-                                f"arm_avgpool_s8_get_buffer_size({ow}, {ch})" if avg else None)
-        if ctx is None:
-            return None
-        lines += ctx
-        if avg:
-            lines.append(self.cmsis_check(step, f"arm_avgpool_s8(&pex_ctx, &pp, &id, {x}, &fd, "
-                                                f"&od, {y})"))
-        else:
-            lines.append(self.cmsis_check(step, f"arm_max_pool_s8(&pex_ctx, &pp, &id, {x}, "
-                                                f"&fd, &od, {y})"))
-        return lines
+        fn = "arm_avgpool_s8" if avg else "arm_max_pool_s8"
+        return self.with_scratch(
+            step, lines, avgpool_scratch(self.arch, ch) if avg else 0,
+            f"arm_avgpool_s8_get_buffer_size({ow}, {ch})" if avg else None,
+            [self.cmsis_check(step, f"{fn}(&pex_ctx, &pp, &id, {x}, &fd, &od, {y})")])
