@@ -20,6 +20,7 @@ class OpConsts:
     """C names of one op's constants (emitted once per op)."""
 
     struct: str = ""
+    ctype: str = ""  # the C type of `struct`
     weights: str = ""
     bias: str = ""
     mult: str = ""
@@ -93,7 +94,7 @@ class ConstsMixin:
 
     def weight_struct(self, op: Op, c: OpConsts, ctype: str, vals: list[int]) -> None:
         """The const parameter struct of a conv/FC: integers, then its weight arrays."""
-        c.struct = self.base_name(op, "p")
+        c.struct, c.ctype = self.base_name(op, "p"), ctype
         init = "    " + ", ".join(str(int(v)) for v in vals) + \
             f",\n    {c.weights}, {c.bias}, {c.mult}, {c.shift}"
         self.define(ctype, c.struct, None, init)
@@ -126,7 +127,8 @@ class ConstsMixin:
                 int(bool(p.extra.get("count_include_pad", False))), int(same),
                 p.in_zp, p.out_zp, m, s, int(p.act_min), int(p.act_max)]
         c.struct = self.base_name(op, "p")
-        self.define("pex_pool_t", c.struct, None, "    " + ", ".join(str(int(v)) for v in vals))
+        c.ctype = "pex_pool_t"
+        self.define(c.ctype, c.struct, None, "    " + ", ".join(str(int(v)) for v in vals))
         return c
 
     def ew_consts(self, op: Op, p: OpParams) -> OpConsts:

@@ -23,15 +23,11 @@ import dataclasses
 from pexopt.codegen.views import View, contig, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import ConvAttrs, Op, PoolAttrs, Tensor
-from pexopt.graph.rows import input_rows
+from pexopt.graph.rows import input_rows, row_bytes
 from pexopt.ops import SPECS, OpKind, Rows
 from pexopt.plan.format import Step
 from pexopt.simulate.params import OpParams
 
-# the const parameter struct each window kind's kernel reads, and how the emitter defines it
-_STRUCTS = {OpKind.CONV: "pex_conv_t", OpKind.GROUPED_CONV: "pex_conv_t",
-            OpKind.DEPTHWISE: "pex_conv_t", OpKind.MAXPOOL: "pex_pool_t",
-            OpKind.AVGPOOL: "pex_pool_t"}
 BAND_STRUCT = "pex_band"
 
 
@@ -45,11 +41,9 @@ class BandsMixin:
     hybrid_io: dict | None
     cmsis: bool
 
-    def _row_elems(self, t: Tensor) -> int:
-        return t.elements // t.shape[1]
-
     def _band_capacity(self, name: str, t: Tensor) -> int:
-        return self.bufs[name].size // self._row_elems(t)
+        # the emitter is int8 only: a row's bytes are its elements
+        return self.bufs[name].size // row_bytes(self.graph, t.id)
 
     def halo(self, step: Step) -> None:
         """Move the kept rows to the top of each band buffer the step writes."""
@@ -57,7 +51,7 @@ class BandsMixin:
         for name in step.writes:
             b = self.bufs[name]
             t = self.tensors[b.tensor]
-            rb = self._row_elems(t)
+            rb = row_bytes(self.graph, t.id)
             base = self.band_bases.get(name, 0)
             if r0 < base or r1 - base > self._band_capacity(name, t):
                 raise PexError(f"codegen: step {step.index}: halo rows [{r0}, {r1}) are not "
@@ -76,7 +70,7 @@ class BandsMixin:
         where = f"codegen: step {step.index}"
         dims = pad4(t.shape, where)
         bdims = (dims[0], hi - lo) + dims[2:]
-        rb = self._row_elems(t)
+        rb = row_bytes(self.graph, t.id)
         if name is not None and self.bufs[name].kind == "band":
             base = self.band_bases.get(name, 0)
             if lo < base or hi - base > self._band_capacity(name, t):
@@ -129,9 +123,9 @@ class BandsMixin:
             c = self.pool_consts(op, p) if op.kind in (OpKind.MAXPOOL, OpKind.AVGPOOL) \
                 else self.conv_consts(op, p)
             fields = [("in_h", hi - lo), ("out_h", r1 - r0), ("pad_t", top)]
-            if _STRUCTS[op.kind] == "pex_pool_t":
+            if c.ctype == "pex_pool_t":
                 fields.append(("pad_b", bottom))
-            patch = [f"{_STRUCTS[op.kind]} {BAND_STRUCT} = {c.struct};"]
+            patch = [f"{c.ctype} {BAND_STRUCT} = {c.struct};"]
             patch += [f"{BAND_STRUCT}.{f} = {v};" for f, v in fields]
             patch.append(f"(void){BAND_STRUCT};  /* unused when CMSIS-NN runs the band */")
         run = dataclasses.replace(step, mode="whole")
