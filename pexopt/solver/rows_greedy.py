@@ -413,22 +413,15 @@ def _pairs(ctx: _Ctx, base: _Base, rank: tuple[int, int], options: list[Option])
         r = ctx.rank(base, new) if new is not None and ctx.valid(new) else None
         if r is not None and (sid not in firsts or r < firsts[sid][0]):
             firsts[sid] = (r, new)  # type: ignore[assignment]
-    res = []
+    res: Ranked = []
     for sid, (_, s1) in sorted(firsts.items()):
         b1 = ctx.base(s1)
         if b1 is None:
             continue
         gone = {k for x in ch.splits if x not in s1.splits for k in ctx.segs[x].ops}
         gone -= set(ctx.segs[sid].ops)
-        for o in options:
-            if not gone & _ops(ctx, o):
-                continue
-            new = _apply(ctx, s1, o)
-            if new is None or sid not in new.splits or not ctx.valid(new):
-                continue
-            r = ctx.rank(b1, new)
-            if r is not None and r < rank:
-                res.append((r, o, new))
+        over = [o for o in options if gone & _ops(ctx, o)]
+        res += [x for x in _improving(ctx, b1, rank, over) if sid in x[2].splits]
     res.sort(key=lambda x: x[:2])
     return res
 
