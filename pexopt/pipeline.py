@@ -268,17 +268,21 @@ def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams,
     """One row of `pexopt bench`: baselines and pexopt on the same graph in the same run;
     with a target, the generated C of the layer-by-layer and the final plan also runs under
     QEMU (instructions, flash, RAM)."""
-    res = solve_model(path, opts, params, budget=None)
+    graph = opts.load(path)  # imported once for every variant solved below
+    tflm = tflm_arena(opts.load(path, fold_pad=False))
+
+    def solve(p: SolverParams) -> SolveResult:
+        return solve_graph(graph, tflm, p, None)
+
+    res = solve(params)
     row = _row(Path(path).stem, res, not opts.input_external)
     if params.split and params.rows:  # channel splits alone (Pex), row bands alone (MCUNetV2)
-        chan = solve_model(path, opts, replace(params, rows=False), budget=None)
-        bands = solve_model(path, opts, replace(params, channels=False), budget=None)
-        row = replace(row, channel_arena=chan.plan.arena_bytes,
-                      rows_arena=bands.plan.arena_bytes)
+        row = replace(row, channel_arena=solve(replace(params, rows=False)).plan.arena_bytes,
+                      rows_arena=solve(replace(params, channels=False)).plan.arena_bytes)
     if target is not None:
         from pexopt.target.measure import measure_plan
 
-        flat = solve_model(path, opts, replace(params, split=False), budget=None)
+        flat = solve(replace(params, split=False))
         try:
             a = measure_plan(flat.plan, flat.graph, path, target)
             b = measure_plan(res.plan, res.graph, path, target)
