@@ -358,18 +358,18 @@ def test_depthwise_grouped_and_macs(tmp_path: Path) -> None:
          _conv("a", "w2", "b", "dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=c),
          _conv("b", "w3", "d", "dw_mult", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=c),
          _conv("d", "w4", "y", "grouped", kernel_shape=[1, 1], group=4)],
-        [vi("x", [1, 3, 16, 12])], [vi("y", [1, 6, 8, 6])],
+        [vi("x", [1, 3, 16, 12])], [vi("y", [1, 8, 8, 6])],
         [conv_weights("w1", c, 3, 3, 3), conv_weights("w2", c, 1, 3, 3),
-         conv_weights("w3", 2 * c, 1, 3, 3), conv_weights("w4", 6, 4, 1, 1)])
+         conv_weights("w3", 2 * c, 1, 3, 3), conv_weights("w4", 8, 4, 1, 1)])
     g = import_onnx(path)
     kinds = [op.kind for op in g.ops]
     assert kinds == [OpKind.CONV, OpKind.DEPTHWISE, OpKind.DEPTHWISE, OpKind.GROUPED_CONV]
     assert [g.tensors[op.outputs[0]].shape for op in g.ops] == [
-        (1, 8, 6, 8), (1, 8, 6, 8), (1, 8, 6, 16), (1, 8, 6, 6)]
+        (1, 8, 6, 8), (1, 8, 6, 8), (1, 8, 6, 16), (1, 8, 6, 8)]
     # H_out * W_out * C_out * C_in / group * kh * kw
     assert [op.macs for op in g.ops] == [
-        8 * 6 * 8 * 3 * 9, 8 * 6 * 8 * 1 * 9, 8 * 6 * 16 * 1 * 9, 8 * 6 * 6 * 4 * 1]
-    assert [op.attrs.group for op in g.ops] == [1, 8, 8, 4]
+        8 * 6 * 8 * 3 * 9, 8 * 6 * 8 * 1 * 9, 8 * 6 * 16 * 1 * 9, 8 * 6 * 8 * 4 * 1]
+    assert [op.attrs.group for op in g.ops] == [1, 8, 8, 4]  # 8 outputs: 6 is not divisible
     assert g.ops[0].attrs.stride == (2, 2) and g.ops[0].attrs.kernel == (3, 3)
 
 

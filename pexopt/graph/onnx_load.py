@@ -11,7 +11,13 @@ from onnx import shape_inference
 
 from pexopt.errors import ModelError
 
-MAX_ELEMENTS = 1 << 31  # no MCU tensor is larger; refuse before any allocation
+# Caps checked before anything is allocated (README "What is checked"). No MCU tensor comes
+# near them; they keep the simulator's float64 reference runs within a few GiB.
+MAX_ELEMENTS = 1 << 26  # elements of one activation tensor (graph inputs and intermediates)
+MAX_ACTIVATION_BYTES = 1 << 30  # all activation tensors of a model together, deployment dtype
+MAX_MODEL_BYTES = 1 << 28  # the .onnx file, and all its constants (inline and external)
+MIN_OPSET = 7  # the oldest default-domain opset onnxruntime runs
+CONTROL_FLOW = {"If", "Loop", "Scan"}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -33,11 +39,30 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
+def _declared_bytes(init: onnx.TensorProto) -> int | None:
+    """Bytes an initializer's dims and dtype declare (None: a dtype without a fixed size)."""
+    n = 1
+    for d in init.dims:
+        if d < 0:
+            return None
+        n *= d
+    try:
+        item = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    except Exception:  # an unknown or string dtype: the checker names it
+        return None
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(init.data_type)
+    return (n * bits + 7) // 8 if bits else n * item
+
+
+def _check_external_data(model: onnx.ModelProto, folder: Path) -> int:
+    """Every external initializer inside the model's folder, its declared size within the file
+    and the cap; returns the bytes they declare (checked before any of them is read)."""
+    total = 0
     for init in model.graph.initializer:
         if init.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        loc = next((e.value for e in init.external_data if e.key == "location"), "")
+        ext = {e.key: e.value for e in init.external_data}
+        loc = ext.get("location", "")
         target = (folder / loc).resolve()
         if not str(target).startswith(str(folder.resolve()) + os.sep):
             raise ModelError(
@@ -45,6 +70,78 @@ def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
             )
         if not target.is_file():
             raise ModelError(f"initializer '{init.name}': external data file '{loc}' is missing")
+        try:
+            offset, length = int(ext.get("offset", 0)), ext.get("length")
+            length = None if length is None else int(length)
+        except ValueError:
+            raise ModelError(f"initializer '{init.name}': external data offset or length is "
+                             "not a number") from None
+        want = _declared_bytes(init)
+        if want is None or offset < 0 or (length is not None and length != want):
+            raise ModelError(f"initializer '{init.name}': external data length "
+                             f"{length} does not match its dims {list(init.dims)}")
+        if want > MAX_MODEL_BYTES:
+            raise ModelError(f"initializer '{init.name}': {want:,} B of external data, more "
+                             f"than the cap of {MAX_MODEL_BYTES:,} B")
+        if offset + want > target.stat().st_size:
+            raise ModelError(f"initializer '{init.name}': external data '{loc}' holds "
+                             f"{target.stat().st_size:,} B, the tensor needs {want:,} B "
+                             f"from offset {offset:,}")
+        total += want
+    return total
+
+
+def _check_inline_data(model: onnx.ModelProto, path: str, external: int) -> None:
+    """Inline initializers hold the data their dims declare (numpy would otherwise fail or
+    allocate from the dims alone); all constants together stay within MAX_MODEL_BYTES."""
+    total = external
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        want = _declared_bytes(init)
+        if want is None:
+            continue
+        total += want
+        if init.HasField("raw_data") and len(init.raw_data) != want:
+            raise ModelError(f"{path}: initializer '{init.name}' holds {len(init.raw_data):,} B "
+                             f"of data, its dims {list(init.dims)} need {want:,} B")
+    if total > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: the model's constants declare {total:,} B, more than the "
+                         f"cap of {MAX_MODEL_BYTES:,} B")
+
+
+def _check_nodes(model: onnx.ModelProto, path: str) -> None:
+    """Opsets onnx and onnxruntime both implement, unique node names, no control flow."""
+    newest = max_opset()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not MIN_OPSET <= o.version <= newest:
+            raise ModelError(f"{path}: opset {o.version} is not supported (onnx and "
+                             f"onnxruntime here run opsets {MIN_OPSET} to {newest})")
+    names: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in CONTROL_FLOW or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                for a in node.attribute):
+            raise ModelError(f"{path}: node '{node.name or node.output[0]}' ({node.op_type}): "
+                             "control flow (If/Loop/Scan, subgraphs) is not supported")
+        if node.name and node.name in names:
+            raise ModelError(f"{path}: node name '{node.name}' is used more than once")
+        names.add(node.name)
+
+
+def max_opset() -> int:
+    """The newest default-domain opset both the installed onnx and onnxruntime implement."""
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return newest
+    major, minor = (int(x) for x in ort.__version__.split(".")[:2])
+    # onnxruntime's release notes: 1.17 -> opset 20, 1.18 .. 1.19 -> 21, 1.20 .. -> 22+
+    ort_max = 20 if (major, minor) < (1, 18) else 21 if (major, minor) < (1, 20) else 22
+    if (major, minor) >= (1, 22):
+        ort_max = 23
+    return min(newest, ort_max)
 
 
 def _check_acyclic(graph: onnx.GraphProto, path: str) -> None:
@@ -96,25 +193,36 @@ def _set_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
             tt.shape.dim.add().dim_value = d
 
 
-def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None
-               ) -> onnx.ModelProto:
-    """Read, check and shape-infer an ONNX model; every failure is a one-line ModelError."""
+def read_model(path: str | Path) -> onnx.ModelProto:
+    """Read an ONNX file with its external data, every size checked against the caps before
+    it is read (file, constants, external data); no checker, no shape inference."""
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{path}: no such file")
     if not p.is_file():
         raise ModelError(f"{path}: not a file")
+    if p.stat().st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: {p.stat().st_size:,} B, more than the cap of "
+                         f"{MAX_MODEL_BYTES:,} B for a model file")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises several unrelated types
         raise ModelError(f"{path}: not an ONNX model ({type(e).__name__})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelError(f"{path}: not an ONNX model (no graph or no nodes)")
-    _check_external_data(model, p.parent)
+    _check_inline_data(model, str(path), _check_external_data(model, p.parent))
     try:
         onnx.load_external_data_for_model(model, str(p.parent))
     except Exception as e:
         raise ModelError(f"{path}: cannot load external data ({e})") from None
+    _check_nodes(model, str(path))
+    return model
+
+
+def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None
+               ) -> onnx.ModelProto:
+    """Read, check and shape-infer an ONNX model; every failure is a one-line ModelError."""
+    model = read_model(path)
     _check_acyclic(model.graph, str(path))
     seen: set[str] = {i.name for i in model.graph.input}
     for node in model.graph.node:
@@ -153,7 +261,8 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None
         for d in dims:
             n *= d.dim_value
         if n > MAX_ELEMENTS:
-            raise ModelError(f"{path}: input '{inp.name}' has {n} elements, too large for an MCU")
+            raise ModelError(f"{path}: input '{inp.name}' has {n} elements, too large for an MCU "
+                             f"(cap {MAX_ELEMENTS:,} per tensor)")
     try:
         model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as e:

@@ -41,6 +41,7 @@ from pexopt.ops import ALIAS_ONNX_OPS, OpKind
 from pexopt.simulate.quant import activation_range_int8, quantize_multiplier, round_half_away
 
 NHWC = (0, 2, 3, 1)
+MAX_MULTIPLIER = float(1 << 31)  # a larger real multiplier needs a left shift beyond int32
 OPAQUE_SUPPORTED = frozenset({"LogSoftmax"})  # OPAQUE ops the kernels can run (in float)
 
 
@@ -465,7 +466,24 @@ def _int8_weights(ctx: _Ctx, name: str, wf: np.ndarray,
     if scale.size > 1 and axis != out_axis:
         raise ModelError(f"{ctx.where}: weights '{name}' are quantised along axis {axis}, not "
                          "the output-channel axis")
-    return raw, np.broadcast_to(scale.reshape(-1), (cout,)).astype(np.float64)
+    sw = np.broadcast_to(scale.reshape(-1), (cout,)).astype(np.float64)
+    return _positive_scales(ctx, name, raw, sw, out_axis)
+
+
+def _positive_scales(ctx: _Ctx, name: str, raw: np.ndarray, sw: np.ndarray,
+                     out_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """A channel with a negative scale (some converters write them) is negated: q * s =
+    (-q) * (-s), so every requantisation multiplier stays positive, as CMSIS-NN requires."""
+    neg = sw < 0
+    if not neg.any():
+        return raw, sw
+    w = np.moveaxis(raw, out_axis, 0).astype(np.int16)
+    if (w[neg] == -128).any():
+        c = int(np.flatnonzero(neg & (w.reshape(len(sw), -1) == -128).any(axis=1))[0])
+        raise ModelError(f"{ctx.where}: weights '{name}' channel {c} has a negative scale and "
+                         "the value -128, which has no int8 negation")
+    w[neg] = -w[neg]
+    return np.moveaxis(w.astype(np.int8), 0, out_axis), np.abs(sw)
 
 
 def _set_int8_weights(ctx: _Ctx, p: OpParams, w_int: np.ndarray, sw: np.ndarray,
@@ -475,20 +493,37 @@ def _set_int8_weights(ctx: _Ctx, p: OpParams, w_int: np.ndarray, sw: np.ndarray,
     p.weights = w_int
     p.w_scales = sw
     p.bias = _int32_bias(ctx, b_name, bf, sx * sw)
-    mults = [quantize_multiplier(float(sx) * float(s) / float(so)) for s in sw]
+    mults = [checked_multiplier(ctx.where, float(sx) * float(s) / float(so)) for s in sw]
     p.multiplier = np.array([m for m, _ in mults], dtype=np.int32)
     p.shift = np.array([s for _, s in mults], dtype=np.int32)
 
 
 def _int32_bias(ctx: _Ctx, name: str | None, bf: np.ndarray, bscale: np.ndarray) -> np.ndarray:
-    """The DQ'd int32 bias when its scale is sx*sw[c], else round(b / (sx*sw[c]))."""
+    """The DQ'd int32 bias when its scale is sx*sw[c], else round(b / (sx*sw[c])); a bias
+    that does not fit int32 at that scale is refused (clipping it would be silently wrong)."""
     q = ctx.ox.quantized(name) if name else None
     if q is not None:
         raw, scale, zp, _ = q
         s = np.broadcast_to(scale.reshape(-1), bscale.shape)
         if np.all(zp == 0) and np.allclose(s, bscale, rtol=1e-5, atol=0) and raw.size == bf.size:
             return raw.reshape(-1).astype(np.int32)
-    return np.clip(np.rint(bf / bscale), -(1 << 31), (1 << 31) - 1).astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN are refused just below
+        b = np.rint(bf / bscale)
+    bad = ~(np.abs(b) <= (1 << 31) - 1)
+    if bad.any():
+        c = int(np.argmax(bad))
+        raise ModelError(f"{ctx.where}: bias '{name}' channel {c} ({float(bf[c]):g}) does not "
+                         f"fit int32 at scale {float(bscale[c]):g} (input x weight scale)")
+    return b.astype(np.int32)
+
+
+def checked_multiplier(where: str, real: float) -> tuple[int, int]:
+    """quantize_multiplier of a real rescale factor the int32 kernels can apply: finite,
+    positive and below 2^31 (scales are checked at import; their ratios can still overflow)."""
+    if not (math.isfinite(real) and 0 < real < MAX_MULTIPLIER):
+        raise ModelError(f"{where}: requantisation factor {real:g} (input x weight / output "
+                         f"scale) is outside (0, 2^31): the quantisation scales are unusable")
+    return quantize_multiplier(real)
 
 
 # -- fully connected ----------------------------------------------------------------------------
@@ -571,12 +606,12 @@ def _build_add_mul(ctx: _Ctx, p: OpParams) -> None:
     if ctx.op.kind == OpKind.ADD:
         left_shift = 20
         twice_max = 2.0 * max(s1, s2)
-        m1 = quantize_multiplier(s1 / twice_max)
-        m2 = quantize_multiplier(s2 / twice_max)
-        mo = quantize_multiplier(twice_max / ((1 << left_shift) * so))
+        m1 = checked_multiplier(ctx.where, s1 / twice_max)
+        m2 = checked_multiplier(ctx.where, s2 / twice_max)
+        mo = checked_multiplier(ctx.where, twice_max / ((1 << left_shift) * so))
         p.extra.update(left_shift=left_shift, in1=m1, in2=m2, out=mo)
     else:
-        p.extra["out"] = quantize_multiplier(s1 * s2 / so)
+        p.extra["out"] = checked_multiplier(ctx.where, s1 * s2 / so)
 
 
 def _build_affine(ctx: _Ctx, p: OpParams) -> None:
@@ -639,7 +674,8 @@ def _build_unary(ctx: _Ctx, p: OpParams) -> None:
             q = p.out_qparams
             amin, amax = activation_range_int8(lo, hi, q.scale, q.zero_point)
             p.act_min, p.act_max = max(p.act_min, amin), min(p.act_max, amax)
-            p.extra["out"] = quantize_multiplier(float(p.in_qparams[0].scale) / float(q.scale))
+            p.extra["out"] = checked_multiplier(ctx.where,
+                                                float(p.in_qparams[0].scale) / float(q.scale))
         else:
             p.act_min = max(p.act_min, -math.inf if lo is None else lo)
             p.act_max = min(p.act_max, math.inf if hi is None else hi)
@@ -739,7 +775,7 @@ def _build_transpose(ctx: _Ctx, p: OpParams) -> None:
     _layout_onnx(ctx, p)
     perm = _attrs(ctx.main).get("perm")
     p.extra["perm"] = tuple(perm) if perm else tuple(reversed(range(len(p.in_shapes[0]))))
-    _set_requant(p)
+    _set_requant(ctx, p)
 
 
 def _build_softmax(ctx: _Ctx, p: OpParams) -> None:
@@ -762,23 +798,23 @@ def _build_pool(ctx: _Ctx, p: OpParams) -> None:
         raise ModelError(f"{ctx.where}: dilated pooling is not supported by the simulator")
     p.extra["count_include_pad"] = bool(a.get("count_include_pad", 0))
     if p.int8:
-        _set_requant(p)
+        _set_requant(ctx, p)
 
 
-def _set_requant(p: OpParams) -> None:
+def _set_requant(ctx: _Ctx, p: OpParams) -> None:
     """Whether an int8 data-movement op must rescale (input and output qparams differ)."""
     if not p.int8:
         return
     qi, qo = p.in_qparams[0], p.out_qparams
     p.extra["same_q"] = qi == qo
-    p.extra["out"] = quantize_multiplier(float(qi.scale) / float(qo.scale))
+    p.extra["out"] = checked_multiplier(ctx.where, float(qi.scale) / float(qo.scale))
 
 
 def _build_gap(ctx: _Ctx, p: OpParams) -> None:
     _layout_nchw(ctx, p)
     p.extra["axes"] = (1, 2)
     if p.int8:
-        _set_requant(p)
+        _set_requant(ctx, p)
 
 
 def _build_reduce_mean(ctx: _Ctx, p: OpParams) -> None:
@@ -805,7 +841,7 @@ def _build_reduce_mean(ctx: _Ctx, p: OpParams) -> None:
     _set_layout(ctx, p, perm, lambda i: i, out_fix if not keep else (lambda i: i))
     p.extra["axes"] = tuple(sorted(perm.index(x) for x in axes))
     if p.int8:
-        _set_requant(p)
+        _set_requant(ctx, p)
 
 
 _BUILDERS = {
