@@ -459,9 +459,10 @@ def _simulate(plan, graph, model: Path, input_shapes=None):  # noqa: ANN001, ANN
     from pexopt.simulate.verify import verify_plan
 
     report = verify_plan(plan, graph, model, input_shapes=input_shapes)
-    if not report.ok:
-        raise PexError(f"simulation: the plan's outputs differ from the unsplit reference "
-                       f"(max relative error {report.max_error:.3g}); nothing written")
+    if not report.ok:  # exit 1 like a plan validate rejects: this plan is not trustworthy
+        err.print(f"error: simulation: {report.failure()}; nothing written", highlight=False,
+                  soft_wrap=True, markup=False)
+        raise typer.Exit(EXIT_INVALID)
     return report
 
 
@@ -475,7 +476,10 @@ def _verify_line(r) -> str:  # noqa: ANN001
         parts.append(f"mean |diff| {r.ort_mean_steps:.2f} steps")
     if r.ort_max_error is not None:
         parts.append(f"max error {r.ort_max_error:.2g} of the range")
-    return "; ".join(parts)
+    if r.ort_ok is not None:
+        parts.append("within the onnxruntime tolerance" if r.ort_ok else
+                     "OUTSIDE the onnxruntime tolerance")
+    return "; ".join(parts + r.notes)
 
 
 @app.command()
@@ -499,7 +503,8 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     else:
         out.print(_verify_line(report), highlight=False, soft_wrap=True)
     if not report.ok:
-        err.print("MISMATCH: the plan's outputs differ from the unsplit reference")
+        err.print(f"MISMATCH: {report.failure()}", highlight=False, soft_wrap=True,
+                  markup=False)
         raise typer.Exit(EXIT_INVALID)
 
 

@@ -202,8 +202,7 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
         rep = verify_plan(plan, res.graph, path)
         if not rep.ok:
             row["verify"] = f"MISMATCH (max error {rep.max_error:.3g})"
-            row["error"] = ("simulation: the plan's outputs differ from the unsplit reference; "
-                            "plan not written")
+            row["error"] = f"simulation: {rep.failure()}; plan not written"
             return
         row["verify"] = "exact" if rep.max_error == 0 else f"ok (max error {rep.max_error:.2g})"
     if task.codegen:  # generate C; the parent writes it next to the plan
