@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,14 @@ import onnx
 
 from pexopt import __version__
 from pexopt.errors import PexError
+from pexopt.graph.onnx_import import check_scale
+from pexopt.graph.onnx_load import MAX_MODEL_BYTES, read_model
 from pexopt.plan.format import write_atomic
 
 PRODUCER = "pexopt.quantize"
 CALIB_SEED = 20240  # the seed of models/build_models.py
 MAX_RANDOM_SAMPLES = 10_000
+MAX_NPY_BYTES = 1 << 30  # a .npy file's declared array (checked in its header before loading)
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
            "MatMulInteger", "DynamicQuantizeLinear"}
 
@@ -88,11 +92,8 @@ def load_calibration(calib: str, shape: tuple[int, ...]) -> list[np.ndarray]:
         raise PexError(f"--calib: '{calib}' is neither a .npy file nor random:N")
     if not path.is_file():
         raise PexError(f"{path}: calibration file not found")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise PexError(f"{path}: not a readable .npy array ({e})") from e
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+    arr = read_npy(path)
+    if arr.dtype.kind not in "fiu":
         raise PexError(f"{path}: calibration array must be numeric, not {arr.dtype}")
     if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
         samples = [arr[i] for i in range(arr.shape[0])]
@@ -105,10 +106,42 @@ def load_calibration(calib: str, shape: tuple[int, ...]) -> list[np.ndarray]:
                        f"{'x'.join(map(str, arr.shape)) or 'scalar'}, expected Nx{want}{alt}")
     if not samples:
         raise PexError(f"{path}: calibration array holds no samples")
-    out = [np.ascontiguousarray(s, dtype=np.float32) for s in samples]
-    if not all(np.isfinite(s).all() for s in out):
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise PexError(f"{path}: calibration array contains NaN or infinity")
-    return out
+    return [np.ascontiguousarray(s, dtype=np.float32) for s in samples]
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A .npy array whose header was checked first: its declared size must fit the cap and
+    equal the bytes the file holds (a 128-byte file cannot claim 1e9x3x32x32)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = read(f, max_header_size=1 << 16)
+            start = f.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, SyntaxError) as e:
+        raise PexError(f"{path}: not a readable .npy array ({_first_line(e)})") from None
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise PexError(f"{path}: calibration array must be numeric, not {dtype}")
+    n = 1
+    for d in shape:
+        n *= int(d)
+    want = n * dtype.itemsize
+    if want > MAX_NPY_BYTES:
+        raise PexError(f"{path}: the array declares {want:,} B, more than the cap of "
+                       f"{MAX_NPY_BYTES:,} B")
+    if want != size - start:
+        raise PexError(f"{path}: the header declares {'x'.join(map(str, shape)) or 'a scalar'} "
+                       f"{dtype} ({want:,} B) but the file holds {size - start:,} B of data")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise PexError(f"{path}: not a readable .npy array ({_first_line(e)})") from None
 
 
 def canonicalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -145,6 +178,25 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+def _refuse_overflow(src: Path, calib: str, qmodel: onnx.ModelProto,
+                     caught: list[warnings.WarningMessage]) -> None:
+    """The calibration overflowed float32 (numpy warned, or a scale came out 0, inf or NaN):
+    one line naming it, instead of the warning on stderr and a model every later command
+    refuses."""
+    if caught:
+        raise PexError(f"{src}: calibration with '{calib}' overflows float32 "
+                       f"({str(caught[0].message).strip()}); scale the calibration data")
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    for node in qmodel.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] in inits:
+            try:
+                check_scale(f"{src}: node '{node.name}'", node.input[1],
+                            onnx.numpy_helper.to_array(inits[node.input[1]]))
+            except PexError as e:
+                raise PexError(f"{e} after calibration with '{calib}' (data beyond float32's "
+                               "range?)") from None
+
+
 def quantize_model(float_onnx: str | os.PathLike, out_path: str | os.PathLike,
                    calib: str) -> QuantizeReport:
     """Quantise a float32 ONNX model to int8 QDQ (per-channel weights) into out_path.
@@ -157,9 +209,11 @@ def quantize_model(float_onnx: str | os.PathLike, out_path: str | os.PathLike,
     if not src.is_file():
         raise PexError(f"{src}: no such model file")
     try:
-        model = onnx.load(str(src))
+        if src.stat().st_size <= MAX_MODEL_BYTES:  # read_model refuses a larger file
+            onnx.load(str(src), load_external_data=False)
     except Exception as e:  # protobuf DecodeError, OSError, ...
         raise PexError(f"{src}: not a readable ONNX model ({_first_line(e)})") from e
+    model = read_model(src)  # sizes, external data, opset, node names, control flow checked
     name, shape = _model_input(model, src)
     samples = load_calibration(calib, shape)
     try:
@@ -185,7 +239,9 @@ def quantize_model(float_onnx: str | os.PathLike, out_path: str | os.PathLike,
     level = ort_log.level
     ort_log.setLevel(logging.ERROR)
     try:
-        with tempfile.TemporaryDirectory(prefix="pexopt_quant_") as td:
+        with tempfile.TemporaryDirectory(prefix="pexopt_quant_") as td, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
             fp, pp, qp = (os.path.join(td, f) for f in ("float.onnx", "pre.onnx", "int8.onnx"))
             # a self-contained copy (onnx.load has read any external data)
             onnx.save(model, fp)
@@ -194,6 +250,8 @@ def quantize_model(float_onnx: str | os.PathLike, out_path: str | os.PathLike,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
             qmodel = onnx.load(qp)
+        _refuse_overflow(src, calib, qmodel, [w for w in caught
+                                              if issubclass(w.category, RuntimeWarning)])
     except PexError:
         raise
     except Exception as e:
