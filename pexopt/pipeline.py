@@ -214,11 +214,12 @@ def pareto_model(path: str | Path, opts: ImportOptions, params: SolverParams,
         est = estimate(profile, graph, plan)
         exact = None
         if executable(graph):
-            exact = verify_plan(plan, graph, path, n_inputs=1,
-                                input_shapes=opts.input_shapes or None).ok
+            rep = verify_plan(plan, graph, path, n_inputs=1,
+                              input_shapes=opts.input_shapes or None)
+            exact = rep.ok
             if not exact:
-                raise PexError(f"pareto: the plan at {plan.arena_bytes:,} B does not simulate "
-                               "exactly (a bug; please report it)")
+                raise PexError(f"pareto: the plan at {plan.arena_bytes:,} B fails its "
+                               f"simulation: {rep.failure()}")
         row = ParetoRow(None if p.bound is None else p.bound + invoke, plan.arena_bytes,
                         est.instructions, est.ms, len(plan.splits), p.status, plan, exact)
         rows.append(row)

@@ -529,3 +529,15 @@ def test_simulate_fails_when_onnxruntime_disagrees(tmp_path: Path) -> None:
     # solve's own verification fails the same way: exit 1, nothing written
     attack(["solve", model, "-o", "plan2.json", "--emit-c", "c_out", *QUICK], tmp_path, code=1,
            words=("simulation", "onnxruntime", "nothing written"))
+
+
+def test_all_activations_together_capped(tmp_path: Path) -> None:
+    """Five float32 tensors of 2^26 elements each (at the per-tensor cap): 1.25 GiB in all."""
+    names = ["x", "a", "b", "c", "d", "y"]
+    nodes = [helper.make_node("Relu", [i], [o], name=f"relu{k}")
+             for k, (i, o) in enumerate(zip(names, names[1:]))]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16, 2048, 2048])
+          for n in ("x", "y")]
+    model = _save(tmp_path / "many.onnx", nodes, vi[:1], vi[1:], {})
+    attack(["inspect", model, "--dtype", "float32"], tmp_path,
+           words=("many.onnx", "1,610,612,736 B", "1,073,741,824 B"))

@@ -24,7 +24,12 @@ from pexopt.graph.ir import (
     QParams,
     Tensor,
 )
-from pexopt.graph.onnx_load import MAX_ELEMENTS, load_model, sha256_file
+from pexopt.graph.onnx_load import (
+    MAX_ACTIVATION_BYTES,
+    MAX_ELEMENTS,
+    load_model,
+    sha256_file,
+)
 from pexopt.ops import ALIAS_ONNX_OPS, LAYOUT_PERMS, ONNX_KIND, SPECS, OpKind
 
 ONNX_DTYPES: dict[int, str] = {
@@ -558,10 +563,14 @@ class _Importer:
             elems = int(np.prod(shape, dtype=np.int64)) if shape else 1
             if elems > MAX_ELEMENTS:
                 raise ModelError(f"{self.path}: tensor '{n}' has {elems} elements, too large "
-                                 "for an MCU")
+                                 f"for an MCU (cap {MAX_ELEMENTS:,} per tensor)")
             ext = input_external and n in graph_inputs
             tensors.append(Tensor(id=tid[n], name=n, shape=self.nhwc(n, shape), dtype=deploy,
                                   nbytes=elems * DTYPE_BYTES[deploy], qparams=q, external=ext))
+        total = sum(t.nbytes for t in tensors)
+        if total > MAX_ACTIVATION_BYTES:
+            raise ModelError(f"{self.path}: the activation tensors hold {total:,} B together, "
+                             f"more than the cap of {MAX_ACTIVATION_BYTES:,} B")
         ops: list[Op] = []
         for k, op in enumerate(live_ops):
             ins = tuple(tid[t] for t in op.inputs)

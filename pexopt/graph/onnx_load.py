@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ MAX_ELEMENTS = 1 << 26  # elements of one activation tensor (graph inputs and in
 MAX_ACTIVATION_BYTES = 1 << 30  # all activation tensors of a model together, deployment dtype
 MAX_MODEL_BYTES = 1 << 28  # the .onnx file, and all its constants (inline and external)
 MIN_OPSET = 7  # the oldest default-domain opset onnxruntime runs
+ORT_KNOWN_OPSET = 20  # every onnxruntime pexopt installs (>= 1.17) runs opsets up to this
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 
 
@@ -112,11 +114,10 @@ def _check_inline_data(model: onnx.ModelProto, path: str, external: int) -> None
 
 def _check_nodes(model: onnx.ModelProto, path: str) -> None:
     """Opsets onnx and onnxruntime both implement, unique node names, no control flow."""
-    newest = max_opset()
     for o in model.opset_import:
-        if o.domain in ("", "ai.onnx") and not MIN_OPSET <= o.version <= newest:
+        if o.domain in ("", "ai.onnx") and not opset_supported(o.version):
             raise ModelError(f"{path}: opset {o.version} is not supported (onnx and "
-                             f"onnxruntime here run opsets {MIN_OPSET} to {newest})")
+                             f"onnxruntime here run opsets {MIN_OPSET} to {max_opset()})")
     names: set[str] = set()
     for node in model.graph.node:
         if node.op_type in CONTROL_FLOW or any(
@@ -129,19 +130,42 @@ def _check_nodes(model: onnx.ModelProto, path: str) -> None:
         names.add(node.name)
 
 
+def opset_supported(version: int) -> bool:
+    """Whether both the installed onnx and onnxruntime implement this default-domain opset."""
+    if not MIN_OPSET <= version <= onnx.defs.onnx_opset_version():
+        return False
+    return version <= ORT_KNOWN_OPSET or _ort_runs_opset(version)
+
+
 def max_opset() -> int:
     """The newest default-domain opset both the installed onnx and onnxruntime implement."""
-    newest = onnx.defs.onnx_opset_version()
+    v = onnx.defs.onnx_opset_version()
+    while v > ORT_KNOWN_OPSET and not _ort_runs_opset(v):
+        v -= 1
+    return v
+
+
+@functools.cache
+def _ort_runs_opset(version: int) -> bool:
+    """Ask onnxruntime itself (an Identity model at that opset), once per process: its
+    newest opset depends on its version, which no API reports."""
     try:
         import onnxruntime as ort
-    except ImportError:
-        return newest
-    major, minor = (int(x) for x in ort.__version__.split(".")[:2])
-    # onnxruntime's release notes: 1.17 -> opset 20, 1.18 .. 1.19 -> 21, 1.20 .. -> 22+
-    ort_max = 20 if (major, minor) < (1, 18) else 21 if (major, minor) < (1, 20) else 22
-    if (major, minor) >= (1, 22):
-        ort_max = 23
-    return min(newest, ort_max)
+    except ImportError:  # only the arena simulation needs it; onnx's range stands alone
+        return True
+    ops = [onnx.helper.make_opsetid("", version)]
+    vi = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xy"]
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", vi[:1], vi[1:]),
+        opset_imports=ops)
+    m.ir_version = onnx.helper.find_min_ir_version_for(ops)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # the probe's refusal is the answer, not a message for users
+    try:
+        ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception:
+        return False
+    return True
 
 
 def _check_acyclic(graph: onnx.GraphProto, path: str) -> None:
