@@ -103,6 +103,9 @@ class Outputs:
         """PexError (one line naming the path) for any output that cannot or must not be
         written; touches nothing (a probe file is created and removed at once)."""
         ins = [_abs(p) for p in self.inputs if p is not None]
+        for f in self.folders.values():  # a file where a folder goes: said first
+            if os.path.lexists(f.path) and not f.path.is_dir():
+                raise PexError(f"{f.opt}: '{show(f.path)}' exists and is not a folder")
         seen: dict[Path, str] = {}
         for path, opt in self.targets():
             _not_input(path, opt, ins)
@@ -211,8 +214,6 @@ def _writable_parent(path: Path, opt: str, probed: set[Path]) -> None:
 
 def _check_folder(f: _Folder, inputs: list[Path]) -> None:
     """A generated folder: not a file; its generated names hold no user file."""
-    if os.path.lexists(f.path) and not f.path.is_dir():
-        raise PexError(f"{f.opt}: '{show(f.path)}' exists and is not a folder")
     if not f.path.is_dir() or not f.manifest:
         return
     old = set(_old_manifest(f.path))

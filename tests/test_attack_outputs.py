@@ -290,3 +290,14 @@ def test_read_only_folder(work: Path) -> None:
         attack(["codegen", "plan.json", "m.onnx", "-o", "ro/c"], work, words="read-only")
     finally:
         subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_report_writes_only_its_five_files(work: Path) -> None:
+    (work / "notes.txt").write_text("mine\n")
+    o = run_case(["report", "plan.json", "m.onnx", "--out", "."], work)
+    assert o.code == 0, o.stderr
+    assert o.changed == {"memory_timeline.png", "memory_timeline.svg", "arena_layout.png",
+                         "arena_layout.svg", "summary.md"}
+    (work / "summary.md").unlink()
+    (work / "summary.md").mkdir()  # one output cannot be written: none is
+    attack(["report", "plan.json", "m.onnx", "--out", "."], work, words=("summary.md", "folder"))
