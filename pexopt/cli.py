@@ -378,9 +378,9 @@ def _solve_outputs(model: Path, target: str, output: Path | None, emit_c: Path |
                    write_pruned: Path | None, pareto: Path | None):  # noqa: ANN202
     """Declare and check every output of `solve` before any work (issue #13 items 7-10)."""
     from pexopt.codegen.emit import GENERATED
-    from pexopt.outputs import Outputs
+    from pexopt.outputs import Outputs, model_inputs
 
-    outs = Outputs(inputs=[model, target if os.path.isfile(target) else None])
+    outs = Outputs(inputs=[*model_inputs(model), target if os.path.isfile(target) else None])
     outs.file(output, "-o")
     outs.file(write_pruned, "--write-pruned")
     outs.folder(emit_c, "--emit-c", GENERATED)
@@ -585,7 +585,7 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     """Compare pexopt with the TFLM planner and reordering on many models."""
     from rich.progress import Progress
 
-    from pexopt.outputs import Outputs
+    from pexopt.outputs import Outputs, model_inputs
     from pexopt.pipeline import bench_model, bench_random_dag
     from pexopt.report.tables import (
         bench_markdown,
@@ -599,7 +599,8 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     models = models or []
     if not models and random_dags <= 0:
         raise PexError("bench: give models and/or --random-dags N")
-    outs = Outputs(inputs=models)  # every output checked before the first model is solved
+    # every output checked before the first model is solved
+    outs = Outputs(inputs=[i for m in models for i in model_inputs(m)])
     outs.file(out_dir / "bench.json", "--out")
     outs.file(out_dir / "bench.md", "--out")
     outs.file(update_readme, "--update-readme")
@@ -666,10 +667,11 @@ def codegen(plan_file: Path, model: Path,
             input_shape: Shapes = None) -> None:
     """Generate C (pex_model.h/.c, weights, kernels, README) from a validated plan."""
     from pexopt.codegen.emit import GENERATED
-    from pexopt.outputs import Outputs
+    from pexopt.outputs import Outputs, model_inputs
     from pexopt.pipeline import ImportOptions
 
-    outs = Outputs(inputs=[plan_file, model, target if os.path.isfile(target) else None])
+    outs = Outputs(inputs=[plan_file, *model_inputs(model),
+                           target if os.path.isfile(target) else None])
     outs.folder(output, "-o", GENERATED)
     outs.check()
     plan = load_plan(plan_file)
@@ -762,6 +764,7 @@ def report(plan_file: Path,
                "--out", help="Folder for the figures and summary.md.")] = Path("report_out"),
            input_shape: Shapes = None) -> None:
     """Figures of a plan (memory per step, arena layout; PNG + SVG) and summary.md."""
+    from pexopt.outputs import model_inputs
     from pexopt.pipeline import ImportOptions
     from pexopt.plan.validator import check
     from pexopt.report.plots import report_plan
@@ -772,7 +775,7 @@ def report(plan_file: Path,
         graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                               input_shapes=_shapes(input_shape)).load(model)
         check(plan, graph)
-    paths = report_plan(plan, graph, out_dir, inputs=[plan_file, model])
+    paths = report_plan(plan, graph, out_dir, inputs=[plan_file, *model_inputs(model)])
     out.print(f"written: {', '.join(str(p) for p in paths.values())}", highlight=False,
               soft_wrap=True, markup=False)
 
@@ -799,10 +802,10 @@ def quantize(model: Path,
                  "--calib", help="Calibration inputs: a .npy file, or random:N for a smoke "
                  "test.")]) -> None:
     """Quantise a float ONNX model to int8 QDQ (onnxruntime static quantisation)."""
-    from pexopt.outputs import Outputs
+    from pexopt.outputs import Outputs, model_inputs
     from pexopt.quantize import quantize_model
 
-    outs = Outputs(inputs=[model, calib if os.path.isfile(calib) else None])
+    outs = Outputs(inputs=[*model_inputs(model), calib if os.path.isfile(calib) else None])
     outs.file(output, "-o")
     outs.check()  # before onnxruntime's work; quantize_model writes through the same checks
     rep = quantize_model(model, output, calib)

@@ -362,3 +362,28 @@ def write_files(files: Mapping[str | Path, str | bytes], opt: str,
     for p, body in files.items():
         outs.put(p, body)
     outs.commit()
+
+
+MODEL_PARSE_CAP = 256 << 20  # larger models are not parsed here: their external data unchecked
+
+
+def model_inputs(path: str | Path | None) -> list[Path]:
+    """An ONNX model and its external data files: inputs too, never written over."""
+    if path is None:
+        return []
+    p = Path(path)
+    res = [p]
+    try:
+        if not p.is_file() or p.stat().st_size > MODEL_PARSE_CAP:
+            return res
+        import onnx
+
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model: the importer refuses it with its own line
+        return res
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in init.external_data if e.key == "location"), "")
+            if loc:
+                res.append(p.parent / loc)
+    return res

@@ -92,6 +92,18 @@ def test_solve_never_writes_over_its_model(work: Path) -> None:
     attack(["solve", "m.onnx", *FAST, "-o", "./sub/../m.onnx"], work, words="input")
 
 
+def test_external_data_of_the_model_is_an_input(float_model: Path) -> None:
+    import onnx
+
+    d = float_model.parent
+    m = onnx.load(str(float_model))
+    onnx.save(m, str(d / "ext.onnx"), save_as_external_data=True, location="w.data",
+              size_threshold=0)
+    assert (d / "w.data").is_file()
+    attack(["solve", "ext.onnx", *FAST, "-o", "w.data"], d, words=("w.data", "input"))
+    attack(["quantize", "ext.onnx", "-o", "w.data", "--calib", "random:2"], d, words="input")
+
+
 def test_other_commands_never_write_over_their_inputs(work: Path) -> None:
     np = pytest.importorskip("numpy")
     np.save(work / "calib.npy", np.zeros((2, 3, 32, 32), np.float32))
