@@ -377,13 +377,15 @@ def solve(model: Path,
 def _solve_outputs(model: Path, target: str, output: Path | None, emit_c: Path | None,
                    write_pruned: Path | None, pareto: Path | None):  # noqa: ANN202
     """Declare and check every output of `solve` before any work (issue #13 items 7-10)."""
-    from pexopt.codegen.emit import GENERATED
     from pexopt.outputs import Outputs, model_inputs
 
     outs = Outputs(inputs=[*model_inputs(model), target if os.path.isfile(target) else None])
     outs.file(output, "-o")
     outs.file(write_pruned, "--write-pruned")
-    outs.folder(emit_c, "--emit-c", GENERATED)
+    if emit_c is not None:  # the emitter is imported only when asked for
+        from pexopt.codegen.emit import GENERATED
+
+        outs.folder(emit_c, "--emit-c", GENERATED)
     if pareto is not None:
         outs.file(pareto, "--pareto")
         outs.file(pareto.with_suffix(".png"), "--pareto")
