@@ -18,7 +18,8 @@ the process runs as root in CI, where permission bits say nothing); two outputs 
 same file. A generated folder is never replaced as a whole: only the files pexopt generates are
 written, listed in `.pexopt-manifest` there; a file of a generated name that exists, is not in
 the old manifest and does not carry pexopt's header is the user's and is refused; stale
-generated files of the old manifest are removed, nothing else ever is.
+generated files of the old manifest (that carry pexopt's header) are removed, nothing else
+ever is.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ class Outputs:
         if f.manifest:
             self.data[f.path / MANIFEST] = (MANIFEST_HEAD + "".join(
                 f"{n}\n" for n in sorted(files))).encode()
-            f.stale = [n for n in _old_manifest(f.path) if n not in files]
+            f.stale = [n for n in _old_manifest(f.path)  # and only what pexopt wrote
+                       if n not in files and _has_mark(f.path / n)]
         return [f.path / n for n in files]
 
     def commit(self) -> None:
