@@ -880,7 +880,7 @@ def calibrate(target: Annotated[str, typer.Option(
 
     base_profile(target)  # a bad target or profile file: one line before any work
     dest = output if output is not None else Path(f"{Path(target).stem}.yaml")
-    outs = Outputs(inputs=[target if os.path.isfile(target) else None])
+    outs = Outputs()  # -o the --target file refits it in place (README): read whole first
     outs.file(dest, "-o")
     outs.check()  # before minutes under QEMU
     require_tools()
@@ -889,7 +889,7 @@ def calibrate(target: Annotated[str, typer.Option(
     cmd = f"pexopt calibrate --target {target}" + (" --quick" if quick else "")
     if output is not None:
         cmd += f" -o {output}"
-    write_profile(prof, dest, cmd, inputs=[target if os.path.isfile(target) else None])
+    write_profile(prof, dest, cmd)
     if not quiet:
         for cls, e in prof.fit.items():
             out.print(f"{cls:16s} {e['samples']:3d} models  max error "

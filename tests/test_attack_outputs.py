@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from attack import attack, run_case, snapshot
-from conftest import ROOT, make_onnx, vi
+from conftest import make_onnx, vi
 
 from pexopt.errors import PexError
 from pexopt.outputs import MANIFEST, Outputs
@@ -114,8 +114,7 @@ def test_other_commands_never_write_over_their_inputs(work: Path) -> None:
     (work / "rep").mkdir()
     shutil.copy(work / "plan.json", work / "rep" / "summary.md")
     attack(["report", "rep/summary.md", "--out", "rep"], work, words="input")
-    shutil.copy(ROOT / "solver_configs" / "cortex-m4.yaml", work / "m4.yaml")
-    attack(["calibrate", "--target", "m4.yaml", "-o", "m4.yaml"], work, words="input")
+    # (calibrate --target p.yaml -o p.yaml refits a profile in place, as README says)
 
 
 def test_codegen_manifest_never_removes_an_input(work: Path) -> None:

@@ -17,7 +17,7 @@ reads and writes the buffers of the plan at their offsets, and a CMSIS-NN call's
 
 This module drives the emitter (plumbing, steps, operands); `consts` writes const data,
 `render_ops` one renderer per operator kind, `render_cmsis` the CMSIS-NN calls, `files` the
-file texts and the atomic folder write, `views` strided views and C literals.
+file texts (`pexopt.outputs` writes them), `views` strided views and C literals.
 """
 
 from __future__ import annotations
