@@ -21,7 +21,7 @@ from rich.text import Text
 from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import parse_shape
-from pexopt.plan.format import load_plan, write_atomic
+from pexopt.plan.format import load_plan
 from pexopt.plan.validator import PlanInvalid, validate
 from pexopt.solver.cpsat_layout import SolverParams
 
@@ -50,6 +50,11 @@ def friendly(fn: F) -> F:
         except BrokenPipeError:  # `pexopt ... | head`: the reader left; not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(0) from None
+        except OSError as e:  # a full disk, a read-only folder: the file system, not a bug
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(f"[red]error:[/red] {escape(where + (e.strerror or str(e)))}",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing written")
             raise typer.Exit(130) from None
@@ -249,6 +254,7 @@ def solve(model: Path,
     popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
                         output or emit_c)
     bound = _latency_bound(latency, pareto, pareto_points, profile, target)
+    outs = _solve_outputs(model, target, output, emit_c, write_pruned, pareto)
     from pexopt.solver.interrupt import keep_best_on_sigint
 
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live, \
@@ -301,16 +307,24 @@ def solve(model: Path,
             report = _simulate(plan, res.graph, pruned_path, opts.input_shapes)
     elif verify:
         report = _simulate(plan, res.graph, model, opts.input_shapes)
-    if pruning is not None and write_pruned is not None:
-        write_atomic(write_pruned, outcome.chosen.model_bytes)
-    if output is not None:
-        write_atomic(output, plan.to_json())
+    pruned = outcome.chosen.model_bytes if pruning is not None else None
     if emit_c is not None:  # a pruned plan's weights are those of the pruned model
-        _emit(plan, res.graph, write_pruned if pruning else model, emit_c, core, "cmsis")
+        outs.put_folder(emit_c, _render(plan, res.graph, write_pruned if pruned else model,
+                                        core, "cmsis", pruned))
     front = None
     if pareto is not None:
         front = _pareto(model, opts, params, profile, budget, pareto, pareto_points,
-                        quiet or as_json)
+                        quiet or as_json, outs)
+    if pruned is not None and write_pruned is not None:
+        outs.put(write_pruned, pruned)
+    if output is not None:
+        outs.put(output, plan.to_json())
+    outs.commit()  # every output or none (issue #13 item 9)
+    if emit_c is not None and not as_json:
+        _c_written(emit_c, plan)
+    if pareto is not None and not quiet and not as_json:
+        out.print(f"frontier written to {pareto} and {pareto.with_suffix('.png')}",
+                  highlight=False, soft_wrap=True, markup=False)
     if as_json:
         print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
@@ -358,6 +372,25 @@ def solve(model: Path,
                   + (f"; {hint}" if hint else ""), highlight=False, soft_wrap=True,
                   markup=False)
         raise typer.Exit(EXIT_NO_FIT)
+
+
+def _solve_outputs(model: Path, target: str, output: Path | None, emit_c: Path | None,
+                   write_pruned: Path | None, pareto: Path | None):  # noqa: ANN202
+    """Declare and check every output of `solve` before any work (issue #13 items 7-10)."""
+    from pexopt.outputs import Outputs, model_inputs
+
+    outs = Outputs(inputs=[*model_inputs(model), target if os.path.isfile(target) else None])
+    outs.file(output, "-o")
+    outs.file(write_pruned, "--write-pruned")
+    if emit_c is not None:  # the emitter is imported only when asked for
+        from pexopt.codegen.emit import GENERATED
+
+        outs.folder(emit_c, "--emit-c", GENERATED)
+    if pareto is not None:
+        outs.file(pareto, "--pareto")
+        outs.file(pareto.with_suffix(".png"), "--pareto")
+    outs.check()
+    return outs
 
 
 def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
@@ -418,23 +451,22 @@ def _latency_bound(latency: str | None, pareto: Path | None, points: int, profil
 
 
 def _pareto(model: Path, opts, params, profile, budget, csv_path: Path, points: int,  # noqa: ANN001, ANN202
-            quiet: bool):
-    """Sweep the latency bound, print the frontier and write it (CSV + PNG)."""
+            quiet: bool, outs):
+    """Sweep the latency bound, print the frontier and put it (CSV + PNG) into `outs`."""
     from rich.progress import Progress
 
     from pexopt.pipeline import pareto_model
-    from pexopt.report.pareto import pareto_table, write_pareto
+    from pexopt.report.pareto import pareto_csv, pareto_png, pareto_table
 
     with Progress(console=err, transient=True, disable=quiet) as bar:
         task = bar.add_task("pareto sweep", total=points)
         rows = pareto_model(model, opts, params, profile, budget, points,
                             on_point=lambda _r: bar.advance(task))
-    png = write_pareto(rows, csv_path, f"{model.name}: smallest arena per latency bound",
-                       profile.name)
+    outs.put(csv_path, pareto_csv(rows))
+    outs.put(csv_path.with_suffix(".png"), pareto_png(
+        rows, f"{model.name}: smallest arena per latency bound", profile.name))
     if not quiet:
         _print_table(pareto_table(rows, profile.name))
-        out.print(f"frontier written to {csv_path} and {png}", highlight=False, soft_wrap=True,
-                  markup=False)
     return rows
 
 
@@ -560,6 +592,7 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     """Compare pexopt with the TFLM planner and reordering on many models."""
     from rich.progress import Progress
 
+    from pexopt.outputs import Outputs, model_inputs
     from pexopt.pipeline import bench_model, bench_random_dag
     from pexopt.report.tables import (
         bench_markdown,
@@ -573,6 +606,14 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     models = models or []
     if not models and random_dags <= 0:
         raise PexError("bench: give models and/or --random-dags N")
+    # every output checked before the first model is solved
+    outs = Outputs(inputs=[i for m in models for i in model_inputs(m)])
+    outs.file(out_dir / "bench.json", "--out")
+    outs.file(out_dir / "bench.md", "--out")
+    outs.file(update_readme, "--update-readme")
+    outs.check()
+    if update_readme is not None:
+        _replace_section(update_readme, "")  # the section exists: refused now, not at the end
     rows = []
     with Progress(console=err, transient=True, disable=quiet or as_json) as bar:
         task = bar.add_task("bench", total=len(models) + max(0, random_dags))
@@ -591,10 +632,11 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     md = bench_markdown(rows, workers)
     if target is not None:
         md += "\n" + target_markdown(rows, target)
-    write_atomic(out_dir / "bench.json", json.dumps(data, indent=1) + "\n")
-    write_atomic(out_dir / "bench.md", md)
+    outs.put(out_dir / "bench.json", json.dumps(data, indent=1) + "\n")
+    outs.put(out_dir / "bench.md", md)
     if update_readme is not None:
-        _replace_section(update_readme, md)
+        outs.put(update_readme, _replace_section(update_readme, md))
+    outs.commit()  # all three or none (issue #13 item 9)
     if as_json:
         print(json.dumps(data))
     elif not quiet:
@@ -605,14 +647,19 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
                   soft_wrap=True)
 
 
-def _replace_section(readme: Path, md: str) -> None:
+def _replace_section(readme: Path, md: str) -> str:
+    """The README's text with its bench section replaced by `md` (nothing written)."""
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PexError(f"--update-readme: cannot read '{readme}': "
+                       f"{getattr(e, 'strerror', None) or e}") from None
+    if start not in text or end not in text or text.index(end) < text.index(start):
         raise PexError(f"{readme}: no '{start}' ... '{end}' section to replace")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    write_atomic(readme, f"{head}{start}\n{md}{end}{tail}")
+    return f"{head}{start}\n{md}{end}{tail}"
 
 
 @app.command()
@@ -626,21 +673,42 @@ def codegen(plan_file: Path, model: Path,
             = "cmsis",
             input_shape: Shapes = None) -> None:
     """Generate C (pex_model.h/.c, weights, kernels, README) from a validated plan."""
+    from pexopt.codegen.emit import GENERATED
+    from pexopt.outputs import Outputs, model_inputs
     from pexopt.pipeline import ImportOptions
 
+    outs = Outputs(inputs=[plan_file, *model_inputs(model),
+                           target if os.path.isfile(target) else None])
+    outs.folder(output, "-o", GENERATED)
+    outs.check()
     plan = load_plan(plan_file)
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
-    _emit(plan, graph, model, output, _target_profile(target)[1], backend)
+    outs.put_folder(output, _render(plan, graph, model, _target_profile(target)[1], backend))
+    outs.commit()
+    _c_written(output, plan)
 
 
-def _emit(plan, graph, model: Path, output: Path, target: str, backend: str) -> None:  # noqa: ANN001
-    from pexopt.codegen.emit import emit_c
+def _render(plan, graph, model: Path, target: str, backend: str,  # noqa: ANN001
+            model_bytes: bytes | None = None) -> dict[str, str]:
+    """The C files in memory (nothing written); `model_bytes`: the (pruned) model to read the
+    weights from instead of `model`."""
+    from pexopt.codegen.emit import render_c
 
     if backend not in ("cmsis", "portable"):
         raise PexError(f"--backend: '{backend}' is not cmsis or portable")
-    files = emit_c(plan, graph, model, output, target=target, backend_default=backend)
-    out.print(f"C written to {output}/ ({len(files)} files, arena {plan.arena_bytes:,} B); "
+    if model_bytes is None:
+        return render_c(plan, graph, model, target=target, backend_default=backend)
+    with tempfile.TemporaryDirectory(prefix="pexopt_emit_") as tmp:
+        path = Path(tmp) / model.name
+        path.write_bytes(model_bytes)
+        return render_c(plan, graph, path, target=target, backend_default=backend)
+
+
+def _c_written(output: Path, plan) -> None:  # noqa: ANN001
+    from pexopt.codegen.emit import GENERATED
+
+    out.print(f"C written to {output}/ ({len(GENERATED)} files, arena {plan.arena_bytes:,} B); "
               f"see {output}/README.md", highlight=False, soft_wrap=True, markup=False)
 
 
@@ -703,6 +771,7 @@ def report(plan_file: Path,
                "--out", help="Folder for the figures and summary.md.")] = Path("report_out"),
            input_shape: Shapes = None) -> None:
     """Figures of a plan (memory per step, arena layout; PNG + SVG) and summary.md."""
+    from pexopt.outputs import model_inputs
     from pexopt.pipeline import ImportOptions
     from pexopt.plan.validator import check
     from pexopt.report.plots import report_plan
@@ -713,7 +782,7 @@ def report(plan_file: Path,
         graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                               input_shapes=_shapes(input_shape)).load(model)
         check(plan, graph)
-    paths = report_plan(plan, graph, out_dir)
+    paths = report_plan(plan, graph, out_dir, inputs=[plan_file, *model_inputs(model)])
     out.print(f"written: {', '.join(str(p) for p in paths.values())}", highlight=False,
               soft_wrap=True, markup=False)
 
@@ -727,7 +796,7 @@ def sweep_report(results: Path,
     """Plots (arena vs plan steps, per model) and summary.md of a sweep's results.jsonl."""
     from pexopt.report.plots import report_sweep
 
-    paths = report_sweep(results, out_dir)
+    paths = report_sweep(results, out_dir, opt="--out")
     out.print(f"written: {', '.join(str(p) for p in paths.values())}", highlight=False,
               soft_wrap=True, markup=False)
 
@@ -740,8 +809,12 @@ def quantize(model: Path,
                  "--calib", help="Calibration inputs: a .npy file, or random:N for a smoke "
                  "test.")]) -> None:
     """Quantise a float ONNX model to int8 QDQ (onnxruntime static quantisation)."""
+    from pexopt.outputs import Outputs, model_inputs
     from pexopt.quantize import quantize_model
 
+    outs = Outputs(inputs=[*model_inputs(model), calib if os.path.isfile(calib) else None])
+    outs.file(output, "-o")
+    outs.check()  # before onnxruntime's work; quantize_model writes through the same checks
     rep = quantize_model(model, output, calib)
     out.print(f"wrote {rep.path}: {rep.nodes} nodes, {rep.bytes:,} B, calibrated on "
               f"{rep.samples} samples (sha256 {rep.sha256[:16]})", highlight=False,
@@ -807,11 +880,15 @@ def calibrate(target: Annotated[str, typer.Option(
     """Fit a target profile's kernel costs from micro models run under QEMU (instructions)."""
     from pexopt.latency.calibrate import base_profile, write_profile
     from pexopt.latency.calibrate import calibrate as run_calibration
+    from pexopt.outputs import Outputs
     from pexopt.target.qemu import require_tools
 
     base_profile(target)  # a bad target or profile file: one line before any work
-    require_tools()
     dest = output if output is not None else Path(f"{Path(target).stem}.yaml")
+    outs = Outputs()  # -o the --target file refits it in place (README): read whole first
+    outs.file(dest, "-o")
+    outs.check()  # before minutes under QEMU
+    require_tools()
     log = None if quiet else (lambda line: err.print(line, highlight=False, markup=False))
     prof, samples = run_calibration(target, quick=quick, progress=log)
     cmd = f"pexopt calibrate --target {target}" + (" --quick" if quick else "")

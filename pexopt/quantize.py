@@ -29,7 +29,7 @@ from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_import import check_scale
 from pexopt.graph.onnx_load import MAX_MODEL_BYTES, read_model
-from pexopt.plan.format import write_atomic
+from pexopt.outputs import write_files
 
 PRODUCER = "pexopt.quantize"
 CALIB_SEED = 20240  # the seed of models/build_models.py
@@ -264,6 +264,6 @@ def quantize_model(float_onnx: str | os.PathLike, out_path: str | os.PathLike,
     except onnx.checker.ValidationError as e:
         raise PexError(f"{src}: the quantised model is invalid: {_first_line(e)}") from e
     data = qmodel.SerializeToString(deterministic=True)
-    write_atomic(out, data)
+    write_files({out: data}, "-o", [src, calib if os.path.isfile(calib) else None])
     return QuantizeReport(out, len(samples), len(qmodel.graph.node), len(data),
                           hashlib.sha256(data).hexdigest())

@@ -20,7 +20,6 @@ from conftest import BUNDLED_ALL, MODELS_DIR, SHARED_MODELS, const, make_onnx, v
 from onnx import helper
 
 from pexopt.codegen import emit_c
-from pexopt.codegen import files as emit_mod
 from pexopt.codegen.names import C_KEYWORDS, NameTable, comment, sanitize
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph
@@ -419,17 +418,17 @@ def test_failed_emit_writes_nothing(models_dir: Path, tmp_path: Path,
             raise OSError("disk full")
         real_fsync(fd)
 
-    monkeypatch.setattr(emit_mod.os, "fsync", flaky_fsync)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    with pytest.raises(PexError, match="disk full"):  # one line naming the file
         emit_c(plan, graph, path, out)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # old folder intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]  # no temp folders left
     monkeypatch.undo()
 
     fresh = tmp_path / "fresh"
-    monkeypatch.setattr(emit_mod.os, "fsync", flaky_fsync)
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
     calls["n"] = 0
-    with pytest.raises(OSError):
+    with pytest.raises(PexError, match="disk full"):
         emit_c(plan, graph, path, fresh)
     assert not fresh.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]

@@ -1,6 +1,7 @@
 """Emit a plan as C: one static arena and `pex_invoke`, straight-line code, one call per step.
 
-Output folder (written atomically, never half-written):
+Output folder (only these files, listed in its `.pexopt-manifest`, are replaced, all or none;
+nothing else in the folder is touched):
 - ``pex_model.h``   public API: ``pex_invoke``, sizes, quantisation and shape macros.
 - ``pex_model.c``   the arena and ``pex_invoke`` (CMSIS-NN calls where CMSIS-NN computes exactly
   what the plan's step needs, pexopt's portable kernels elsewhere; ``-DPEX_PORTABLE_KERNELS``
@@ -16,7 +17,7 @@ reads and writes the buffers of the plan at their offsets, and a CMSIS-NN call's
 
 This module drives the emitter (plumbing, steps, operands); `consts` writes const data,
 `render_ops` one renderer per operator kind, `render_cmsis` the CMSIS-NN calls, `files` the
-file texts and the atomic folder write, `views` strided views and C literals.
+file texts (`pexopt.outputs` writes them), `views` strided views and C literals.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from pexopt.cmsis_scratch import TARGETS
 from pexopt.codegen.consts import ConstsMixin, OpConsts
-from pexopt.codegen.files import FilesMixin, write_folder
+from pexopt.codegen.files import FilesMixin
 from pexopt.codegen.names import NameTable, comment
 from pexopt.codegen.render_bands import BandsMixin
 from pexopt.codegen.render_cmsis import CmsisMixin
@@ -35,6 +36,7 @@ from pexopt.codegen.views import View, contig, index_view, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
 from pexopt.ops import OpKind
+from pexopt.outputs import Outputs
 from pexopt.plan.format import Buffer, Plan, Step
 from pexopt.plan.validator import check
 from pexopt.simulate.params import OpParams, load_params
@@ -43,6 +45,8 @@ from pexopt.simulate.reference import stored_int8
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "codegen" / "runtime"
 RUNTIME_FILES = ("pex_kernels.h", "pex_kernels.c")
 BACKENDS = ("cmsis", "portable")
+GENERATED = ("pex_model.h", "pex_model.c", "pex_weights.h", "pex_weights.c", *RUNTIME_FILES,
+             "README.md")  # the only files codegen writes into its folder (and its manifest)
 
 SUPPORTED: frozenset[OpKind] = frozenset({
     OpKind.CONV, OpKind.GROUPED_CONV, OpKind.DEPTHWISE, OpKind.FULLY_CONNECTED, OpKind.ADD,
@@ -57,12 +61,27 @@ LUT_KINDS = frozenset({OpKind.RELU, OpKind.CLIP, OpKind.SIGMOID, OpKind.HARD_SIG
 
 
 def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path,
-           target: str = "cortex-m4", backend_default: str = "cmsis") -> list[Path]:
-    """Write the C sources of `plan` into `out_dir` (replaced atomically); returns the files.
+           target: str = "cortex-m4", backend_default: str = "cmsis",
+           opt: str = "codegen -o") -> list[Path]:
+    """Write the C sources of `plan` into `out_dir`; returns the files.
 
-    The plan is validated against the graph first. Raises PexError (one line, naming the node)
-    for anything the emitter cannot compile; nothing is written then.
+    Everything is rendered in memory first (`render_c`), so anything the emitter cannot compile
+    raises PexError (one line, naming the node) with nothing written. Only pexopt's own files
+    in `out_dir` are replaced (`pexopt.outputs`: a manifest lists them), all or none.
     """
+    outs = Outputs(inputs=[model_path])
+    outs.folder(out_dir, opt, GENERATED)
+    outs.check()
+    files = render_c(plan, graph, model_path, target, backend_default)
+    paths = outs.put_folder(out_dir, files)
+    outs.commit()
+    return paths
+
+
+def render_c(plan: Plan, graph: Graph, model_path: str | Path, target: str = "cortex-m4",
+             backend_default: str = "cmsis") -> dict[str, str]:
+    """The generated files (name -> text) of `plan`, in memory; the plan is validated against
+    the graph first. Raises PexError for anything the emitter cannot compile."""
     if target not in TARGETS:
         raise PexError(f"codegen: unknown target '{target}' (one of {', '.join(TARGETS)})")
     if backend_default not in BACKENDS:
@@ -81,7 +100,7 @@ def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path
             raise PexError(f"codegen: runtime file {src} is missing")
         files[name] = src.read_text()
     files["README.md"] = em.readme()
-    return write_folder(Path(out_dir), files)
+    return files
 
 
 def check_target(plan: Plan, target: str) -> None:

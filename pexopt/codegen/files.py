@@ -1,11 +1,8 @@
 """Emitter mixin and helpers for the output files: the text of pex_model.h/.c, the weights
-files and README.md, and the atomic write of the output folder."""
+files and README.md (written by `pexopt.outputs`)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from pexopt.codegen.names import comment
@@ -13,38 +10,6 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import QParams, Tensor
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "codegen" / "templates"
-
-
-def write_folder(out: Path, files: dict[str, str]) -> list[Path]:
-    """Write all files into a temp dir next to `out`, then swap it in with renames."""
-    if out.exists() and not out.is_dir():
-        raise PexError(f"codegen: {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    old: Path | None = None
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        for name, text in files.items():
-            with open(tmp / name, "w", encoding="ascii", newline="\n") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.rename(out, old / "x")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "x").exists() and not out.exists():
-            os.rename(old / "x", out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return [out / n for n in files]
-
-
 
 
 class FilesMixin:

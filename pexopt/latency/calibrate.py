@@ -168,11 +168,12 @@ def calibrate(target: str, quick: bool = False,
     return replace(prof, fit=fit_errors(prof, samples)), samples
 
 
-def write_profile(prof: Profile, out: Path, command: str) -> None:
-    """Write the profile YAML atomically with the command that produced it as a comment."""
-    from pexopt.plan.format import write_atomic
+def write_profile(prof: Profile, out: Path, command: str, inputs: tuple | list = ()) -> None:
+    """Write the profile YAML atomically with the command that produced it as a comment
+    (never over one of `inputs`, only a regular file: `pexopt.outputs`)."""
+    from pexopt.outputs import write_files
 
     header = (f"pexopt target profile {prof.name}: produced by `{command}`\n"
               "Costs: instructions per unit (latency.features); fit: relative error of the "
               "calibration models, grouped by what each model probes.")
-    write_atomic(out, profile_yaml(prof, header))
+    write_files({out: profile_yaml(prof, header)}, "-o", inputs)

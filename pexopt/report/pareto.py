@@ -11,8 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from pexopt.outputs import write_files
 from pexopt.pipeline import ParetoRow
-from pexopt.plan.format import write_atomic
 
 COLUMNS = ("point", "latency_bound_instructions", "instructions", "ms", "arena_bytes",
            "fits_budget", "splits", "status", "validated", "simulated_exact")
@@ -63,8 +63,8 @@ def write_pareto(rows: Sequence[ParetoRow], csv_path: Path, title: str,
                  profile_name: str) -> Path:
     """Write the CSV and, beside it, the PNG (same name, .png); returns the PNG's path."""
     png = csv_path.with_suffix(".png")
-    write_atomic(csv_path, pareto_csv(rows))
-    write_atomic(png, pareto_png(rows, title, profile_name))
+    write_files({csv_path: pareto_csv(rows), png: pareto_png(rows, title, profile_name)},
+                "--pareto")
     return png
 
 

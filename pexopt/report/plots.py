@@ -8,6 +8,7 @@ summary.md. Sizes in kB = 1024 B.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from pexopt.graph.ir import Graph
-from pexopt.plan.format import Buffer, Plan, write_atomic
+from pexopt.plan.format import Buffer, Plan
 from pexopt.report.markdown import KB, group_rows, plan_summary, sweep_summary
 
 KIND_COLORS = {"tensor": "#4C72B0", "slice": "#DD8452", "accumulator": "#C44E52",
@@ -32,6 +33,8 @@ NAMED_COLORS = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B"
 MAX_NAMED = 10  # buffers shown by name in the timeline; the rest is "other"
 MAX_LABELS = 8  # buffers labelled in the layout
 DPI = 130
+PLAN_FILES = ("memory_timeline.png", "memory_timeline.svg", "arena_layout.png",
+              "arena_layout.svg", "summary.md")
 
 
 def _short(name: str, n: int = 34) -> str:
@@ -44,15 +47,25 @@ def _new_figure(w: float, h: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    paths = []
+def _render(fig: Figure, stem: str) -> dict[str, bytes]:
+    """The figure as `<stem>.png` and `<stem>.svg`, in memory (written by pexopt.outputs)."""
+    res = {}
     for ext in ("png", "svg"):
-        p = out_dir / f"{stem}.{ext}"
-        tmp = out_dir / f".{stem}.tmp.{ext}"
-        fig.savefig(tmp, format=ext, dpi=DPI)
-        tmp.replace(p)
-        paths.append(p)
-    return paths
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=DPI)
+        res[f"{stem}.{ext}"] = buf.getvalue()
+    return res
+
+
+def _write(out: Path, files: dict[str, bytes], opt: str, inputs: Sequence[Any]) -> None:
+    """Check the folder's outputs, then write them all or none (issue #13 items 7-10)."""
+    from pexopt.outputs import Outputs
+
+    outs = Outputs(inputs=list(inputs))
+    outs.folder(out, opt, files, manifest=False)
+    outs.check()
+    outs.put_folder(out, files)
+    outs.commit()
 
 
 # -- per plan ---------------------------------------------------------------------------------
@@ -234,18 +247,26 @@ def _label_buffers(fig: Figure, ax: Any, buffers: Sequence[Buffer]) -> None:
                 break
 
 
-def report_plan(plan: Plan, graph: Graph | None, out_dir: str | Path) -> dict[str, Path]:
-    """Write memory_timeline.{png,svg}, arena_layout.{png,svg} and summary.md to out_dir."""
+def report_plan(plan: Plan, graph: Graph | None, out_dir: str | Path, *,
+                opt: str = "--out", inputs: Sequence[Any] = ()) -> dict[str, Path]:
+    """Write memory_timeline.{png,svg}, arena_layout.{png,svg} and summary.md to out_dir
+    (only these files, all or none, never over one of `inputs`)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from pexopt.outputs import Outputs
+
+    pre = Outputs(inputs=list(inputs))
+    pre.folder(out, opt, PLAN_FILES, manifest=False)
+    pre.check()  # before drawing
+    files: dict[str, bytes] = {}
     paths: dict[str, Path] = {}
     for stem, fn in (("memory_timeline", plot_timeline), ("arena_layout", plot_layout)):
-        png, svg = _save(fn(plan, graph), out, stem)
-        paths[f"{stem}_png"], paths[f"{stem}_svg"] = png, svg
+        files.update(_render(fn(plan, graph), stem))
+        paths[f"{stem}_png"], paths[f"{stem}_svg"] = out / f"{stem}.png", out / f"{stem}.svg"
     md = plan_summary(plan, graph, [("memory per step", "memory_timeline.png"),
                                     ("arena layout", "arena_layout.png")])
-    write_atomic(out / "summary.md", md)
+    files["summary.md"] = md.encode()
     paths["summary"] = out / "summary.md"
+    _write(out, files, opt, inputs)
     return paths
 
 
@@ -329,8 +350,10 @@ def plot_pareto(name: str, rows: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def report_sweep(results_jsonl: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Per model: pareto_<model>.{png,svg}; and summary.md with a table per model."""
+def report_sweep(results_jsonl: str | Path, out_dir: str | Path,
+                 opt: str = "--out") -> dict[str, Path]:
+    """Per model: pareto_<model>.{png,svg}; and summary.md with a table per model (only these
+    files, all or none)."""
     from pexopt.sweep.runner import inside, latest_rows, read_results
 
     src = Path(results_jsonl)
@@ -340,14 +363,22 @@ def report_sweep(results_jsonl: str | Path, out_dir: str | Path) -> dict[str, Pa
         raise PexError(f"{src}: no such results file")
     rows = latest_rows(read_results(src))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from pexopt.outputs import Outputs
+
+    stems = {name: inside(out, f"pareto_{name}", "").name for name in group_rows(rows)}
+    pre = Outputs(inputs=[src])
+    pre.folder(out, opt, [f"{s}.{e}" for s in stems.values() for e in ("png", "svg")]
+               + ["summary.md"], manifest=False)
+    pre.check()  # before drawing
     paths: dict[str, Path] = {}
     figures: dict[str, str] = {}
+    files: dict[str, bytes] = {}
     for name, grows in group_rows(rows).items():
-        stem = inside(out, f"pareto_{name}", "").name
-        png, svg = _save(plot_pareto(name, grows), out, stem)
-        paths[f"{stem}_png"], paths[f"{stem}_svg"] = png, svg
-        figures[name] = png.name
-    write_atomic(out / "summary.md", sweep_summary(rows, str(src), figures))
+        stem = stems[name]
+        files.update(_render(plot_pareto(name, grows), stem))
+        paths[f"{stem}_png"], paths[f"{stem}_svg"] = out / f"{stem}.png", out / f"{stem}.svg"
+        figures[name] = f"{stem}.png"
+    files["summary.md"] = sweep_summary(rows, str(src), figures).encode()
     paths["summary"] = out / "summary.md"
+    _write(out, files, opt, [src])
     return paths

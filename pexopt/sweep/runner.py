@@ -381,8 +381,7 @@ def run_sweep(sweep: Sweep | str | Path, out_dir: str | Path, *, backend: str = 
         if not ray_installed():
             raise PexError(f"the ray backend needs Ray, which is not installed: {INSTALL_HINT}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise PexError(f"{out}: not a folder")
+    _check_outputs(sweep, out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = make_tasks(sweep, out)
     writer = ResultsWriter(out)
@@ -395,6 +394,18 @@ def run_sweep(sweep: Sweep | str | Path, out_dir: str | Path, *, backend: str = 
     finally:
         writer.close()
     return summary
+
+
+def _check_outputs(sweep: Sweep, out: Path) -> None:
+    """Before any point runs: the results files and sub-folders can be written and none of
+    them is an input (the sweep file, a model); `pexopt.outputs`, issue #13 items 7-10."""
+    from pexopt.outputs import Outputs
+
+    outs = Outputs(inputs=[sweep.path, *sorted({p.model for p in sweep.points})])
+    outs.folder(out, "--out", (RESULTS_JSONL, RESULTS_CSV), manifest=False)
+    for sub in (PLANS_DIR, C_DIR, "report"):
+        outs.folder(out / sub, "--out", (), manifest=False)
+    outs.check()
 
 
 def _run(todo: list[Task], summary: SweepSummary, writer: ResultsWriter, backend: str,
