@@ -49,9 +49,11 @@ def life(graph: Graph, order: list[int]) -> dict[int, tuple[int, int]]:
 
 def legal_inplace(graph: Graph, order: list[int], k: int) -> list[int]:
     """Inputs op k may overwrite in this order: table allows it, one output no larger than the
-    input, input read once by k, not a graph output, and every other reader runs before k."""
+    input, input read once by k, not a graph output, and every other reader runs before k; a
+    depthwise conv (through an H x W temporary) only over an input of its own shape."""
     op = graph.ops[k]
-    if not SPECS[op.kind].inplace or len(op.outputs) != 1:
+    dw = SPECS[op.kind].inplace_temp
+    if not (SPECS[op.kind].inplace or dw) or len(op.outputs) != 1:
         return []
     o = graph.tensors[op.outputs[0]]
     if o.external or o.nbytes == 0:
@@ -61,6 +63,8 @@ def legal_inplace(graph: Graph, order: list[int], k: int) -> list[int]:
     for i in dict.fromkeys(op.inputs):
         t = graph.tensors[i]
         if t.external or i in graph.outputs or t.nbytes < o.nbytes or op.inputs.count(i) > 1:
+            continue
+        if dw and t.shape != o.shape:
             continue
         readers = [c.id for c in graph.ops if i in c.inputs and c.id != k]
         if all(pos[c] < pos[k] for c in readers):
@@ -201,7 +205,19 @@ def check(graph: Graph, s: Schedule, params: SolverParams) -> None:
         if oa < ob + graph.tensors[b].nbytes and ob < oa + graph.tensors[a].nbytes:
             assert frozenset((a, b)) in pairs, f"t{a} and t{b} overlap in time and address"
             assert max(fa, fb) == min(la, lb), "in-place pair shares more than its step"
-    arena = max((s.offsets[t] + graph.tensors[t].nbytes for t in bufs), default=0)
+    for k, off in s.temps.items():  # an in-place depthwise's temporary, at its step only
+        o = graph.ops[k].outputs[0]
+        assert o in s.inplace, f"temporary of op {k} without its in-place write"
+        size = graph.tensors[o].nbytes // graph.tensors[o].shape[-1]
+        for t in bufs:
+            fa, la = lt[t]
+            if fa <= pos[k] <= la and t != o:
+                assert off + size <= s.offsets[t] or s.offsets[t] + graph.tensors[t].nbytes \
+                    <= off, f"temporary of op {k} overlaps t{t}"
+    ends = [s.offsets[t] + graph.tensors[t].nbytes for t in bufs]
+    ends += [off + graph.tensors[graph.ops[k].outputs[0]].nbytes
+             // graph.tensors[graph.ops[k].outputs[0]].shape[-1] for k, off in s.temps.items()]
+    arena = max(ends, default=0)
     assert s.arena == arena, "arena is not max(offset + size)"
     assert s.bound <= s.arena
     assert (s.status == "OPTIMAL") == (s.bound == s.arena)

@@ -211,7 +211,9 @@ def stream_union(graph: Graph, seg: Segment, h: int, align: int) -> tuple[int, i
 def row_macro_bytes(graph: Graph, seg: Segment, stream: bool) -> int:
     """Least bytes live while a row (or hybrid) segment runs (its full inputs, output and
     workspace; with streaming the input and output share their union box), over its heights."""
-    size = {t: graph.tensors[t].nbytes for t in (*seg.inputs, seg.output)}
+    # an external tensor (the graph input with --input-external) is not in the arena
+    size = {t: 0 if graph.tensors[t].external else graph.tensors[t].nbytes
+            for t in (*seg.inputs, seg.output)}
     io = sum(size[t] for t in seg.inputs) + size[seg.output]
     best = None
     for h in seg.widths:

@@ -1,4 +1,7 @@
-"""Lower bounds on the arena that hold for every operator order."""
+"""Lower bounds on the arena that hold for every operator order and every option the CP-SAT
+model allows (in-place writes of element-wise ops and of depthwise convs through a temporary,
+kernel scratch, split, row and hybrid segments, streaming; external tensors count nothing;
+alignment only adds bytes)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,10 @@ import math
 
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.ops import SPECS
+
+# an op's ways to run whole: (input it overwrites or None, bytes added to the sum of its own
+# inputs and outputs while it runs: kernel scratch, minus what the overwritten input saves)
+Options = dict[int, list[tuple[int | None, int]]]
 
 
 def inplace_candidates(graph: Graph) -> dict[int, list[int]]:
@@ -33,48 +40,91 @@ def inplace_candidates(graph: Graph) -> dict[int, list[int]]:
     return res
 
 
-def any_order_bound(graph: Graph, inplace: bool = True,
-                    scratch: dict[int, int] | None = None) -> tuple[int, int]:
-    """(bound, op id) of the largest bytes that must be live while some op runs, in any order.
+def dw_inplace_ok(graph: Graph, k: int, i: int) -> bool:
+    """A depthwise conv may overwrite its input channel by channel if shapes are equal."""
+    op = graph.ops[k]
+    if not SPECS[op.kind].inplace_temp or len(op.outputs) != 1:
+        return False
+    t_in, t_out = graph.tensors[i], graph.tensors[op.outputs[0]]
+    return (t_in.shape == t_out.shape and i not in graph.outputs and not t_in.external
+            and not t_out.external and t_out.nbytes > 0)
 
-    Live at op k in every order: its inputs and outputs, and every tensor produced by an
-    ancestor of k (or a graph input) that a descendant of k reads (or that is a graph output).
-    With in-place allowed, an op may share one dying input with its output. `scratch`: op id ->
-    kernel scratch bytes while it runs whole (not counted for ops that may run as an in-place
-    depthwise, which needs none).
-    """
-    succs = graph.succs()
-    anc = ancestors(succs)
-    desc = descendants(succs)
-    prod = graph.producer()
-    cons = graph.consumers()
-    outs = set(graph.outputs)
-    size = [0 if t.external else t.nbytes for t in graph.tensors]
-    cands = inplace_candidates(graph) if inplace else {}
-    best, where = 0, -1
+
+def temp_bytes(graph: Graph, k: int) -> int:
+    """The H x W temporary of an in-place depthwise conv (one channel of its output)."""
+    t = graph.tensors[graph.ops[k].outputs[0]]
+    return t.nbytes // max(1, t.shape[-1])
+
+
+def all_inplace_candidates(graph: Graph) -> dict[int, list[int]]:
+    """Every in-place option of the CP-SAT model: element-wise ops and depthwise convs."""
+    cands = {k: list(v) for k, v in inplace_candidates(graph).items()}
+    for op in graph.ops:
+        for i in dict.fromkeys(op.inputs):
+            if dw_inplace_ok(graph, op.id, i):
+                cands.setdefault(op.id, []).append(i)
+    return cands
+
+
+def whole_options(graph: Graph, inplace: dict[int, list[int]] | None,
+                  scratch: dict[int, int] | None) -> Options:
+    """Op id -> its ways to run whole, as the CP-SAT model encodes them: plain (its kernel
+    scratch), an element-wise write over a dying input (the output shares the input's bytes,
+    the kernel scratch stays), or an in-place depthwise (the output shares the input's bytes
+    but one H x W temporary; pexopt's kernel, no kernel scratch)."""
+    scratch = scratch or {}
+    res: Options = {}
     for op in graph.ops:
         k = op.id
-        live = set(op.inputs) | set(op.outputs)
-        for t in range(len(size)):
-            if t in live or size[t] == 0:
-                continue
-            made_before = t not in prod or prod[t] in anc[k]
-            if not made_before:
-                continue
-            if t in outs or any(c in desc[k] for c in cons[t]):
-                live.add(t)
-        total = sum(size[t] for t in live)
-        saving = 0
-        for i in cands.get(k, []):
-            if i in outs or any(c in desc[k] for c in cons[i]):
-                continue
-            saving = max(saving, min(size[i], size[op.outputs[0]]))
-        total -= saving
-        if not SPECS[op.kind].inplace_temp:
-            total += (scratch or {}).get(k, 0)
-        if total > best:
-            best, where = total, k
-    return best, where
+        opts: list[tuple[int | None, int]] = [(None, scratch.get(k, 0))]
+        for i in (inplace or {}).get(k, []):
+            o = graph.tensors[op.outputs[0]].nbytes
+            if dw_inplace_ok(graph, k, i):
+                opts.append((i, temp_bytes(graph, k) - o))
+            else:
+                opts.append((i, scratch.get(k, 0) - min(graph.tensors[i].nbytes, o)))
+        res[k] = opts
+    return res
+
+
+def _least_extra(opts: list[tuple[int | None, int]], dies: object) -> int:
+    """The smallest addition among an op's options whose overwritten input dies there."""
+    return min(d for i, d in opts if i is None or dies(i))  # type: ignore[operator]
+
+
+def _op_floors(graph: Graph, inplace: bool, scratch: dict[int, int] | None,
+               anc: list[set[int]], desc: list[set[int]]) -> list[int]:
+    """Per op: the least bytes live while it runs whole in any order: its inputs and outputs,
+    every tensor produced by an ancestor (or a graph input) that a descendant reads (or that
+    is a graph output), plus its cheapest way to run (`whole_options`)."""
+    outs = set(graph.outputs)
+    cons = graph.consumers()
+    options = whole_options(graph, all_inplace_candidates(graph) if inplace else None, scratch)
+    floors = []
+    for op in graph.ops:
+        k = op.id
+        own = set(op.inputs) | set(op.outputs)
+        whole = sum(graph.tensors[t].nbytes for t in own if not graph.tensors[t].external)
+        whole += _must_live(graph, k, k, anc, desc, own)
+
+        def dies(i: int, k: int = k) -> bool:
+            return i not in outs and not any(c in desc[k] for c in cons[i])
+
+        floors.append(whole + _least_extra(options[k], dies))
+    return floors
+
+
+def any_order_bound(graph: Graph, inplace: bool = True,
+                    scratch: dict[int, int] | None = None) -> tuple[int, int]:
+    """(bound, op id) of the largest bytes that must be live while some op runs, in any order
+    and with any in-place choice (element-wise or depthwise) and kernel scratch (`scratch`: op
+    id -> bytes while it runs whole; none for an in-place depthwise)."""
+    succs = graph.succs()
+    floors = _op_floors(graph, inplace, scratch, ancestors(succs), descendants(succs))
+    if not floors:
+        return 0, -1
+    where = max(range(len(floors)), key=lambda k: floors[k])
+    return max(0, floors[where]), where
 
 
 def _must_live(graph: Graph, first: int, last: int, anc: list[set[int]],
@@ -94,72 +144,53 @@ def _must_live(graph: Graph, first: int, last: int, anc: list[set[int]],
     return total
 
 
+def segment_floor(graph: Graph, seg: object, stream: bool, seg_scratch: int,
+                  anc: list[set[int]], desc: list[set[int]]) -> int:
+    """Least bytes live while a split, row or hybrid segment runs: its full inputs, its output
+    (or int32 accumulator), its smallest workspace and kernel scratch (a row or hybrid segment:
+    least over band heights, streaming included when allowed), and every tensor produced before
+    it and read after it."""
+    from pexopt.partial.bands import row_macro_bytes
+    from pexopt.partial.candidates import accumulator_bytes, workspace_bytes
+
+    s = seg
+    size = [0 if t.external else t.nbytes for t in graph.tensors]
+    own = set(s.inputs) | {s.output} | set(s.internal)
+    out = accumulator_bytes(graph.tensors[s.output]) if s.accumulate else size[s.output]
+    io_ws = (row_macro_bytes(graph, s, stream) if s.dim in ("rows", "hybrid") else
+             sum(size[t] for t in s.inputs) + out
+             + min(workspace_bytes(graph, s, w) for w in s.widths))
+    return io_ws + seg_scratch + _must_live(graph, s.ops[0], s.ops[-1], anc, desc, own)
+
+
 def split_bound(graph: Graph, segments: list, inplace: bool = True,
                 scratch: dict[int, int] | None = None,
                 seg_scratch: dict[int, int] | None = None, stream: bool = True) -> int:
     """A lower bound valid for every order and every choice among `segments`.
 
-    While op k runs it is either whole (the any-order bound of k, an in-place depthwise sharing
-    its input with its output through one H x W temporary) or inside one split segment g, whose
-    full inputs, output (or int32 accumulator) and smallest workspace are live, plus every
-    tensor produced before g and read after it. Kernel scratch (`scratch`: op id -> bytes when
-    whole; `seg_scratch`: segment id -> its smallest scratch over widths) adds to each option.
-    A row (or hybrid) segment counts its least bytes over its band heights, streaming included
-    when allowed (`bands.row_macro_bytes`).
+    While op k runs it is either whole (its `_op_floors` value: any in-place option, kernel
+    scratch `scratch`) or inside one segment g (`segment_floor`, with `seg_scratch`: segment
+    id -> its smallest kernel scratch over widths).
     """
-    from pexopt.partial.bands import row_macro_bytes
-    from pexopt.partial.candidates import accumulator_bytes, workspace_bytes
-
     succs = graph.succs()
     anc = ancestors(succs)
     desc = descendants(succs)
-    outs = set(graph.outputs)
-    cons = graph.consumers()
-    size = [0 if t.external else t.nbytes for t in graph.tensors]
-    cands = inplace_candidates(graph) if inplace else {}
-    by_op: dict[int, list] = {}
+    floors = _op_floors(graph, inplace, scratch, anc, desc)
     for s in segments:
+        macro = segment_floor(graph, s, stream, (seg_scratch or {}).get(s.id, 0), anc, desc)
         for k in s.ops:
-            by_op.setdefault(k, []).append(s)
-    macro: dict[int, int] = {}
-    for s in segments:
-        own = set(s.inputs) | {s.output} | set(s.internal)
-        out = accumulator_bytes(graph.tensors[s.output]) if s.accumulate else size[s.output]
-        io_ws = (row_macro_bytes(graph, s, stream) if s.dim in ("rows", "hybrid") else
-                 sum(size[t] for t in s.inputs) + out
-                 + min(workspace_bytes(graph, s, w) for w in s.widths))
-        macro[s.id] = (io_ws + (seg_scratch or {}).get(s.id, 0)
-                       + _must_live(graph, s.ops[0], s.ops[-1], anc, desc, own))
-    best = 0
-    for op in graph.ops:
-        k = op.id
-        own = set(op.inputs) | set(op.outputs)
-        whole = sum(size[t] for t in own) + _must_live(graph, k, k, anc, desc, own)
-        saving = 0
-        for i in cands.get(k, []):
-            if i not in outs and not any(c in desc[k] for c in cons[i]):
-                saving = max(saving, min(size[i], size[op.outputs[0]]))
-        kernel = (scratch or {}).get(k, 0)
-        lk = whole + kernel - saving
-        if inplace and SPECS[op.kind].inplace_temp and len(op.outputs) == 1:
-            o = graph.tensors[op.outputs[0]]
-            for i in op.inputs:
-                t = graph.tensors[i]
-                if (t.shape == o.shape and not t.external and i not in outs
-                        and not any(c in desc[k] for c in cons[i])):
-                    # in place through the temporary: pexopt's kernel, no kernel scratch
-                    lk = min(lk, whole - (o.nbytes - o.nbytes // max(1, o.shape[-1])))
-        for s in by_op.get(k, []):
-            lk = min(lk, macro[s.id])
-        best = max(best, lk)
-    return best
+            floors[k] = min(floors[k], macro)
+    return max(floors, default=0)
 
 
 def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[int]] | None,
-                       max_states: int = 200_000, seconds: float = 10.0
+                       max_states: int = 200_000, seconds: float = 10.0,
+                       scratch: dict[int, int] | None = None
                        ) -> tuple[int, list[int] | None]:
     """Raise the lower bound `lo` by proving that no operator order keeps the sum of live
-    bytes (in-place pairs counted once) at or below some X < hi.
+    bytes at or below some X < hi, each op run its cheapest way (`whole_options`: in-place
+    pairs `inplace` counted once, an in-place depthwise with its temporary, kernel scratch
+    `scratch`). Valid when no op can run inside a split segment.
 
     Binary search on X; each probe is a depth-first search over executed-op sets that never
     exceeds X. A probe that would visit more than `max_states` sets stops the search; every
@@ -171,7 +202,7 @@ def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[i
     deadline = time.time() + seconds
     n = len(graph.ops)
     if n == 0 or lo >= hi:
-        return lo
+        return lo, None
     size = [0 if t.external else t.nbytes for t in graph.tensors]
     cons = graph.consumers()
     outs = set(graph.outputs)
@@ -183,9 +214,9 @@ def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[i
     ops = graph.ops
     add = [sum(size[t] for t in op.outputs if t in outs or cons[t]) for op in ops]
     born = [sum(size[t] for t in op.outputs) for op in ops]
-    share_of = {k: [(i, min(size[i], size[ops[k].outputs[0]])) for i in v]
-                for k, v in (inplace or {}).items()}
-    start = sum(size[t] for t in graph.inputs)
+    options = whole_options(graph, inplace, scratch)
+    # a graph input nobody reads is live at the first step only: leave it out (a weaker bound)
+    start = sum(size[t] for t in graph.inputs if t in outs or cons[t])
     full = (1 << n) - 1
 
     def feasible(x: int) -> list[int] | bool | None:
@@ -209,9 +240,9 @@ def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[i
                     continue
                 dying = sum(size[i] for i in dict.fromkeys(ops[k].inputs)
                             if not cons_mask[i] & ~after and i not in outs)
-                share = max((s for i, s in share_of.get(k, ())
-                             if not cons_mask[i] & ~after and i not in outs), default=0)
-                if live + born[k] - share > x:
+                extra = _least_extra(options[k], lambda i, a=after: not cons_mask[i] & ~a
+                                     and i not in outs)
+                if live + born[k] + extra > x:
                     continue
                 parent[after] = (done, k)
                 if len(parent) > max_states or (len(parent) % 4096 == 0
@@ -220,8 +251,9 @@ def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[i
                 stack.append((after, live + add[k] - dying))
         return False
 
-    # every sum of live bytes is a multiple of g: probe only those
-    g = math.gcd(*[x for x in size if x]) if any(size) else 1
+    # every sum of live bytes (with in-place savings and scratch) is a multiple of g
+    parts = [x for x in size if x] + [abs(d) for v in options.values() for _, d in v if d]
+    g = math.gcd(*parts) if parts else 1
     best, order = lo, None
     low, high = -(-lo // g), (hi - 1) // g  # is there an order with peak <= X * g?
     while low <= high:

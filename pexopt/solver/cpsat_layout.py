@@ -38,17 +38,18 @@ from ortools.sat.python import cp_model
 
 from pexopt.cmsis_scratch import kernel_scratch_bytes, segment_scratch_bytes
 from pexopt.graph.ir import Graph, ancestors, descendants
-from pexopt.ops import SPECS
 from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.partial.hybrid import find_hybrid_segments
 from pexopt.solver import interrupt
 from pexopt.solver.baselines import Lifetime, greedy_by_size
-from pexopt.solver.bounds import (
+from pexopt.solver.bounds import (  # dw_inplace_ok, temp_bytes: the model's, re-exported
+    all_inplace_candidates,
     any_order_bound,
-    inplace_candidates,
+    dw_inplace_ok,
     order_search_bound,
     split_bound,
+    temp_bytes,
 )
 from pexopt.solver.rows_model import StreamVars, add_streaming
 
@@ -146,21 +147,6 @@ def lifetimes(graph: Graph, order: list[int]) -> dict[int, tuple[int, int]]:
     return res
 
 
-def dw_inplace_ok(graph: Graph, k: int, i: int) -> bool:
-    """A depthwise conv may overwrite its input channel by channel if shapes are equal."""
-    op = graph.ops[k]
-    if not SPECS[op.kind].inplace_temp or len(op.outputs) != 1:
-        return False
-    t_in, t_out = graph.tensors[i], graph.tensors[op.outputs[0]]
-    return t_in.shape == t_out.shape and i not in graph.outputs and not t_in.external
-
-
-def temp_bytes(graph: Graph, k: int) -> int:
-    """The H x W temporary of an in-place depthwise conv (one channel of its output)."""
-    t = graph.tensors[graph.ops[k].outputs[0]]
-    return t.nbytes // max(1, t.shape[-1])
-
-
 def op_scratch(graph: Graph, target: str | None) -> dict[int, int]:
     """Op id -> kernel scratch bytes when it runs whole (ops needing none are left out)."""
     sizes = {op.id: kernel_scratch_bytes(graph, op.id, target) for op in graph.ops}
@@ -172,15 +158,6 @@ def seg_workspace(graph: Graph, seg: Segment, width: int, params: SolverParams) 
     ws = workspace_bytes(graph, seg, width, params.align)
     extra = segment_scratch_bytes(graph, seg, width, params.target)
     return _round(ws, params.align) + extra if extra else ws
-
-
-def all_inplace_candidates(graph: Graph) -> dict[int, list[int]]:
-    cands = {k: list(v) for k, v in inplace_candidates(graph).items()}
-    for op in graph.ops:
-        for i in dict.fromkeys(op.inputs):
-            if dw_inplace_ok(graph, op.id, i):
-                cands.setdefault(op.id, []).append(i)
-    return cands
 
 
 class _Callback(cp_model.CpSolverSolutionCallback):
@@ -600,6 +577,28 @@ def _hybrid(graph: Graph, params: SolverParams, first_id: int) -> list[Segment]:
                                 widths=params.slice_widths)
 
 
+def candidates(graph: Graph, params: SolverParams) -> tuple[list[Segment], list[Segment]]:
+    """(channel segments, row and hybrid segments) the options of `params` allow."""
+    segments = find_segments(graph, params.max_segment_len, params.max_widths,
+                             params.slice_widths) if params.split and params.channels else []
+    rows = find_row_segments(graph, len(segments), params.max_segment_len, params.max_heights,
+                             single=params.stream) if params.split and params.rows else []
+    rows += _hybrid(graph, params, len(segments) + len(rows))
+    return segments, rows
+
+
+def lower_bound(graph: Graph, params: SolverParams, segments: list[Segment]) -> int:
+    """The arena bound valid for every order and every option `params` allows among
+    `segments` (kernel scratch included: without it the bound stays valid but weak, and a plan
+    at the optimum could not be proven optimal)."""
+    kscr = op_scratch(graph, params.target)
+    if not segments:
+        return any_order_bound(graph, params.inplace, kscr)[0]
+    seg_scr = {sg.id: min(segment_scratch_bytes(graph, sg, w, params.target)
+                          for w in sg.widths) for sg in segments}
+    return split_bound(graph, segments, params.inplace, kscr, seg_scr, params.stream)
+
+
 def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
                  progress: Progress | None = None, start: Schedule | None = None) -> Schedule:
     """Best schedule: file order first (hinted by greedy), then a free order, hinted.
@@ -608,24 +607,13 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     optimum); `bound` is valid for every order (and every split choice when splitting is on).
     """
     t0 = time.time()
-    segments = find_segments(graph, params.max_segment_len, params.max_widths,
-                             params.slice_widths) if params.split and params.channels else []
-    rows = find_row_segments(graph, len(segments), params.max_segment_len, params.max_heights,
-                             single=params.stream) if params.split and params.rows else []
-    rows += _hybrid(graph, params, len(segments) + len(rows))
+    segments, rows = candidates(graph, params)
     segments += rows
-    if params.use_bound:
-        # kernel scratch joins the per-op sums: without it the bound stays valid but weak,
-        # and a plan at the optimum could not be proven optimal
-        kscr = op_scratch(graph, params.target)
-        seg_scr = {sg.id: min(segment_scratch_bytes(graph, sg, w, params.target)
-                              for w in sg.widths) for sg in segments}
-        lb = split_bound(graph, segments, params.inplace, kscr, seg_scr, params.stream) \
-            if segments else any_order_bound(graph, params.inplace, kscr)[0]
-    else:
-        lb = 0
+    full_lb = lower_bound(graph, params, segments)
+    lb = full_lb if params.use_bound else 0
+    any_split = bool(segments)  # before the cut below: the order search assumes none at all
     if rows:  # the bound above counts every row segment; the model gets the promising ones
-        keep = {s.id for s in worth_trying(graph, rows, lb or split_bound(graph, segments))}
+        keep = {s.id for s in worth_trying(graph, rows, full_lb)}
         segments = [s for s in segments if s.dim == "channel" or s.id in keep]
     file_order = list(range(len(graph.ops)))
 
@@ -685,12 +673,12 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
             best = b
             stages.append(f"kept the rows greedy plan {b.arena}")
     bound = lb
-    if params.reorder and params.use_bound and not segments and best.arena > lb:
+    if params.reorder and params.use_bound and not any_split and best.arena > lb:
         # without splits no order keeps less than the least peak of live bytes (in-place
         # pairs counted once): search the orders for it, up to a quarter of the time
         lb, good = order_search_bound(graph, lb, best.arena,
                                       all_inplace_candidates(graph) if params.inplace else None,
-                                      seconds=left(0.25))
+                                      seconds=left(0.25), scratch=op_scratch(graph, params.target))
         bound = lb
         stages.append(f"order search bound {lb}")
         if good is not None and good != best.order:  # lay out the order the search found
@@ -711,13 +699,15 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
             bound = max(lb, fbound2)
             if free.arena <= best.arena or not fast_enough(best):
                 best = free
-    elif not params.reorder:
+    elif not params.reorder or len(graph.ops) <= 1:  # the file order is the only order
         bound = max(lb, fbound) if fixed is not None else lb
     if start is not None and start.arena < best.arena and fast_enough(start):
         best = replace(start, bound=best.bound, stages=[])
         stages.append(f"kept the start schedule {best.arena}")
+    # only `bound` is valid for this problem: best.bound may be a sub-problem's (the channel
+    # splits alone, the file order) or the start schedule's
     canon = None
-    if best.arena <= max(best.bound, bound):
+    if best.arena <= bound:
         canon = _canonical(graph, params, best.arena, segments, lb, left(0.5))
         if canon is not None:
             canon.bound = best.bound
@@ -725,7 +715,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
             stages.append(f"canonical {best.arena}")
     if canon is None and (best.splits or best.inplace):
         best = _simplest(graph, params, best, segments, lb, left(0.25))
-    best.bound = min(max(best.bound, bound), best.arena)
+    best.bound = min(bound, best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
     if interrupt.requested():
         stages.append("interrupted (Ctrl-C): the best plan so far")
