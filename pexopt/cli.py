@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from rich.text import Text
 from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import parse_shape
+from pexopt.limits import dumps
 from pexopt.plan.format import load_plan, write_atomic
 from pexopt.plan.validator import PlanInvalid, validate
 from pexopt.solver.cpsat_layout import SolverParams
@@ -139,7 +139,7 @@ def inspect(model: Path, dtype: Dtype = "int8", input_external: External = False
                 "outputs": [{"name": graph.tensors[t].name, "shape": graph.tensors[t].shape,
                              "bytes": graph.tensors[t].nbytes} for t in o.outputs],
                 "macs": o.macs, "onnx_nodes": list(o.onnx_nodes)} for o in graph.ops]
-        print(json.dumps({"model": str(model), "dtype": dtype, "input_external": input_external,
+        print(dumps({"model": str(model), "dtype": dtype, "input_external": input_external,
                           "ops": ops, "naive_peak_bytes": peak[0],
                           "naive_peak_op": graph.ops[peak[1]].name}, indent=1))
         return
@@ -312,7 +312,7 @@ def solve(model: Path,
         front = _pareto(model, opts, params, profile, budget, pareto, pareto_points,
                         quiet or as_json)
     if as_json:
-        print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
+        print(dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
                           "fits": plan.fits, "solver": asdict(plan.solver),
                           "layerwise_arena_bytes": res.layerwise, "splits": plan.splits,
@@ -385,7 +385,7 @@ def _prune_fail(summary, as_json: bool, line: str) -> None:  # noqa: ANN001
     """Even maximal pruning does not fit (or is too slow): one line (or JSON), exit 3, nothing
     written."""
     if as_json:
-        print(json.dumps({"fits": False, "prune": summary.to_dict()}))
+        print(dumps({"fits": False, "prune": summary.to_dict()}))
     err.print(line, highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(EXIT_NO_FIT)
 
@@ -495,7 +495,7 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed,
                          input_shapes=_shapes(input_shape))
     if as_json:
-        print(json.dumps({**asdict(report), "ok": report.ok}))
+        print(dumps({**asdict(report), "ok": report.ok}))
     else:
         out.print(_verify_line(report), highlight=False, soft_wrap=True)
     if not report.ok:
@@ -518,7 +518,7 @@ def validate_cmd(plan_file: Path, model: Path, input_shape: Shapes = None,
     if wrong_model:  # everything else follows from that
         violations = wrong_model
     if as_json:
-        print(json.dumps({"valid": not violations,
+        print(dumps({"valid": not violations,
                           "violations": [asdict(v) for v in violations]}))
     elif violations:
         for v in violations[:50]:
@@ -586,12 +586,12 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     md = bench_markdown(rows, workers)
     if target is not None:
         md += "\n" + target_markdown(rows, target)
-    write_atomic(out_dir / "bench.json", json.dumps(data, indent=1) + "\n")
+    write_atomic(out_dir / "bench.json", dumps(data, indent=1) + "\n")
     write_atomic(out_dir / "bench.md", md)
     if update_readme is not None:
         _replace_section(update_readme, md)
     if as_json:
-        print(json.dumps(data))
+        print(dumps(data))
     elif not quiet:
         _print_table(bench_table(rows))
         if target is not None:
@@ -668,7 +668,7 @@ def sweep(sweep_file: Path,
 
         rep = report_sweep(out_dir / "results.jsonl", out_dir / "report")
     if as_json:
-        print(json.dumps({"out": str(out_dir), "total": s.total, "skipped": s.skipped,
+        print(dumps({"out": str(out_dir), "total": s.total, "skipped": s.skipped,
                           "computed": s.computed, "failed": s.failed,
                           "interrupted": s.interrupted, "remaining": s.remaining,
                           "results": str(out_dir / "results.jsonl"),
@@ -782,7 +782,7 @@ def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
         rep = verify_plan(plan, graph, model, input_shapes=_shapes(input_shape))
         info["simulation"] = {**asdict(rep), "ok": rep.ok}
     if as_json:
-        print(json.dumps(info, indent=1))
+        print(dumps(info, indent=1))
         return
     for k, v in info.items():
         out.print(f"{k}: {v}", highlight=False, soft_wrap=True, markup=False)

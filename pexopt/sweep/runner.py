@@ -27,6 +27,7 @@ from typing import Any
 from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import sha256_file
+from pexopt.limits import dumps
 from pexopt.sweep.config import Point, SolverSettings, Sweep, load_sweep, res_text
 
 BACKENDS = ("local", "ray")
@@ -100,8 +101,8 @@ def inside(folder: Path, name: str, suffix: str) -> Path:
 
 def point_key(sha256: str, point: Point, sweep: Sweep, version: str = __version__) -> str:
     """sha256 of the model's bytes + point settings + solver settings + pexopt version."""
-    blob = json.dumps({"model_sha256": sha256, **point.settings(), **sweep.settings(),
-                       "pexopt": version}, sort_keys=True)
+    blob = dumps({"model_sha256": sha256, **point.settings(), **sweep.settings(),
+                  "pexopt": version}, "sweep point", sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -338,7 +339,7 @@ class ResultsWriter:
                     write_atomic(inside(folder, Path(name).stem, Path(name).suffix), body)
                 row["codegen"] = f"{C_DIR}/{folder.name}"
         with _no_sigint():
-            self.jsonl.write(json.dumps(row, sort_keys=False) + "\n")
+            self.jsonl.write(dumps(row, f"{RESULTS_JSONL} row") + "\n")
             self.jsonl.flush()
             self.csv.write(_csv_line(row))
             self.csv.flush()

