@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import tempfile
@@ -16,16 +17,42 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperGroup
 
 from pexopt import __version__
+from pexopt import limits as lim
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import parse_shape
-from pexopt.limits import dumps
+from pexopt.limits import check_float, check_int, dumps
 from pexopt.plan.format import load_plan, write_atomic
 from pexopt.plan.validator import PlanInvalid, validate
 from pexopt.solver.cpsat_layout import SolverParams
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# click's UsageError, from whichever click this typer uses (newer ones vendor it)
+_USAGE = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _OneLineUsage(TyperGroup):
+    """A usage error (`--workers abc`, an unknown option) is one line on stderr and exit 2,
+    like every other bad input; `pexopt` alone still prints the help (typer's own path)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kw: Any) -> Any:
+        argv = kw["args"] if "args" in kw else args[0] if args else None
+        if not standalone_mode or not list(sys.argv[1:] if argv is None else argv):
+            return super().main(*args, standalone_mode=standalone_mode, **kw)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kw)
+        except _USAGE as e:
+            msg = " ".join(e.format_message().split())
+            err.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) comes back as n
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_OneLineUsage,
                   help="Plan the SRAM arena of a neural network for a microcontroller.")
 err = Console(stderr=True)
 out = Console()
@@ -79,6 +106,8 @@ def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
             raise PexError(f"--input-shape: '{v}' is not name=1x3x144x144")
         name, dims = v.split("=", 1)
         res[name] = parse_shape(dims)
+        if max(res[name]) > lim.MAX_DIM or math.prod(res[name]) > lim.MAX_DIM:
+            raise PexError(f"--input-shape: '{v[:60]}' has more than {lim.MAX_DIM:,} elements")
     return res
 
 
@@ -107,12 +136,11 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
             inplace: bool = True, split: bool = True, target: str | None = None,
             rows: bool = True, stream: bool = True, hybrid: bool = True) -> SolverParams:
-    if time_limit <= 0:
-        raise PexError("--time-limit must be positive")
-    if workers < 1:
-        raise PexError("--workers must be at least 1")
-    if align < 1 or align & (align - 1):
-        raise PexError("--align must be a power of two")
+    check_float("--time-limit", time_limit, 0, lim.MAX_TIME_LIMIT, lo_open=True)
+    check_int("--workers", workers, 1, lim.MAX_WORKERS)
+    check_int("--seed", seed, 0, lim.MAX_SEED)
+    if check_int("--align", align, 1, lim.MAX_ALIGN) & (align - 1):
+        raise PexError(f"--align: {align} is not a power of two")
     if target is not None:
         from pexopt.cmsis_scratch import TARGETS
 
@@ -373,8 +401,7 @@ def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
         raise PexError("--prune needs --sram (the budget to prune for)")
     if not 0 < min_keep <= 1:
         raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
-    if step < 1:
-        raise PexError("--prune-step must be at least 1")
+    check_int("--prune-step", step, 1, lim.MAX_PRUNE_STEP)
     if writes is not None and write_pruned is None:
         raise PexError("--prune with -o or --emit-c needs --write-pruned (the plan is for the "
                        "pruned model)")
@@ -410,8 +437,8 @@ def _latency_bound(latency: str | None, pareto: Path | None, points: int, profil
     if (latency is not None or pareto is not None) and profile is None:
         raise PexError(f"--latency/--pareto need a target profile with costs; '{target}' has "
                        "none (use cortex-m4, cortex-m7, cortex-m55 or a profile .yaml)")
-    if pareto is not None and points < 2:
-        raise PexError("--pareto-points must be at least 2")
+    if pareto is not None:
+        check_int("--pareto-points", points, 2, lim.MAX_PARETO_POINTS)
     if pareto is not None and pareto.suffix.lower() != ".csv":
         raise PexError(f"--pareto: '{pareto}' must name a .csv file (the PNG goes beside it)")
     return None if latency is None else parse_latency(latency, profile)
@@ -488,6 +515,8 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     from pexopt.plan.validator import check
     from pexopt.simulate.verify import verify_plan
 
+    check_int("--inputs", inputs, 1, lim.MAX_SIM_INPUTS)
+    check_int("--seed", seed, 0, lim.MAX_SEED)
     plan = load_plan(plan_file)
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
@@ -565,6 +594,8 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
 
     opts = _opts(dtype, input_external, None)
     params = _params(time_limit, workers, seed, align, rows=not no_rows, stream=not no_stream)
+    check_int("--random-dags", random_dags, 0, lim.MAX_RANDOM_DAGS)
+    check_int("--dag-ops", dag_ops, 1, lim.MAX_DAG_OPS)
     models = models or []
     if not models and random_dags <= 0:
         raise PexError("bench: give models and/or --random-dags N")

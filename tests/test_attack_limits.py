@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from attack import attack
 
 from pexopt import limits as lim
@@ -96,6 +97,88 @@ def test_plan_json_never_holds_nan() -> None:
     with pytest.raises(PexError, match=r"field 'x\[1\].y'"):
         lim.dumps({"x": [1, {"y": math.inf}]}, "report")
     assert json.loads(lim.dumps({"a": 1.5}))["a"] == 1.5
+
+
+# -- item 14: every numeric option is range-checked, one line, exit 2 --------------------------
+
+SOLVE_CASES = [
+    (["--workers", "99999999999"], ["--workers", "1..256"]),
+    (["--workers", "0"], ["--workers"]),
+    (["--workers", "abc"], ["--workers"]),
+    (["--seed", "9" * 30], ["--seed"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--time-limit", "nan"], ["--time-limit"]),
+    (["--time-limit", "inf"], ["--time-limit"]),
+    (["--time-limit", "-inf"], ["--time-limit"]),
+    (["--time-limit", "1e300"], ["--time-limit"]),
+    (["--time-limit", "0"], ["--time-limit"]),
+    (["--align", "8192"], ["--align"]),
+    (["--align", "12"], ["--align", "power of two"]),
+    (["--align", str(1 << 62)], ["--align"]),
+    (["--input-shape", "input=1x3x" + "9" * 25 + "x32"], ["--input-shape"]),
+    (["--input-shape", "input=1x3x" + "9" * 5000], ["--input-shape"]),
+    (["--input-shape", "input=1x3x100000x100000"], ["--input-shape", "elements"]),
+    (["--sram", "9" * 400], ["--sram"]),
+    (["--sram", "3G"], ["--sram"]),
+    (["--sram", "4096M"], ["--sram"]),
+    (["--latency", "1e300s"], ["--latency"]),
+    (["--latency", "9" * 400 + "ms"], ["--latency"]),
+    (["--latency", "1e-30ms"], ["--latency"]),
+    (["--pareto", "p.csv", "--pareto-points", "100000"], ["--pareto-points"]),
+    (["--prune", "--sram", "64k", "--prune-step", "99999999"], ["--prune-step"]),
+    (["--prune", "--sram", "64k", "--min-keep", "nan"], ["--min-keep"]),
+]
+
+
+@pytest.mark.parametrize("args, words", SOLVE_CASES, ids=[" ".join(a)[:40] for a, _ in SOLVE_CASES])
+def test_solve_options(args: list[str], words: list[str], tmp_path: Path, model: Path) -> None:
+    attack(["solve", model, "-o", "plan.json", *args], tmp_path, words=words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["inspect", "{model}", "--input-shape", "input=" + "9" * 30], ["--input-shape"]),
+    (["bench", "--random-dags", "1", "--dag-ops", "0"], ["--dag-ops"]),
+    (["bench", "--random-dags", "1", "--dag-ops", "100000000"], ["--dag-ops"]),
+    (["bench", "--random-dags", "99999999999"], ["--random-dags"]),
+    (["bench", "--random-dags", "1", "--workers", "99999999999"], ["--workers"]),
+    (["bench", "--random-dags", "1", "--time-limit", "nan"], ["--time-limit"]),
+    (["bench", "--random-dags", "1", "--seed", str(1 << 40)], ["--seed"]),
+    (["simulate", "plan.json", "{model}", "--inputs", "0"], ["--inputs"]),
+    (["simulate", "plan.json", "{model}", "--inputs", "99999999999"], ["--inputs"]),
+    (["simulate", "plan.json", "{model}", "--seed", "-5"], ["--seed"]),
+    (["sweep", "s.yaml", "--workers", "99999999999"], ["--workers"]),
+    (["sweep", "s.yaml", "--workers", "0"], ["--workers"]),
+])
+def test_other_commands_options(args: list[str], words: list[str], tmp_path: Path,
+                                model: Path) -> None:
+    (tmp_path / "s.yaml").write_text(f"models: [{model}]\nbudgets: [64k]\n")
+    attack([str(a).replace("{model}", str(model)) for a in args], tmp_path, words=words)
+
+
+def _profile(tmp_path: Path, change) -> Path:  # noqa: ANN001
+    d = yaml.safe_load(M4.read_text())
+    change(d)
+    p = tmp_path / "board.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d.update(cycles_per_instruction=1e308), ["cycles_per_instruction"]),
+    (lambda d: d.update(cycles_per_instruction=float("nan")), ["cycles_per_instruction"]),
+    (lambda d: d.update(clock_hz=1e-300), ["clock_hz"]),
+    (lambda d: d.update(clock_hz=float("inf")), ["clock_hz"]),
+    (lambda d: d.update(sram_bytes=10 ** 400), ["sram_bytes"]),
+    (lambda d: d["costs"]["conv1x1"].update(per_mac=1e308), ["costs.conv1x1", "per_mac"]),
+    (lambda d: d["solver"].update(workers=99999999999), ["solver", "workers"]),
+    (lambda d: d["solver"].update(time_limit=float("inf")), ["solver", "time_limit"]),
+    (lambda d: d["solver"].update(slice_widths=[10 ** 12]), ["solver.slice_widths"]),
+    (lambda d: d["solver"].update(slice_widths=list(range(1, 200))), ["solver.slice_widths"]),
+])
+def test_profile_fields(change, words: list[str], tmp_path: Path, model: Path) -> None:  # noqa: ANN001
+    prof = _profile(tmp_path, change)
+    attack(["solve", model, "--target", prof.name, "-o", "plan.json"], tmp_path,
+           words=["board.yaml", *words])
 
 
 def test_json_outputs_are_strict(tmp_path: Path, model: Path) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import sha256_file
-from pexopt.limits import dumps
+from pexopt.limits import MAX_WORKERS, check_int, dumps
 from pexopt.sweep.config import Point, SolverSettings, Sweep, load_sweep, res_text
 
 BACKENDS = ("local", "ray")
@@ -372,9 +372,8 @@ def run_sweep(sweep: Sweep | str | Path, out_dir: str | Path, *, backend: str = 
         sweep = load_sweep(sweep)
     if backend not in BACKENDS:
         raise PexError(f"--backend: unknown backend '{backend}' (backends: {', '.join(BACKENDS)})")
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    if workers < 1:
-        raise PexError("--workers must be at least 1")
+    workers = workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
+    check_int("--workers", workers, 1, MAX_WORKERS)
     if address is not None and backend != "ray":
         raise PexError("--address is only for the ray backend")
     if backend == "ray":
