@@ -5,6 +5,7 @@ naming the option, file or field, and that nothing in its folder changed."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import time
@@ -17,6 +18,8 @@ from attack import attack
 from pexopt import limits as lim
 from pexopt.errors import PexError, PlanError
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, load_plan
+from pexopt.sweep.config import load_sweep
+from pexopt.sweep.safe_glob import safe_glob
 
 ROOT = Path(__file__).resolve().parents[1]
 M4 = ROOT / "solver_configs" / "cortex-m4.yaml"
@@ -181,9 +184,87 @@ def test_profile_fields(change, words: list[str], tmp_path: Path, model: Path) -
            words=["board.yaml", *words])
 
 
+@pytest.mark.parametrize("body, words", [
+    ("budgets: [64k]\nsolver: {time_limit: .inf}", ["solver.time_limit"]),
+    ("budgets: [64k]\nsolver: {time_limit: .nan}", ["solver.time_limit"]),
+    ("budgets: [64k]\nsolver: {workers: 99999999999}", ["solver.workers"]),
+    ("budgets: [64k]\nsolver: {seed: 99999999999999999999}", ["solver.seed"]),
+    ("budgets: [64k]\nsolver: {seed: -1}", ["solver.seed"]),
+    (f"budgets: [{10 ** 30}]", ["budgets[0]"]),
+    ("budgets: ['" + "9" * 400 + "']", ["budgets[0]"]),
+    ("budgets: [64k]\nresolutions: [99999999x9]", ["resolutions[0]"]),
+    ("budgets: [64k]\nresolutions: [" + "9" * 400 + "]", ["resolutions[0]"]),
+    ("budgets: [64k]\nlatency: [.inf]", ["latency[0]"]),
+    ("budgets: [64k]\nlatency: ['1e999ms']", ["latency[0]"]),
+    ("budgets: [" + ", ".join(str(1000 + i) for i in range(400)) + "]\nresolutions: ["
+     + ", ".join(str(8 + i) for i in range(300)) + "]", ["120,000 points"]),
+])
+def test_sweep_fields(body: str, words: list[str], tmp_path: Path, model: Path) -> None:
+    (tmp_path / "s.yaml").write_text(f"models: [{model}]\n{body}\n")
+    attack(["sweep", "s.yaml", "--out", "out"], tmp_path, words=["s.yaml", *words])
+
+
 def test_json_outputs_are_strict(tmp_path: Path, model: Path) -> None:
     from attack import run_case
 
     o = run_case(["inspect", model, "--json"], tmp_path)
     assert o.code == 0
     json.loads(o.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+
+
+# -- item 13: sweep globs never follow symlinked folders, and are capped -----------------------
+
+def _tree(root: Path) -> None:
+    for rel in ("a.onnx", "sub/b.onnx", "sub/deep/c.onnx", "sub/deep/x.txt", ".hidden/d.onnx",
+                "sub/.e.onnx", "other/f.onnx", "sub/deep/er/g.onnx"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+
+
+@pytest.mark.parametrize("pattern", ["*.onnx", "**/*.onnx", "sub/**/*.onnx", "*/*.onnx",
+                                     "**/deep/*.onnx", "sub/*/c.onnx", "**/*", ".hidden/*",
+                                     "sub/.*", "**/.e.onnx", "s?b/**/[bc].onnx", "**"])
+def test_safe_glob_matches_glob_without_links(pattern: str, tmp_path: Path) -> None:
+    _tree(tmp_path)
+    want = sorted(str(Path(f).resolve()) for f in glob.glob(str(tmp_path / pattern),
+                                                            recursive=True) if Path(f).is_file())
+    assert safe_glob(str(tmp_path / pattern)) == want
+
+
+def test_symlink_loop_is_not_followed(tmp_path: Path) -> None:
+    """`loopdir/**/*.onnx` with a link back up ends at once with the real files only."""
+    _tree(tmp_path / "loopdir")
+    (tmp_path / "loopdir" / "sub" / "back").symlink_to("..", target_is_directory=True)
+    (tmp_path / "loopdir" / "self").symlink_to(".", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "z.onnx").write_bytes(b"")
+    (tmp_path / "loopdir" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "loopdir" / "file_link.onnx").symlink_to(tmp_path / "elsewhere" / "z.onnx")
+    (tmp_path / "s.yaml").write_text("models: ['loopdir/**/*.onnx']\nbudgets: [64k]\n")
+    t0 = time.perf_counter()
+    models = {p.model for p in load_sweep(tmp_path / "s.yaml").points}
+    assert time.perf_counter() - t0 < 5
+    # a symlinked file counts (as the file it names); a symlinked folder is never entered
+    assert {Path(m).name for m in models} == {"a.onnx", "b.onnx", "c.onnx", "f.onnx", "g.onnx",
+                                              "z.onnx"}
+    assert str((tmp_path / "elsewhere" / "z.onnx").resolve()) in models
+
+
+def test_glob_match_cap(tmp_path: Path) -> None:
+    (tmp_path / "zoo").mkdir()
+    for i in range(lim.MAX_GLOB_MATCHES + 1):
+        (tmp_path / "zoo" / f"m{i}.onnx").write_bytes(b"")
+    (tmp_path / "s.yaml").write_text("models: ['zoo/*.onnx']\nbudgets: [64k]\n")
+    attack(["sweep", "s.yaml", "--out", "out"], tmp_path,
+           words=["s.yaml", "models[0]", "more than 1,000 files"])
+
+
+def test_glob_of_the_whole_machine_stops(tmp_path: Path) -> None:
+    """`/**/*.onnx` stops at MAX_GLOB_ENTRIES visited entries or MAX_GLOB_MATCHES files,
+    whichever comes first on this machine, with one line (it ran past 120 s)."""
+    (tmp_path / "s.yaml").write_text("models: ['/**/*.onnx']\nbudgets: [64k]\n")
+    t0 = time.perf_counter()
+    line = attack(["sweep", "s.yaml", "--out", "out"], tmp_path,
+                  words=["s.yaml", "models[0]", "'/**/*.onnx'", "narrow it"])
+    assert "more than 50,000 folder entries" in line or "more than 1,000 files" in line
+    assert time.perf_counter() - t0 < 60
