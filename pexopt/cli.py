@@ -709,13 +709,14 @@ def sweep(sweep_file: Path,
                   f"{s.failed} failed; results in {out_dir / 'results.csv'}"
                   + (f", report in {rep['summary']}" if rep else ""),
                   highlight=False, soft_wrap=True, markup=False)
-        for r in [r for r in s.rows if r.get("error")][:10]:
+        for r in [r for r in s.rows if r.get("error") and not s.interrupted][:10]:
             err.print(f"failed: {r['model']} {r['mode']} {r['budget']:,} B: {r['error']}",
                       highlight=False, soft_wrap=True, markup=False)
-    if s.interrupted:
-        err.print(f"interrupted: {s.remaining} points left; run the same command again to "
-                  "resume", highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(130)
+    if s.interrupted:  # one line: the rows so far are kept, the next run resumes
+        err.print(f"{'terminated (SIGTERM)' if s.terminated else 'interrupted'}: "
+                  f"{s.remaining} points left; run the same command again to resume",
+                  highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(143 if s.terminated else 130)
     if s.failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import glob
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from attack import attack
+from attack import Outcome, attack, changed, refused, snapshot
 
 from pexopt import limits as lim
 from pexopt.errors import PexError, PlanError
@@ -268,3 +273,63 @@ def test_glob_of_the_whole_machine_stops(tmp_path: Path) -> None:
                   words=["s.yaml", "models[0]", "'/**/*.onnx'", "narrow it"])
     assert "more than 50,000 folder entries" in line or "more than 1,000 files" in line
     assert time.perf_counter() - t0 < 60
+
+
+# -- item 15: SIGTERM during a sweep shuts the pool down cleanly --------------------------------
+
+def _pexopt() -> str:
+    exe = shutil.which("pexopt", path=str(Path(sys.executable).parent)) or shutil.which("pexopt")
+    assert exe
+    return exe
+
+
+@pytest.mark.parametrize("target", ["process", "group"])
+def test_sigterm_during_sweep(target: str, tmp_path: Path, model: Path) -> None:
+    """Exit 143, one line, no leaked-semaphore warning, the rows written so far kept (and only
+    complete ones), no worker left; `group` is a terminal's or a service manager's stop."""
+    (tmp_path / "s.yaml").write_text(
+        f"models: [{model}]\nbudgets: [64k, 80k, 96k, 112k, 128k, 144k, 160k, 176k]\n"
+        "modes: [layerwise]\nsolver: {time_limit: 2, workers: 1}\n")
+    before = snapshot(tmp_path)
+    proc = subprocess.Popen([_pexopt(), "sweep", "s.yaml", "--out", "out", "--workers", "1",
+                             "--no-report"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    jsonl = tmp_path / "out" / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while not (jsonl.is_file() and jsonl.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    # EOF on the pipes: every process that shares them (workers, the semaphore tracker that
+    # would print the leak warning) has exited
+    out, err = proc.communicate(timeout=60)
+    line = refused(Outcome(proc.returncode, out, err, changed(before, snapshot(tmp_path))),
+                   code=143, words=["terminated", "points left"], outputs=["out"])
+    assert "leaked" not in err and "semaphore" not in err
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert rows and all(r["error"] is None and r["arena"] for r in rows)
+    assert f"{8 - len(rows)} points left" in line
+    assert not list((tmp_path / "out").rglob(".*.tmp"))
+    assert _group_gone(proc.pid, 10), "a worker of the sweep survived it"
+
+
+def _group_gone(pgid: int, seconds: float) -> bool:
+    """Whether every process of the group has exited; zombies count as gone (the container's
+    init may reap them late). Linux /proc."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        live = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp
+                live.append(stat.parent.name)
+        if not live:
+            return True
+        time.sleep(0.1)
+    return False
