@@ -393,15 +393,15 @@ def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
     """Check the --prune options together; None when not pruning."""
     from pexopt.prune.solve import PruneOptions
 
+    if not 0 < min_keep <= 1:  # checked with or without --prune: no value passes unseen
+        raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
+    check_int("--prune-step", step, 1, lim.MAX_PRUNE_STEP)
     if not prune:
         if write_pruned is not None:
             raise PexError("--write-pruned needs --prune")
         return None
     if budget is None:
         raise PexError("--prune needs --sram (the budget to prune for)")
-    if not 0 < min_keep <= 1:
-        raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
-    check_int("--prune-step", step, 1, lim.MAX_PRUNE_STEP)
     if writes is not None and write_pruned is None:
         raise PexError("--prune with -o or --emit-c needs --write-pruned (the plan is for the "
                        "pruned model)")
@@ -437,8 +437,7 @@ def _latency_bound(latency: str | None, pareto: Path | None, points: int, profil
     if (latency is not None or pareto is not None) and profile is None:
         raise PexError(f"--latency/--pareto need a target profile with costs; '{target}' has "
                        "none (use cortex-m4, cortex-m7, cortex-m55 or a profile .yaml)")
-    if pareto is not None:
-        check_int("--pareto-points", points, 2, lim.MAX_PARETO_POINTS)
+    check_int("--pareto-points", points, 2, lim.MAX_PARETO_POINTS)
     if pareto is not None and pareto.suffix.lower() != ".csv":
         raise PexError(f"--pareto: '{pareto}' must name a .csv file (the PNG goes beside it)")
     return None if latency is None else parse_latency(latency, profile)

@@ -135,6 +135,9 @@ SOLVE_CASES = [
     (["--pareto", "p.csv", "--pareto-points", "100000"], ["--pareto-points"]),
     (["--prune", "--sram", "64k", "--prune-step", "99999999"], ["--prune-step"]),
     (["--prune", "--sram", "64k", "--min-keep", "nan"], ["--min-keep"]),
+    (["--min-keep", "inf"], ["--min-keep"]),  # unused without --prune: still checked
+    (["--prune-step", "0"], ["--prune-step"]),
+    (["--pareto-points", "1"], ["--pareto-points"]),
 ]
 
 
