@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
+import math
 import os
 import sys
 import tempfile
@@ -17,15 +17,42 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperGroup
 
 from pexopt import __version__
+from pexopt import limits as lim
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import parse_shape
+from pexopt.limits import check_float, check_int, dumps
 from pexopt.plan.format import load_plan
 from pexopt.plan.validator import PlanInvalid, validate
 from pexopt.solver.cpsat_layout import SolverParams
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# click's UsageError, from whichever click this typer uses (newer ones vendor it)
+_USAGE = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _OneLineUsage(TyperGroup):
+    """A usage error (`--workers abc`, an unknown option) is one line on stderr and exit 2,
+    like every other bad input; `pexopt` alone still prints the help (typer's own path)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kw: Any) -> Any:
+        argv = kw["args"] if "args" in kw else args[0] if args else None
+        if not standalone_mode or not list(sys.argv[1:] if argv is None else argv):
+            return super().main(*args, standalone_mode=standalone_mode, **kw)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kw)
+        except _USAGE as e:
+            msg = " ".join(e.format_message().split())
+            err.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) comes back as n
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_OneLineUsage,
                   help="Plan the SRAM arena of a neural network for a microcontroller.")
 err = Console(stderr=True)
 out = Console()
@@ -84,6 +111,8 @@ def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
             raise PexError(f"--input-shape: '{v}' is not name=1x3x144x144")
         name, dims = v.split("=", 1)
         res[name] = parse_shape(dims)
+        if max(res[name]) > lim.MAX_DIM or math.prod(res[name]) > lim.MAX_DIM:
+            raise PexError(f"--input-shape: '{v[:60]}' has more than {lim.MAX_DIM:,} elements")
     return res
 
 
@@ -112,12 +141,11 @@ def _opts(dtype: str, external: bool, shapes: list[str] | None):  # noqa: ANN202
 def _params(time_limit: float, workers: int, seed: int, align: int, reorder: bool = True,
             inplace: bool = True, split: bool = True, target: str | None = None,
             rows: bool = True, stream: bool = True, hybrid: bool = True) -> SolverParams:
-    if time_limit <= 0:
-        raise PexError("--time-limit must be positive")
-    if workers < 1:
-        raise PexError("--workers must be at least 1")
-    if align < 1 or align & (align - 1):
-        raise PexError("--align must be a power of two")
+    check_float("--time-limit", time_limit, 0, lim.MAX_TIME_LIMIT, lo_open=True)
+    check_int("--workers", workers, 1, lim.MAX_WORKERS)
+    check_int("--seed", seed, 0, lim.MAX_SEED)
+    if check_int("--align", align, 1, lim.MAX_ALIGN) & (align - 1):
+        raise PexError(f"--align: {align} is not a power of two")
     if target is not None:
         from pexopt.cmsis_scratch import TARGETS
 
@@ -144,7 +172,7 @@ def inspect(model: Path, dtype: Dtype = "int8", input_external: External = False
                 "outputs": [{"name": graph.tensors[t].name, "shape": graph.tensors[t].shape,
                              "bytes": graph.tensors[t].nbytes} for t in o.outputs],
                 "macs": o.macs, "onnx_nodes": list(o.onnx_nodes)} for o in graph.ops]
-        print(json.dumps({"model": str(model), "dtype": dtype, "input_external": input_external,
+        print(dumps({"model": str(model), "dtype": dtype, "input_external": input_external,
                           "ops": ops, "naive_peak_bytes": peak[0],
                           "naive_peak_op": graph.ops[peak[1]].name}, indent=1))
         return
@@ -326,7 +354,7 @@ def solve(model: Path,
         out.print(f"frontier written to {pareto} and {pareto.with_suffix('.png')}",
                   highlight=False, soft_wrap=True, markup=False)
     if as_json:
-        print(json.dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
+        print(dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
                           "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
                           "fits": plan.fits, "solver": asdict(plan.solver),
                           "layerwise_arena_bytes": res.layerwise, "splits": plan.splits,
@@ -398,16 +426,15 @@ def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
     """Check the --prune options together; None when not pruning."""
     from pexopt.prune.solve import PruneOptions
 
+    if not 0 < min_keep <= 1:  # checked with or without --prune: no value passes unseen
+        raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
+    check_int("--prune-step", step, 1, lim.MAX_PRUNE_STEP)
     if not prune:
         if write_pruned is not None:
             raise PexError("--write-pruned needs --prune")
         return None
     if budget is None:
         raise PexError("--prune needs --sram (the budget to prune for)")
-    if not 0 < min_keep <= 1:
-        raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
-    if step < 1:
-        raise PexError("--prune-step must be at least 1")
     if writes is not None and write_pruned is None:
         raise PexError("--prune with -o or --emit-c needs --write-pruned (the plan is for the "
                        "pruned model)")
@@ -418,7 +445,7 @@ def _prune_fail(summary, as_json: bool, line: str) -> None:  # noqa: ANN001
     """Even maximal pruning does not fit (or is too slow): one line (or JSON), exit 3, nothing
     written."""
     if as_json:
-        print(json.dumps({"fits": False, "prune": summary.to_dict()}))
+        print(dumps({"fits": False, "prune": summary.to_dict()}))
     err.print(line, highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(EXIT_NO_FIT)
 
@@ -443,8 +470,7 @@ def _latency_bound(latency: str | None, pareto: Path | None, points: int, profil
     if (latency is not None or pareto is not None) and profile is None:
         raise PexError(f"--latency/--pareto need a target profile with costs; '{target}' has "
                        "none (use cortex-m4, cortex-m7, cortex-m55 or a profile .yaml)")
-    if pareto is not None and points < 2:
-        raise PexError("--pareto-points must be at least 2")
+    check_int("--pareto-points", points, 2, lim.MAX_PARETO_POINTS)
     if pareto is not None and pareto.suffix.lower() != ".csv":
         raise PexError(f"--pareto: '{pareto}' must name a .csv file (the PNG goes beside it)")
     return None if latency is None else parse_latency(latency, profile)
@@ -524,6 +550,8 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     from pexopt.plan.validator import check
     from pexopt.simulate.verify import verify_plan
 
+    check_int("--inputs", inputs, 1, lim.MAX_SIM_INPUTS)
+    check_int("--seed", seed, 0, lim.MAX_SEED)
     plan = load_plan(plan_file)
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
@@ -531,7 +559,7 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed,
                          input_shapes=_shapes(input_shape))
     if as_json:
-        print(json.dumps({**asdict(report), "ok": report.ok}))
+        print(dumps({**asdict(report), "ok": report.ok}))
     else:
         out.print(_verify_line(report), highlight=False, soft_wrap=True)
     if not report.ok:
@@ -555,7 +583,7 @@ def validate_cmd(plan_file: Path, model: Path, input_shape: Shapes = None,
     if wrong_model:  # everything else follows from that
         violations = wrong_model
     if as_json:
-        print(json.dumps({"valid": not violations,
+        print(dumps({"valid": not violations,
                           "violations": [asdict(v) for v in violations]}))
     elif violations:
         for v in violations[:50]:
@@ -603,6 +631,8 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
 
     opts = _opts(dtype, input_external, None)
     params = _params(time_limit, workers, seed, align, rows=not no_rows, stream=not no_stream)
+    check_int("--random-dags", random_dags, 0, lim.MAX_RANDOM_DAGS)
+    check_int("--dag-ops", dag_ops, 1, lim.MAX_DAG_OPS)
     models = models or []
     if not models and random_dags <= 0:
         raise PexError("bench: give models and/or --random-dags N")
@@ -632,13 +662,13 @@ def bench(models: Annotated[list[Path] | None, typer.Argument()] = None,
     md = bench_markdown(rows, workers)
     if target is not None:
         md += "\n" + target_markdown(rows, target)
-    outs.put(out_dir / "bench.json", json.dumps(data, indent=1) + "\n")
+    outs.put(out_dir / "bench.json", dumps(data, indent=1) + "\n")
     outs.put(out_dir / "bench.md", md)
     if update_readme is not None:
         outs.put(update_readme, _replace_section(update_readme, md))
     outs.commit()  # all three or none (issue #13 item 9)
     if as_json:
-        print(json.dumps(data))
+        print(dumps(data))
     elif not quiet:
         _print_table(bench_table(rows))
         if target is not None:
@@ -741,7 +771,7 @@ def sweep(sweep_file: Path,
 
         rep = report_sweep(out_dir / "results.jsonl", out_dir / "report")
     if as_json:
-        print(json.dumps({"out": str(out_dir), "total": s.total, "skipped": s.skipped,
+        print(dumps({"out": str(out_dir), "total": s.total, "skipped": s.skipped,
                           "computed": s.computed, "failed": s.failed,
                           "interrupted": s.interrupted, "remaining": s.remaining,
                           "results": str(out_dir / "results.jsonl"),
@@ -751,13 +781,14 @@ def sweep(sweep_file: Path,
                   f"{s.failed} failed; results in {out_dir / 'results.csv'}"
                   + (f", report in {rep['summary']}" if rep else ""),
                   highlight=False, soft_wrap=True, markup=False)
-        for r in [r for r in s.rows if r.get("error")][:10]:
+        for r in [r for r in s.rows if r.get("error") and not s.interrupted][:10]:
             err.print(f"failed: {r['model']} {r['mode']} {r['budget']:,} B: {r['error']}",
                       highlight=False, soft_wrap=True, markup=False)
-    if s.interrupted:
-        err.print(f"interrupted: {s.remaining} points left; run the same command again to "
-                  "resume", highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(130)
+    if s.interrupted:  # one line: the rows so far are kept, the next run resumes
+        err.print(f"{'terminated (SIGTERM)' if s.terminated else 'interrupted'}: "
+                  f"{s.remaining} points left; run the same command again to resume",
+                  highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(143 if s.terminated else 130)
     if s.failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -860,7 +891,7 @@ def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
         rep = verify_plan(plan, graph, model, input_shapes=_shapes(input_shape))
         info["simulation"] = {**asdict(rep), "ok": rep.ok}
     if as_json:
-        print(json.dumps(info, indent=1))
+        print(dumps(info, indent=1))
         return
     for k, v in info.items():
         out.print(f"{k}: {v}", highlight=False, soft_wrap=True, markup=False)

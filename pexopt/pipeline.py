@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, live_bytes
 from pexopt.graph.onnx_import import import_onnx
+from pexopt.limits import MAX_BYTES
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Buffer, Plan
 from pexopt.plan.validator import check
@@ -40,6 +41,8 @@ def parse_bytes(text: str, what: str = "--sram") -> int:
     if not m or unit not in _UNITS:
         raise PexError(f"{what}: '{text}' is not a size like 131072, 128k, 128KiB or 0.5M")
     value = float(m.group(1)) * _UNITS[unit]
+    if value > MAX_BYTES:  # also inf: a 400-digit size
+        raise PexError(f"{what}: '{str(text)[:40]}' is more than {MAX_BYTES:,} bytes")
     if value <= 0 or value != int(value):
         raise PexError(f"{what}: '{text}' must be a positive whole number of bytes")
     return int(value)

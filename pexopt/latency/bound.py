@@ -10,6 +10,7 @@ from pexopt.errors import PexError
 from pexopt.graph.ir import Graph
 from pexopt.latency.cost import op_instructions, segment_instructions
 from pexopt.latency.profile import Profile
+from pexopt.limits import MAX_LATENCY_INSTRUCTIONS
 from pexopt.partial.candidates import Segment
 
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -31,7 +32,11 @@ def parse_latency(text: str, profile: Profile) -> int:
     cycles = value * profile.clock_hz * _TIME[unit] if unit in _TIME else value * _COUNT[unit]
     if cycles <= 0:
         raise PexError(f"--latency: '{text}' must be positive")
-    return int(cycles / profile.cycles_per_instruction)
+    instructions = cycles / profile.cycles_per_instruction
+    if not 1 <= instructions <= MAX_LATENCY_INSTRUCTIONS:  # inf too: CP-SAT sums int64
+        raise PexError(f"--latency: '{text[:40]}' is {instructions:.3g} instructions on "
+                       f"{profile.name}, not 1..{MAX_LATENCY_INSTRUCTIONS:.3g}")
+    return int(instructions)
 
 
 def instructions_to_ms(instructions: float, profile: Profile) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pexopt import limits as lim
 from pexopt.errors import PexError
 from pexopt.latency.features import CLASS_FEATURES, COST_CLASSES, unit_key
 
@@ -111,18 +112,28 @@ def _err(where: str, key: str, msg: str) -> ProfileError:
 
 
 def _number(d: dict, key: str, where: str, positive: bool = True, integer: bool = False,
-            default: Any = ...) -> Any:
+            default: Any = ..., lo: float = 0.0, hi: float = math.inf) -> Any:
+    """A number field in [lo, hi] (lo excluded when `positive` and lo is 0)."""
     if key not in d:
         if default is ...:
             raise _err(where, key, "missing")
         return default
     v = d[key]
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok or not math.isfinite(v):
-        raise _err(where, key, f"must be {'an integer' if integer else 'a number'}, not {v!r}")
+    # comparisons, not math.isfinite: that raises OverflowError on a 400-digit integer
+    if isinstance(v, bool) or not ok or not -math.inf < v < math.inf:
+        raise _err(where, key, f"must be {'an integer' if integer else 'a number'}, "
+                   f"not {_short(v)}")
     if v < 0 or (positive and v == 0):
-        raise _err(where, key, f"must be {'positive' if positive else '>= 0'}, not {v!r}")
+        raise _err(where, key, f"must be {'positive' if positive else '>= 0'}, not {_short(v)}")
+    if not lo <= v <= hi:
+        raise _err(where, key, f"must be in [{lo:g}, {hi:g}], not {_short(v)}")
     return v
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _text(d: dict, key: str, where: str, default: str | None = None) -> str | None:
@@ -157,14 +168,16 @@ def profile_from_dict(d: Any, where: str = "profile") -> Profile:
     _unknown(sol, SOLVER_KEYS, where, "solver.")
     widths = sol.get("slice_widths")
     if widths is not None:
-        if (not isinstance(widths, list) or not widths
-                or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
-                           for w in widths)):
-            raise _err(where, "solver.slice_widths", "must be null or a list of positive "
-                       "integers")
+        if (not isinstance(widths, list) or not 0 < len(widths) <= lim.MAX_SLICE_WIDTHS
+                or not all(isinstance(w, int) and not isinstance(w, bool)
+                           and 0 < w <= lim.MAX_SLICE_WIDTH for w in widths)):
+            raise _err(where, "solver.slice_widths", f"must be null or a list of at most "
+                       f"{lim.MAX_SLICE_WIDTHS} integers in 1..{lim.MAX_SLICE_WIDTH}")
         widths = tuple(sorted(set(widths)))
-    solver = SolverSettings(time_limit=float(_number(sol, "time_limit", where, default=30.0)),
-                            workers=_number(sol, "workers", where, integer=True, default=2),
+    solver = SolverSettings(time_limit=float(_number(sol, "time_limit", f"{where}: solver",
+                                                     default=30.0, hi=lim.MAX_TIME_LIMIT)),
+                            workers=_number(sol, "workers", f"{where}: solver", integer=True,
+                                            default=2, lo=1, hi=lim.MAX_WORKERS),
                             slice_widths=widths)
     costs_raw = d.get("costs")
     if not isinstance(costs_raw, dict):
@@ -179,17 +192,21 @@ def profile_from_dict(d: Any, where: str = "profile") -> Profile:
         for k in keys:
             if k not in c:
                 raise _err(where, f"costs.{cls}.{k}", "missing")
-        costs[cls] = {k: float(_number(c, k, f"{where}: costs.{cls}", positive=False))
-                      for k in keys}
+        costs[cls] = {k: float(_number(c, k, f"{where}: costs.{cls}", positive=False,
+                                       hi=lim.MAX_COST_PER_UNIT)) for k in keys}
     _unknown(costs_raw, COST_CLASSES, where, "costs.")
     fit = d.get("fit", {}) or {}
     if not isinstance(fit, dict):
         raise _err(where, "fit", "must be a mapping")
     qb = _text(d, "qemu_board", where)
     return Profile(name=name, core=core, board=_text(d, "board", where, "") or "",
-                   sram_bytes=_number(d, "sram_bytes", where, integer=True),
-                   clock_hz=float(_number(d, "clock_hz", where)),
-                   cycles_per_instruction=float(_number(d, "cycles_per_instruction", where)),
+                   sram_bytes=_number(d, "sram_bytes", where, integer=True, lo=1,
+                                      hi=lim.MAX_BYTES),
+                   clock_hz=float(_number(d, "clock_hz", where, lo=lim.CLOCK_HZ[0],
+                                          hi=lim.CLOCK_HZ[1])),
+                   cycles_per_instruction=float(_number(
+                       d, "cycles_per_instruction", where, lo=lim.CYCLES_PER_INSTRUCTION[0],
+                       hi=lim.CYCLES_PER_INSTRUCTION[1])),
                    costs=costs, solver=solver, qemu_board=qb,
                    measured=_text(d, "measured", where, "") or "",
                    note=_text(d, "note", where, "") or "", fit=dict(fit))

@@ -9,7 +9,6 @@ Steps and buffer lifetimes use inclusive step indices (`first_step`, `last_step`
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pexopt.errors import PlanError
+from pexopt.limits import MAX_PLAN_BUFFERS, MAX_PLAN_BYTES, MAX_PLAN_STEPS, dumps, load_json
 
 FORMAT = "pexopt-plan/2"
 READABLE = ("pexopt-plan/1", FORMAT)
@@ -88,7 +88,7 @@ class Plan:
         d = {"format": d.pop("format"), **d}
         if d["latency"] is None:  # plans without an estimate stay byte-identical to before
             del d["latency"]
-        return json.dumps(d, indent=1) + "\n"
+        return dumps(d, "plan", indent=1) + "\n"
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
@@ -146,11 +146,32 @@ def load_plan(path: str | Path) -> Plan:
     p = Path(path)
     if not p.is_file():
         raise PlanError(f"{path}: no such file")
-    try:
-        d = json.loads(p.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PlanError(f"{path}: not a JSON plan ({e.__class__.__name__})") from None
+    d = load_json(_read_capped(p), str(path), what="JSON plan", error=PlanError)
+    _check_counts(d, str(path))
     return plan_from_dict(d, str(path))
+
+
+def _read_capped(p: Path) -> bytes:
+    """The file's bytes, refused before reading when it is larger than any plan can be."""
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_PLAN_BYTES + 1)  # the size may change between stat and read
+    except OSError as e:
+        raise PlanError(f"{p}: cannot read ({e.strerror or type(e).__name__})") from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError(f"{p}: larger than {MAX_PLAN_BYTES >> 20} MiB, the largest plan "
+                        "pexopt reads")
+    return raw
+
+
+def _check_counts(d: Any, where: str) -> None:
+    """Steps and buffers within the caps, before any of them is converted."""
+    if not isinstance(d, dict):
+        return
+    for key, cap in (("steps", MAX_PLAN_STEPS), ("buffers", MAX_PLAN_BUFFERS)):
+        v = d.get(key)
+        if isinstance(v, list) and len(v) > cap:
+            raise PlanError(f"{where}: {len(v):,} {key}, more than the {cap:,} pexopt reads")
 
 
 def plan_from_dict(d: Any, where: str = "plan") -> Plan:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ from typing import Any
 
 import yaml
 
+from pexopt import limits as lim
 from pexopt.errors import PexError
+from pexopt.sweep.safe_glob import safe_glob
 
 MODES = ("layerwise", "split", "rows", "hybrid")  # split = channel splits; hybrid = + rows
 FUTURE_MODES = ("prune",)  # accepted by the schema once pexopt implements them
@@ -40,7 +43,7 @@ TOP_KEYS = ("models", "resolutions", "budgets", "latency", "targets", "modes", "
             "simulate", "codegen", "points")
 SOLVER_KEYS = ("time_limit", "workers", "seed")
 POINT_KEYS = ("model", "resolution", "budget", "mode", "latency", "target")
-_LATENCY_RE = re.compile(r"\s*[0-9]*\.?[0-9]+(e[+-]?[0-9]+)?\s*(us|ms|s|cycles)?\s*", re.I)
+_LATENCY_RE = re.compile(r"\s*([0-9]*\.?[0-9]+(e[+-]?[0-9]+)?)\s*(us|ms|s|cycles)?\s*", re.I)
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ def _kind(node: yaml.Node | None) -> str:
         return "a list"
     if node is None or node.tag.endswith(":null"):
         return "nothing"
-    return f"{node.tag.rsplit(':', 1)[-1]} '{node.value}'"
+    value = str(node.value) if len(str(node.value)) <= 40 else f"{str(node.value)[:37]}..."
+    return f"{node.tag.rsplit(':', 1)[-1]} '{value}'"
 
 
 def _show(node: yaml.Node) -> str:
@@ -191,31 +195,34 @@ def _is_num(v: Any) -> bool:
 
 
 def parse_resolution(v: Any) -> tuple[int, int]:
-    """96 -> (96, 96); '96x128' -> (96, 128) (height x width)."""
-    if _is_int(v) and v > 0:
+    """96 -> (96, 96); '96x128' -> (96, 128) (height x width), each 1..MAX_RESOLUTION."""
+    top = lim.MAX_RESOLUTION
+    if _is_int(v) and 0 < v <= top:
         return (v, v)
     if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9]+)\s*(?:[xX]\s*([0-9]+))?\s*", v)
+        m = re.fullmatch(r"\s*([0-9]{1,9})\s*(?:[xX]\s*([0-9]{1,9}))?\s*", v)
         if m:
             h = int(m.group(1))
             w = int(m.group(2)) if m.group(2) else h
-            if h > 0 and w > 0:
+            if 0 < h <= top and 0 < w <= top:
                 return (h, w)
-    raise ValueError(f"'{v}' is not an input size like 96 or 96x128")
+    raise ValueError(f"'{str(v)[:40]}' is not an input size like 96 or 96x128 (each side "
+                     f"1..{top})")
 
 
 def _budget(v: Any) -> int:
     from pexopt.pipeline import parse_bytes
 
     if _is_int(v):
-        if v <= 0:
-            raise ValueError(f"'{v}' must be a positive number of bytes")
+        if not 0 < v <= lim.MAX_BYTES:
+            raise ValueError(f"'{str(v)[:40]}' is not a number of bytes in 1..{lim.MAX_BYTES:,}")
         return v
     if isinstance(v, str | float) and not isinstance(v, bool):
         try:
             return parse_bytes(str(v), "budget")
         except PexError:
-            raise ValueError(f"'{v}' is not a size like 131072, 128k, 128KiB or 0.5M") from None
+            raise ValueError(f"'{str(v)[:40]}' is not a size like 131072, 128k, 128KiB or 0.5M "
+                             f"(at most {lim.MAX_BYTES:,} bytes)") from None
     raise ValueError(f"expected a size like 128k, got {type(v).__name__} '{v}'")
 
 
@@ -230,9 +237,10 @@ def _mode(v: Any) -> str:
 
 
 def _latency(v: Any) -> str:
-    if _is_num(v) and v > 0:
+    if _is_num(v) and 0 < v < math.inf:
         return f"{v}ms"
-    if isinstance(v, str) and _LATENCY_RE.fullmatch(v):
+    m = _LATENCY_RE.fullmatch(v) if isinstance(v, str) else None
+    if m and 0 < float(m.group(1)) < math.inf:  # the profile's caps apply when it runs
         return v.strip()
     raise ValueError(f"'{v}' is not a latency like 50ms, 2s, 800us or 1e6cycles "
                      "(a bare number is milliseconds)")
@@ -250,8 +258,7 @@ def _model(v: Any, base: Path) -> list[str]:
     p = Path(v).expanduser()
     full = p if p.is_absolute() else base / p
     if glob.has_magic(v):
-        found = sorted(str(Path(f).resolve()) for f in glob.glob(str(full), recursive=True)
-                       if Path(f).is_file())
+        found = safe_glob(str(full))  # never follows symlinked folders; capped
         if not found:
             raise ValueError(f"no file matches '{v}' (looked for {full})")
         return found
@@ -358,12 +365,15 @@ def _solver(r: _Reader, node: yaml.Node) -> SolverSettings:
     for key, (_, vn) in m.items():
         v = r.scalar(vn)
         where = f"solver.{key}"
-        if key == "time_limit" and not (_is_num(v) and v > 0):
-            r.err.add(vn, where, f"expected a positive number of seconds, got {_kind(vn)}")
-        elif key == "workers" and not (_is_int(v) and v >= 1):
-            r.err.add(vn, where, f"expected a whole number >= 1, got {_kind(vn)}")
-        elif key == "seed" and not _is_int(v):
-            r.err.add(vn, where, f"expected a whole number, got {_kind(vn)}")
+        if key == "time_limit" and not (_is_num(v) and 0 < v <= lim.MAX_TIME_LIMIT):
+            r.err.add(vn, where, f"expected a number of seconds in (0, {lim.MAX_TIME_LIMIT:g}]"
+                      f", got {_kind(vn)}")
+        elif key == "workers" and not (_is_int(v) and 1 <= v <= lim.MAX_WORKERS):
+            r.err.add(vn, where, f"expected a whole number in 1..{lim.MAX_WORKERS}, "
+                      f"got {_kind(vn)}")
+        elif key == "seed" and not (_is_int(v) and 0 <= v <= lim.MAX_SEED):
+            r.err.add(vn, where, f"expected a whole number in 0..{lim.MAX_SEED:,}, "
+                      f"got {_kind(vn)}")
         else:
             kw[key] = float(v) if key == "time_limit" else v
     return SolverSettings(**kw)
@@ -386,6 +396,11 @@ def _product(r: _Reader, root: yaml.Node, top: dict, values: dict) -> list[Point
     if not dims["models"] and not r.err.items:
         r.err.add(top["models"][1], "models", "empty product: no models")
     if r.err.items:
+        return []
+    n = math.prod(len(v) for v in dims.values())
+    if n > lim.MAX_SWEEP_POINTS:  # before building them
+        r.err.add(root, "(top level)", f"the product has {n:,} points, more than "
+                  f"{lim.MAX_SWEEP_POINTS:,}; split the sweep")
         return []
     return [Point(model=m, resolution=res, budget=b, mode=mo, latency=lat, target=t)
             for (m, _), (res, _), (b, _), (mo, _), (lat, _), (t, _)
@@ -439,4 +454,7 @@ def _points(r: _Reader, entry: tuple[yaml.Node, yaml.Node], values: dict, base: 
             res += [Point(model=mo, resolution=got["resolution"][0], budget=got["budget"][0],
                           mode=got["mode"][0], latency=got["latency"][0],
                           target=got["target"][0]) for mo in got["model"]]
+        if len(res) > lim.MAX_SWEEP_POINTS:
+            r.err.add(pn, where, f"more than {lim.MAX_SWEEP_POINTS:,} points; split the sweep")
+            return []
     return res

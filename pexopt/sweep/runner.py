@@ -27,6 +27,7 @@ from typing import Any
 from pexopt import __version__
 from pexopt.errors import PexError
 from pexopt.graph.onnx_load import sha256_file
+from pexopt.limits import MAX_WORKERS, check_int, dumps
 from pexopt.sweep.config import Point, SolverSettings, Sweep, load_sweep, res_text
 
 BACKENDS = ("local", "ray")
@@ -70,6 +71,7 @@ class SweepSummary:
     computed: int = 0  # finished in this run (including failures)
     failed: int = 0
     interrupted: bool = False
+    terminated: bool = False  # interrupted by SIGTERM (exit 143), not Ctrl-C (130)
     rows: list[dict[str, Any]] = field(default_factory=list)  # this run's rows
 
     @property
@@ -100,8 +102,8 @@ def inside(folder: Path, name: str, suffix: str) -> Path:
 
 def point_key(sha256: str, point: Point, sweep: Sweep, version: str = __version__) -> str:
     """sha256 of the model's bytes + point settings + solver settings + pexopt version."""
-    blob = json.dumps({"model_sha256": sha256, **point.settings(), **sweep.settings(),
-                       "pexopt": version}, sort_keys=True)
+    blob = dumps({"model_sha256": sha256, **point.settings(), **sweep.settings(),
+                  "pexopt": version}, "sweep point", sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -279,20 +281,50 @@ def _csv_header() -> str:
     return ",".join(ROW_FIELDS) + "\n"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a sweep: stops it like Ctrl-C (pool shut down, complete rows kept)."""
+
+
 @contextmanager
 def _no_sigint() -> Iterator[None]:
-    """Defer Ctrl-C while a row is written, so both files hold the same complete rows."""
+    """Defer Ctrl-C and SIGTERM while a row is written, so both files hold the same complete
+    rows; a deferred signal is delivered again afterwards, to the handler it would have met."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     hit: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda s, f: hit.append(s))
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda n, f: hit.append(n)) for s in sigs}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s in sigs:
+            signal.signal(s, old[s])
         if hit:
-            raise KeyboardInterrupt
+            signal.raise_signal(hit[0])
+            # the restored handler ignored it: still stop the sweep
+            raise Terminated if hit[0] == signal.SIGTERM else KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While points run, SIGTERM raises `Terminated` in the main thread (once), so the process
+    pool shuts down in order instead of dying with it (no leaked semaphores, rows kept)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not hit:  # later ones: already stopping, let the shutdown finish
+            hit.append(signum)
+            raise Terminated
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class ResultsWriter:
@@ -337,7 +369,7 @@ class ResultsWriter:
                     write_atomic(inside(folder, Path(name).stem, Path(name).suffix), body)
                 row["codegen"] = f"{C_DIR}/{folder.name}"
         with _no_sigint():
-            self.jsonl.write(json.dumps(row, sort_keys=False) + "\n")
+            self.jsonl.write(dumps(row, f"{RESULTS_JSONL} row") + "\n")
             self.jsonl.flush()
             self.csv.write(_csv_line(row))
             self.csv.flush()
@@ -370,9 +402,8 @@ def run_sweep(sweep: Sweep | str | Path, out_dir: str | Path, *, backend: str = 
         sweep = load_sweep(sweep)
     if backend not in BACKENDS:
         raise PexError(f"--backend: unknown backend '{backend}' (backends: {', '.join(BACKENDS)})")
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    if workers < 1:
-        raise PexError("--workers must be at least 1")
+    workers = workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
+    check_int("--workers", workers, 1, MAX_WORKERS)
     if address is not None and backend != "ray":
         raise PexError("--address is only for the ray backend")
     if backend == "ray":
@@ -390,7 +421,8 @@ def run_sweep(sweep: Sweep | str | Path, out_dir: str | Path, *, backend: str = 
     summary = SweepSummary(out_dir=out, total=len(unique), skipped=len(unique) - len(todo))
     try:
         if todo:
-            _run(todo, summary, writer, backend, workers, address, quiet, on_row, console)
+            with _sigterm_stops():
+                _run(todo, summary, writer, backend, workers, address, quiet, on_row, console)
     finally:
         writer.close()
     return summary
@@ -446,8 +478,9 @@ def _run(todo: list[Task], summary: SweepSummary, writer: ResultsWriter, backend
                            f"{row['model']} {row['mode']} {row['budget']:,} B")
                 if on_row is not None:
                     on_row(row)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         summary.interrupted = True
+        summary.terminated = isinstance(e, Terminated)
     finally:
         rows.close()  # cancels whatever has not finished (no-op after a complete run)
 
