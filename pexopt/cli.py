@@ -708,6 +708,10 @@ def report(plan_file: Path,
         graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                               input_shapes=_shapes(input_shape)).load(model)
         check(plan, graph)
+    else:  # never draw an impossible plan: check what needs no model (exit 1 like validate)
+        from pexopt.plan.validator_alone import check_alone
+
+        check_alone(plan)
     paths = report_plan(plan, graph, out_dir)
     out.print(f"written: {', '.join(str(p) for p in paths.values())}", highlight=False,
               soft_wrap=True, markup=False)
