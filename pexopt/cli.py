@@ -97,11 +97,13 @@ def friendly(fn: F) -> F:
 
 
 def _print_table(table: Any) -> None:
-    """A table on stdout; to a pipe or a file it is as wide as it needs (no names cut short)."""
-    if out.is_terminal:
-        out.print(table)
-    else:
-        Console(width=1 << 16, no_color=out.no_color).print(table)
+    """A table (or a Text, wrapped) on stdout, as wide as the terminal, or to a pipe or file
+    COLUMNS or 160 columns; a table too wide for that is printed one record per row."""
+    from pexopt.report.tables import fit, output_width
+
+    width = output_width(out)
+    (out if out.is_terminal else Console(width=width, no_color=out.no_color)).print(
+        fit(table, width))
 
 
 def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -178,7 +180,7 @@ def inspect(model: Path, dtype: Dtype = "int8", input_external: External = False
         return
     _print_table(inspect_table(graph, peak))
     for line in inspect_summary(graph, peak):
-        out.print(line, highlight=False, soft_wrap=True, markup=False)
+        _print_table(Text(line))
 
 
 class _LiveLine:
@@ -375,15 +377,14 @@ def solve(model: Path,
             _print_table(st)
         ip = inplace_line(res)
         if ip is not None:
-            out.print(ip, highlight=False, soft_wrap=True, markup=False)
-        out.print(peak_line(res), highlight=False, soft_wrap=True, markup=False)
+            _print_table(Text(ip))
+        _print_table(Text(peak_line(res)))
         if plan.latency is not None:
-            out.print(_latency_line(plan.latency), highlight=False, soft_wrap=True,
-                      markup=False)
+            _print_table(Text(_latency_line(plan.latency)))
         if report is not None:
-            out.print(_verify_line(report), highlight=False, soft_wrap=True)
+            _print_table(Text(_verify_line(report)))
         if unverified is not None:
-            out.print(unverified, highlight=False, soft_wrap=True, markup=False)
+            _print_table(Text(unverified))
         if pruning is not None:
             from pexopt.prune.report import prune_table, summary_line
 
@@ -813,6 +814,10 @@ def report(plan_file: Path,
         graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                               input_shapes=_shapes(input_shape)).load(model)
         check(plan, graph)
+    else:  # never draw an impossible plan: check what needs no model (exit 1 like validate)
+        from pexopt.plan.validator_alone import check_alone
+
+        check_alone(plan)
     paths = report_plan(plan, graph, out_dir, inputs=[plan_file, *model_inputs(model)])
     out.print(f"written: {', '.join(str(p) for p in paths.values())}", highlight=False,
               soft_wrap=True, markup=False)

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import io
+import json
+from functools import cache
 from pathlib import Path
 
 import pytest
+from attack import run_case
+from conftest import BUNDLED_ALL
+from rich.console import Console
+from rich.table import Table
 
+from pexopt.graph.ir import Graph
+from pexopt.partial.bands import find_row_segments
 from pexopt.pipeline import ImportOptions, solve_model
+from pexopt.plan.build import build_plan
+from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, load_plan
+from pexopt.plan.validator import validate
+from pexopt.plan.validator_alone import validate_alone
+from pexopt.report.labels import NAME_CHARS, OpLabels, buffer_labels, short_name
+from pexopt.report.occupancy import occupancy, rectangles
 from pexopt.report.plots import live_matrix, pareto_front, report_plan, report_sweep, split_ranges
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.report.tables import PIPE_WIDTH, fit, inspect_table
+from pexopt.solver.cpsat_layout import SolverParams, greedy_schedule
+from pexopt.solver.rows_greedy import row_plan
 from pexopt.sweep.runner import latest_rows, read_results, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +102,197 @@ def test_report_sweep_quick(tmp_path: Path, models_dir: Path) -> None:
         assert f"## {m}" in md and f"pareto_{m}.png" in md
     assert md.count("| 48.0 | split |") == 2 and md.count("| 64.0 | layerwise |") == 2
     assert "| NO |" in md  # mbv1 layer by layer does not fit in 48 kB
+
+
+# -- the timeline counts bytes as the plan lays them out (issue #13 item 17) ------------------
+
+STREAMING = (*(f"{m}_int8" for m in BUNDLED_ALL), "mlperf_vww_96_int8")
+
+
+@cache
+def _row_plan(path: Path) -> tuple[Plan, Graph]:
+    """A plan with row bands streaming over their inputs: the constructive row planner of the
+    default solve (no CP-SAT search; a short, fixed budget), validated against the model."""
+    g = ImportOptions().load(path)
+    p = SolverParams(rows=True, target="cortex-m4")
+    segs = find_row_segments(g, 0, p.max_segment_len, p.max_heights, single=True)
+    sched = row_plan(g, p, segs, greedy_schedule(g, list(range(len(g.ops))), p), seconds=2)
+    assert sched is not None and sched.streams  # the point: streamed pairs
+    plan = build_plan(g, sched)
+    assert validate(plan, g) == []
+    return plan, g
+
+
+def _laid_out(plan: Plan) -> list[int]:
+    """Independently: per step, the bytes covered by the live buffers' address ranges (a buffer
+    overwritten in place at a step no longer counts there)."""
+    gone = {(b.alias_of, b.first_step) for b in plan.buffers if b.alias_of}
+    res = []
+    for s in range(len(plan.steps)):
+        total, at = 0, 0
+        for lo, hi in sorted((b.offset, b.offset + b.size) for b in plan.buffers
+                             if b.first_step <= s <= b.last_step
+                             and not (s == b.last_step and (b.name, s) in gone)):
+            total += max(0, hi - max(lo, at))
+            at = max(at, hi)
+        res.append(total)
+    return res
+
+
+def _check_timeline(plan: Plan) -> None:
+    """Per step: the stacked bytes are the union of the live buffers, within the arena; no byte
+    is held by two buffers, each holds bytes of its own range only; the layout draws exactly
+    those bytes."""
+    live = live_matrix(plan)
+    per_step = [sum(v[s] for v in live.values()) for s in range(len(plan.steps))]
+    assert per_step == _laid_out(plan)
+    assert max(per_step) <= plan.arena_bytes
+    occ = occupancy(plan)
+    bufs = {b.name: b for b in plan.buffers}
+    for held in occ:
+        ivs = sorted(iv for ivs in held.values() for iv in ivs)
+        assert all(a[1] <= b[0] for a, b in zip(ivs, ivs[1:]))  # disjoint
+        for name, own in held.items():
+            b = bufs[name]
+            assert all(b.offset <= lo < hi <= b.offset + b.size for lo, hi in own)
+    area = sum((x1 - x0) * (hi - lo) for _, x0, x1, lo, hi in rectangles(plan, occ))
+    assert area == sum(per_step)
+
+
+@pytest.mark.parametrize("name", STREAMING)
+def test_timeline_counts_streamed_pairs_once(name: str, models_dir: Path,
+                                             shared_models_dir: Path) -> None:
+    """Every bundled model and mlperf_vww with streamed row bands: no bar above the arena. The
+    plan's buffers summed whole exceed it (a streamed pair counted twice: what the timeline
+    drew before, e.g. 45 kB over mlperf_vww's 27.5 kB arena)."""
+    path = (shared_models_dir if name.startswith("mlperf") else models_dir) / f"{name}.onnx"
+    plan, _ = _row_plan(path)
+    _check_timeline(plan)
+    assert validate_alone(plan) == []
+    whole = [sum(b.size for b in plan.buffers if b.first_step <= s <= b.last_step)
+             for s in range(len(plan.steps))]
+    assert max(whole) > plan.arena_bytes
+
+
+def _band_plan(delta: int) -> Plan:
+    """A hand-made streamed pair: input x (8 rows of 10 B) read band by band while output y
+    (8 rows of 10 B, at x's offset + delta) is written two rows per step."""
+    x = Buffer("x", "x", "tensor", -min(0, delta), 80, 0, 3)
+    y = Buffer("y", "y", "tensor", x.offset + delta, 80, 0, 4)
+    steps = [Step(i, "conv", "conv", ["x"], ["y"], mode="band", rows=[2 * i, 2 * i + 2])
+             for i in range(4)]
+    steps.append(Step(4, "relu", "relu", ["y"], ["z"]))
+    z = Buffer("z", "z", "tensor", max(x.offset, y.offset) + 80, 8, 4, 4)
+    return Plan(model={"path": "m.onnx", "sha256": ""}, arena_bytes=z.offset + 8,
+                budget_bytes=None, fits=True, align=1, dtype="int8", input_external=False,
+                steps=steps, buffers=[x, y, z], solver=SolverInfo("OPTIMAL", 0, 0.0, None, 0,
+                                                                   None, 1.0))
+
+
+@pytest.mark.parametrize("delta", [0, -20])
+def test_streamed_output_grows_by_rows(delta: int) -> None:
+    """The output holds the rows written so far, the input the rest of the pair's union."""
+    plan = _band_plan(delta)
+    assert validate_alone(plan) == []
+    live = live_matrix(plan)
+    assert live["y"][:4] == [20, 40, 60, 80]
+    assert [live["x"][s] + live["y"][s] for s in range(4)] == [80 - delta] * 4
+    assert live["y"][4] == 80 and live["x"][4] == 0
+    _check_timeline(plan)
+
+
+# -- tables fit the terminal, labels are short and unique (issue #13 item 16) -----------------
+
+def test_short_names() -> None:
+    tf = "model/activation_24/Relu;model/batch_normalization_24/FusedBatchNormV3;model/c/Conv2D"
+    assert short_name(tf) == "model/activation_24/Relu"
+    assert short_name(tf + "@kscratch") == "model/activation_24/Relu@kscratch"
+    assert short_name("functional_1/activation_1/Relu;x") == "activation_1/Relu"
+    assert len(short_name("x" * 300)) == NAME_CHARS and short_name("stem_conv") == "stem_conv"
+    same = [f"scope/{'a' * 40}/{k}" for k in range(3)]  # equal short forms: made unique
+    assert len(set(buffer_labels(same).values())) == 3
+
+
+def test_op_labels_unique_on_real_models(shared_models_dir: Path) -> None:
+    for name in ("mlperf_vww_96_int8", "mcunet_in3_320kb_1mb_imagenet"):
+        g = ImportOptions().load(shared_models_dir / f"{name}.onnx")
+        label = OpLabels(g)
+        labels = [label(o.name) for o in g.ops]
+        assert len(set(labels)) == len(labels)
+        assert max(map(len, labels)) <= NAME_CHARS + 5
+        assert labels[3].startswith("#3 ")
+
+
+def _render(table: Table, width: int) -> str:
+    con = Console(width=1 << 12, file=io.StringIO(), color_system=None)
+    with con.capture() as cap:
+        con.print(fit(table, width), width=width, crop=False)
+    return cap.get()
+
+
+@pytest.mark.parametrize("width", [40, 60, 100, 160])
+def test_fit_never_cuts_a_number(width: int) -> None:
+    """Wide numeric columns: the table fits the width (as records when it must) and every
+    number is printed whole (rich's own squeeze would print '1,234,…')."""
+    t = Table(title="numbers")
+    cols = [f"column {k}" for k in range(9)]
+    for c in cols:
+        t.add_column(c, justify="right")
+    rows = [[f"{(k + 1) * 1_234_567 * (r + 1):,}" for k in range(9)] for r in range(3)]
+    for r in rows:
+        t.add_row(*r)
+    text = _render(t, width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    for r in rows:
+        for cell in r:
+            assert cell in text
+    assert "…" not in text
+
+
+def _lines_fit(text: str, width: int) -> None:
+    wide = [line for line in text.splitlines() if len(line) > width]
+    assert not wide, wide[:2]
+
+
+def test_solve_tables_fit_100_columns(shared_models_dir: Path, tmp_path: Path) -> None:
+    """mlperf_vww (node names of 200-300 characters): under COLUMNS=100 no line of `solve` is
+    wider than 100 characters; the split operators show as their labels; `--json` keeps the
+    full names; the plan's timeline stays within its arena."""
+    model = shared_models_dir / "mlperf_vww_96_int8.onnx"
+    fast = ("--sram", "64k", "--time-limit", "5", "--workers", "1", "--no-verify")
+    o = run_case(["solve", model, *fast, "-o", "plan.json"], tmp_path, env={"COLUMNS": "100"})
+    assert o.code == 0, o.stderr
+    _lines_fit(o.stdout, 100)
+    plan = load_plan(tmp_path / "plan.json")
+    label = OpLabels(ImportOptions().load(model))
+    words = set(o.stdout.split())
+    assert plan.splits
+    for sp in plan.splits:
+        for op in sp["ops"]:  # "#k short/name", never the full name
+            assert set(label(op).split()) <= words and len(op) > 100 and op not in o.stdout
+    assert "peak " in o.stdout and "plan written to plan.json" in o.stdout
+    _check_timeline(plan)
+    o = run_case(["solve", model, *fast, "--json"], tmp_path)
+    assert o.code == 0, o.stderr
+    data = json.loads(o.stdout)
+    names = {op.name for op in ImportOptions().load(model).ops}
+    assert data["splits"] and all(op in names for sp in data["splits"] for op in sp["ops"])
+    assert data["peak"]["op"] in names
+
+
+def test_tables_to_a_pipe_are_bounded(shared_models_dir: Path, capsys: pytest.CaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """To a pipe without COLUMNS the tables are at most PIPE_WIDTH wide; with COLUMNS at most
+    that; inspect's op column shows short names."""
+    from pexopt.cli import _print_table
+    from pexopt.pipeline import naive_peak
+
+    g = ImportOptions().load(shared_models_dir / "mlperf_vww_96_int8.onnx")
+    monkeypatch.delenv("COLUMNS", raising=False)
+    _print_table(inspect_table(g, naive_peak(g)))
+    text = capsys.readouterr().out
+    _lines_fit(text, PIPE_WIDTH)
+    assert "model/activation_3/Relu" in text and g.ops[3].name not in text
+    monkeypatch.setenv("COLUMNS", "72")
+    _print_table(inspect_table(g, naive_peak(g)))
+    _lines_fit(capsys.readouterr().out, 72)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pexopt.graph.ir import Op
 from pexopt.graph.rows import Range, input_rows, row_capable
-from pexopt.plan.format import Buffer
+from pexopt.plan.format import Buffer, Plan
 from pexopt.plan.validator import PlanIndex, Violation, overlaps, step_name
 
 ROW_MODES = ("band", "halo")
@@ -306,16 +306,21 @@ def check_streaming(ix: PlanIndex) -> set[tuple[str, str]]:
     is written only by band steps (or a hybrid segment's requantize steps with rows) and the
     input not at all (whether every row the input still needs survives is
     `check_row_dataflow`'s clobber rule)."""
+    return streaming_pairs(ix.plan)
+
+
+def streaming_pairs(plan: Plan) -> set[tuple[str, str]]:
+    """check_streaming from the plan alone (it needs no graph: `pexopt report` without one)."""
     legal: set[tuple[str, str]] = set()
-    tensors = [b for b in ix.plan.buffers if b.kind == "tensor"]
+    tensors = [b for b in plan.buffers if b.kind == "tensor"]
     writers: dict[str, list[int]] = {}
-    for i, s in enumerate(ix.plan.steps):
+    for i, s in enumerate(plan.steps):
         for n in s.writes:
             writers.setdefault(n, []).append(i)
     for b in tensors:
         w = writers.get(b.name, [])
-        if not w or any(ix.plan.steps[i].mode != "band" and not (
-                ix.plan.steps[i].mode == "requantize" and ix.plan.steps[i].rows is not None)
+        if not w or any(plan.steps[i].mode != "band" and not (
+                plan.steps[i].mode == "requantize" and plan.steps[i].rows is not None)
                 for i in w):
             continue
         for a in tensors:

@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from pexopt.graph.ir import Graph
 from pexopt.plan.format import Buffer, Plan
+from pexopt.report.labels import short_name
 from pexopt.report.markdown import KB, group_rows, plan_summary, sweep_summary
+from pexopt.report.occupancy import Occupancy, occupancy, rectangles
 
 KIND_COLORS = {"tensor": "#4C72B0", "slice": "#DD8452", "accumulator": "#C44E52",
                "scratch": "#8C8C8C", "band": "#55A868"}
@@ -35,10 +39,11 @@ MAX_LABELS = 8  # buffers labelled in the layout
 DPI = 130
 PLAN_FILES = ("memory_timeline.png", "memory_timeline.svg", "arena_layout.png",
               "arena_layout.svg", "summary.md")
+Rect = tuple[Buffer, int, int, int, int]  # buffer, first step, end step (exclusive), lo, hi
 
 
 def _short(name: str, n: int = 34) -> str:
-    return name if len(name) <= n else name[: n - 3] + "..."
+    return short_name(name, n)
 
 
 def _new_figure(w: float, h: float) -> Figure:
@@ -70,18 +75,15 @@ def _write(out: Path, files: dict[str, bytes], opt: str, inputs: Sequence[Any]) 
 
 # -- per plan ---------------------------------------------------------------------------------
 
-def live_matrix(plan: Plan) -> dict[str, list[int]]:
-    """Buffer name -> bytes it occupies at each step (an in-place pair is counted once)."""
-    n = len(plan.steps)
-    handover = {(b.alias_of, b.first_step) for b in plan.buffers if b.alias_of}
-    res: dict[str, list[int]] = {}
-    for b in plan.buffers:
-        row = [0] * n
-        for s in range(max(0, b.first_step), min(n - 1, b.last_step) + 1):
-            if (b.name, s) in handover and s == b.last_step:
-                continue  # overwritten in place by the output born at this step
-            row[s] = b.size
-        res[b.name] = row
+def live_matrix(plan: Plan, occ: Occupancy | None = None) -> dict[str, list[int]]:
+    """Buffer name -> bytes it holds at each step, as laid out: an in-place pair and a band
+    output streamed over its input count their shared bytes once (`occupancy`), so a step's
+    sum is the union of its live buffers, never more than the arena."""
+    occ = occupancy(plan) if occ is None else occ
+    res: dict[str, list[int]] = {b.name: [0] * len(occ) for b in plan.buffers}
+    for s, held in enumerate(occ):
+        for name, ivs in held.items():
+            res[name][s] = sum(hi - lo for lo, hi in ivs)
     return res
 
 
@@ -171,18 +173,16 @@ def plot_timeline(plan: Plan, graph: Graph | None = None) -> Figure:
 
 
 def plot_layout(plan: Plan, graph: Graph | None = None) -> Figure:
-    """Buffers as rectangles: x = steps first..last+1, y = offset..offset+size (kB)."""
+    """Buffers as rectangles: x = steps, y = addresses (kB), as `occupancy` holds them (a
+    buffer spans first..last+1 at offset..offset+size unless it shares bytes at some steps:
+    a band output streamed over its input grows row by row over it)."""
     n = len(plan.steps)
     fig = _new_figure(12, 6)
     ax = fig.add_subplot()
     splits = split_buffers(plan)
     _shade_splits(ax, split_ranges(plan), 0.0)
-    for b in plan.buffers:
-        hl = b.name in splits
-        ax.add_patch(Rectangle((b.first_step, b.offset / KB), b.last_step + 1 - b.first_step,
-                               b.size / KB, facecolor=KIND_COLORS.get(b.kind, "#999999"),
-                               alpha=0.85, edgecolor="black" if hl else "white",
-                               lw=1.4 if hl else 0.6, hatch="///" if hl else None, zorder=2))
+    rects = rectangles(plan, occupancy(plan))
+    _draw_rects(ax, rects, splits)
     _hlines(ax, plan)
     top = max([plan.arena_bytes, plan.budget_bytes or 0]) / KB
     ax.set_xlim(0, max(1, n))
@@ -201,23 +201,63 @@ def plot_layout(plan: Plan, graph: Graph | None = None) -> Figure:
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], loc="upper left",
               bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title="buffer kind",
               title_fontsize=8)
-    _label_buffers(fig, ax, plan.buffers)  # after the legend: it changes the axes' size
+    _label_buffers(fig, ax, rects)  # after the legend: it changes the axes' size
     return fig
 
 
-def _label_buffers(fig: Figure, ax: Any, buffers: Sequence[Buffer]) -> None:
+def _light(bufs: Sequence[Buffer]) -> set[str]:
+    """Names of buffers to draw light: greedily, none shares time and addresses with another
+    light one (a chain of streamed pairs alternates dark, light, dark)."""
+    light: set[str] = set()
+    for i, b in enumerate(bufs):
+        if not any(c.name in light and c.first_step <= b.last_step and b.first_step <=
+                   c.last_step and c.offset < b.offset + b.size and b.offset < c.offset + c.size
+                   for c in bufs[:i]):
+            light.add(b.name)
+    return light
+
+
+def _draw_rects(ax: Any, rects: Sequence[Rect], splits: set[str]) -> None:
+    """One patch per buffer drawn as one box; the boxes of buffers that share bytes step by
+    step (a band output streamed over its input) as one borderless collection, such buffers
+    alternately dark and light in the order they are born (a pair shows where they meet)."""
+    boxes: dict[str, int] = {}
+    for r in rects:
+        boxes[r[0].name] = boxes.get(r[0].name, 0) + 1
+    light = _light(sorted({r[0].name: r[0] for r in rects if boxes[r[0].name] > 1}.values(),
+                          key=lambda b: (b.first_step, b.offset, b.name)))
+    verts, colors = [], []
+    for b, x0, x1, lo, hi in rects:
+        hl = b.name in splits
+        color = KIND_COLORS.get(b.kind, "#999999")
+        y0, y1 = lo / KB, hi / KB
+        if boxes[b.name] > 1:
+            verts.append([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+            colors.append(to_rgba(color, 0.5 if b.name in light else 0.9))
+            continue
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=color,
+                               alpha=0.85, edgecolor="black" if hl else "white",
+                               lw=1.4 if hl else 0.6, hatch="///" if hl else None, zorder=2))
+    if verts:
+        ax.add_collection(PolyCollection(verts, facecolors=colors, edgecolors="none",
+                                         zorder=2))
+
+
+def _label_buffers(fig: Figure, ax: Any, rects: Sequence[Rect]) -> None:
     """Label the largest buffers (by area) where the text fits inside their rectangle."""
     fig.draw_without_rendering()  # settle the layout: data -> pixel transform
     to_px = ax.transData.transform
     char_w, line_h = 7 * DPI / 72 * 0.62, 7 * DPI / 72 * 1.25  # 7 pt text
     placed: list[tuple[float, float, float, float]] = []
-    cands = sorted((b for b in buffers if not b.alias_of),
-                   key=lambda b: (-(b.size * (b.last_step + 1 - b.first_step)), b.name))
-    for b in cands:
+    largest: dict[str, Rect] = {}
+    for r in rects:  # a buffer drawn as several boxes is labelled in its largest
+        if not r[0].alias_of and (r[0].name not in largest or _area(r) > _area(
+                largest[r[0].name])):
+            largest[r[0].name] = r
+    for b, s0, s1, lo, hi in sorted(largest.values(), key=lambda r: (-_area(r), r[0].name)):
         if len(placed) >= MAX_LABELS:
             break
-        (x0, y0), (x1, y1) = to_px((b.first_step, b.offset / KB)), \
-            to_px((b.last_step + 1, (b.offset + b.size) / KB))
+        (x0, y0), (x1, y1) = to_px((s0, lo / KB)), to_px((s1, hi / KB))
         w, h = x1 - x0, y1 - y0
         size = f"{b.size / KB:,.1f} kB"
         options = []
@@ -239,12 +279,15 @@ def _label_buffers(fig: Figure, ax: Any, buffers: Sequence[Buffer]) -> None:
                        for p in placed):
                     break
                 placed.append(box)
-                ax.annotate(text, ((b.first_step + b.last_step + 1) / 2,
-                                   (b.offset + b.size / 2) / KB), fontsize=7, ha="center",
+                ax.annotate(text, ((s0 + s1) / 2, (lo + hi) / 2 / KB), fontsize=7, ha="center",
                             va="center", rotation=rot, zorder=4,
                             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
                                   "alpha": 0.75})
                 break
+
+
+def _area(r: Rect) -> int:
+    return (r[2] - r[1]) * (r[4] - r[3])
 
 
 def report_plan(plan: Plan, graph: Graph | None, out_dir: str | Path, *,

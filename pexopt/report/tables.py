@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import os
+
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from pexopt.graph.ir import Graph
 from pexopt.ops import OpKind
 from pexopt.pipeline import BenchRow, SolveResult
 from pexopt.plan.format import is_kscratch
+from pexopt.report.labels import OpLabels, buffer_labels, short_name
 
 
 def kb(n: int | None) -> str:
@@ -15,32 +21,36 @@ def kb(n: int | None) -> str:
 
 
 def inspect_table(graph: Graph, peak: tuple[int, int]) -> Table:
-    """One row per IR operator: op, kind, output shape, bytes, MACs."""
+    """One row per IR operator: #, op (short name; `--json` has the full one), kind, output
+    shape, bytes, MACs, how many other ONNX nodes are fused into it."""
     t = Table(title=f"{graph.name}: {len(graph.ops)} operators, activations {graph.dtype}")
-    for col in ("#", "op", "kind", "output shape", "bytes", "MACs", "fused"):
-        t.add_column(col, justify="right" if col in ("#", "bytes", "MACs") else "left")
+    for col in ("#", "op", "kind", "output shape", "bytes", "MACs", "fused nodes"):
+        t.add_column(col, justify="right" if col in ("#", "bytes", "MACs", "fused nodes")
+                     else "left")
     for op in graph.ops:
         outs = [graph.tensors[o] for o in op.outputs]
-        kind = op.kind.value + (f"+{op.activation.name}" if op.activation else "")
+        kind = op.kind.value + (f" +{op.activation.name}" if op.activation else "")
         if op.kind == OpKind.OPAQUE:
             kind = f"opaque ({op.onnx_type}, never split)"
-        fused = ", ".join(n for n in op.onnx_nodes if n != op.name)
-        t.add_row(str(op.id), op.name, kind, " ".join("x".join(map(str, o.shape)) for o in outs),
-                  f"{sum(o.nbytes for o in outs):,}", f"{op.macs:,}",
-                  fused[:60] + ("..." if len(fused) > 60 else ""))
+        fused = sum(n != op.name for n in op.onnx_nodes)
+        t.add_row(str(op.id), short_name(op.name), kind,
+                  " ".join("x".join(map(str, o.shape)) for o in outs),
+                  f"{sum(o.nbytes for o in outs):,}", f"{op.macs:,}", str(fused))
     return t
 
 
 def inspect_summary(graph: Graph, peak: tuple[int, int]) -> list[str]:
     nbytes, k = peak
-    ins = ", ".join(f"{graph.tensors[i].name} {'x'.join(map(str, graph.tensors[i].shape))}"
+    ins = ", ".join(f"{short_name(graph.tensors[i].name)} "
+                    f"{'x'.join(map(str, graph.tensors[i].shape))}"
                     + (" (external, not counted)" if graph.tensors[i].external else "")
                     for i in graph.inputs)
+    label = OpLabels(graph)
     lines = [f"input: {ins}",
-             f"naive peak (file order, sum of live bytes): {nbytes:,} B at op #{k} "
-             f"'{graph.ops[k].name}'" if graph.ops else "no operators",
+             f"naive peak (file order, sum of live bytes): {nbytes:,} B at op "
+             f"'{label(graph.ops[k].name)}'" if graph.ops else "no operators",
              f"MACs: {sum(o.macs for o in graph.ops):,}"]
-    opaque = [o.name for o in graph.ops if o.kind == OpKind.OPAQUE]
+    opaque = [label(o.name) for o in graph.ops if o.kind == OpKind.OPAQUE]
     if opaque:
         lines.append(f"opaque operators (kept whole): {', '.join(opaque)}")
     return lines
@@ -63,9 +73,10 @@ def solve_table(res: SolveResult) -> Table:
 
 
 def splits_table(res: SolveResult) -> Table | None:
-    """One row per split subgraph: operators, slice width, slices, bytes saved."""
+    """One row per split subgraph: operators (labels), slice width, slices, bytes saved."""
     if not res.plan.splits:
         return None
+    label = OpLabels(res.graph)
     t = Table(title="partial execution: split subgraphs")
     for col in ("operators", "kinds", "channels", "slice width", "slices", "accumulates",
                 "bytes saved"):
@@ -77,7 +88,7 @@ def splits_table(res: SolveResult) -> Table | None:
         chans = f" x {sp['split'].get('slice_width')} ch" if dim == "hybrid" else ""
         width = (f"{sp['width']} rows{chans}" + (", streams" if sp.get("streaming") else "")
                  if rows else str(sp["width"]))
-        t.add_row(" -> ".join(sp["ops"]), " -> ".join(sp["kinds"]), extent, width,
+        t.add_row(" -> ".join(map(label, sp["ops"])), " -> ".join(sp["kinds"]), extent, width,
                   str(sp["slices"]), "yes" if sp["accumulate"] else "no",
                   f"{sp['bytes_saved']:,}")
     return t
@@ -86,6 +97,7 @@ def splits_table(res: SolveResult) -> Table | None:
 def inplace_line(res: SolveResult) -> str | None:
     """Operators that write over a dying input (and the temporary they need)."""
     bufs = {b.name: b for b in res.plan.buffers}
+    label, short = OpLabels(res.graph), buffer_labels(bufs)
     parts = []
     for s in res.plan.steps:
         if s.mode != "whole":
@@ -96,15 +108,17 @@ def inplace_line(res: SolveResult) -> str | None:
                 continue
             tmp = "".join(f" through a {bufs[x].size:,} B temporary" for x in s.scratch
                           if not is_kscratch(x))  # kernel scratch is no in-place temporary
-            parts.append(f"{s.op} over {b.alias_of}{tmp}")
+            parts.append(f"{label(s.op)} over {short[b.alias_of]}{tmp}")
     return "in place: " + "; ".join(parts) if parts else None
 
 
 def peak_line(res: SolveResult) -> str:
+    """Where the plan peaks: step, operator label, the largest live buffers (short names)."""
     pk = res.peak
-    bufs = ", ".join(f"{n} ({b:,} B)" for n, b in pk.buffers[:4])
+    short = buffer_labels(n for n, _ in pk.buffers[:4])
+    bufs = ", ".join(f"{short[n]} ({b:,} B)" for n, b in pk.buffers[:4])
     more = f" and {len(pk.buffers) - 4} more" if len(pk.buffers) > 4 else ""
-    return f"peak {pk.live:,} B at step {pk.step} '{pk.op}': {bufs}{more}"
+    return f"peak {pk.live:,} B at step {pk.step} '{OpLabels(res.graph)(pk.op)}': {bufs}{more}"
 
 
 BENCH_COLS = ("model", "ops", "TFLM arena", "reorder bound", "layer by layer",
@@ -175,3 +189,85 @@ def bench_markdown(rows: list[BenchRow], workers: int) -> str:
             "bands in one model (streaming in place included; the plan); lower bound and gap "
             "refer to it.\n")
     return head + sep + body + note
+
+
+# -- fitting a table to the output width (issue #13 item 16) --------------------------------
+
+PIPE_WIDTH = 160  # output width to a pipe or file when COLUMNS is not set
+
+
+def output_width(console: Console) -> int:
+    """Columns to fit: the terminal's; to a pipe or file COLUMNS, else PIPE_WIDTH."""
+    if console.is_terminal:
+        return console.width
+    cols = os.environ.get("COLUMNS", "").strip()
+    return int(cols) if cols.isdigit() and 0 < int(cols) < 1 << 16 else PIPE_WIDTH
+
+
+def _longest_word(cell: object) -> int:
+    return max((cell_len(w) for w in str(cell).split()), default=0)
+
+
+def _longest_line(cell: object) -> int:
+    return max((cell_len(line) for line in str(cell).splitlines()), default=0)
+
+
+def _set_widths(table: Table, width: int) -> bool:
+    """Give every column a width between its longest word (its header whole, if all headers
+    fit so) and its longest cell so that the table fits `width` (rich's own squeeze can cut a
+    number short); False if it cannot."""
+    cols = table.columns
+    words = [max(1, _longest_word(c.header), *(_longest_word(x) for x in c.cells))
+             for c in cols]
+    hi = [max(a, _longest_line(c.header), *(_longest_line(x) for x in c.cells))
+          for a, c in zip(words, cols)]
+    extra = (2 if table.box and table.show_edge else 0) + (len(cols) - 1 if table.box else 0)
+    free = width - extra - sum(2 for _ in cols)  # 2: a cell's padding
+    lo = [max(a, _longest_line(c.header)) for a, c in zip(words, cols)]
+    if sum(lo) > free:
+        lo = words
+    room = free - sum(lo)
+    if room < 0:
+        return False
+    want = [b - a for a, b in zip(lo, hi)]
+    total = sum(want)
+    widths = [a + (w if total <= room else w * room // total) for a, w in zip(lo, want)]
+    for c, w in zip(cols, widths):
+        c.width = w
+    return True
+
+
+def _width_of(renderable: RenderableType, width: int) -> int:
+    """Columns the widest line of `renderable` takes when printed `width` wide."""
+    con = Console(width=1 << 15, file=io.StringIO(), color_system=None, legacy_windows=False)
+    with con.capture() as cap:  # a wide console: what does not fit shows, is not cropped
+        con.print(renderable, width=width, crop=False)
+    return max((cell_len(line) for line in cap.get().splitlines()), default=0)
+
+
+def records(table: Table) -> Table:
+    """The same cells, one 'column | value' block per row (for tables too wide to fit)."""
+    t = Table(title=table.title, show_header=False)
+    t.add_column("field", justify="left", overflow="fold")
+    t.add_column("value", justify="left", overflow="fold")
+    cols = [(str(c.header), list(c.cells)) for c in table.columns]
+    n = max((len(cells) for _, cells in cols), default=0)
+    for r in range(n):
+        for i, (head, cells) in enumerate(cols):
+            t.add_row(head, cells[r] if r < len(cells) else "", end_section=i == len(cols) - 1)
+    return t
+
+
+def fit(renderable: RenderableType, width: int) -> RenderableType:
+    """A table with column widths that fit `width` and cut no word, else the same cells as
+    records (which rich folds only where a single word is wider than the terminal); other
+    renderables (a Text wraps by itself) unchanged."""
+    if not isinstance(renderable, Table):
+        return renderable
+    if _set_widths(renderable, width) and _width_of(renderable, width) <= width:
+        return renderable
+    for c in renderable.columns:
+        c.width = None
+    rec = records(renderable)
+    _set_widths(rec, width)
+    return rec
