@@ -519,8 +519,8 @@ def _simulate(plan, graph, model: Path, input_shapes=None):  # noqa: ANN001, ANN
 
     report = verify_plan(plan, graph, model, input_shapes=input_shapes)
     if not report.ok:  # exit 1 like a plan validate rejects: this plan is not trustworthy
-        err.print(f"error: simulation: {report.failure()}; nothing written", highlight=False,
-                  soft_wrap=True, markup=False)
+        err.print(f"error: {model}: simulation: {report.failure()}; nothing written",
+                  highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(EXIT_INVALID)
     return report
 
@@ -564,8 +564,8 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     else:
         out.print(_verify_line(report), highlight=False, soft_wrap=True)
     if not report.ok:
-        err.print(f"MISMATCH: {report.failure()}", highlight=False, soft_wrap=True,
-                  markup=False)
+        err.print(f"MISMATCH: {plan_file} on {model}: {report.failure()}", highlight=False,
+                  soft_wrap=True, markup=False)
         raise typer.Exit(EXIT_INVALID)
 
 

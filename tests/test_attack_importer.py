@@ -518,7 +518,7 @@ def test_simulate_fails_when_onnxruntime_disagrees(tmp_path: Path) -> None:
                  tmp_path)
     assert o.code == 0, o.stderr
     o = run_case(["simulate", "plan.json", model, "--json"], tmp_path)
-    line = refused(o, code=1, words=("onnxruntime", "steps"))
+    line = refused(o, code=1, words=("plan.json", "requant.onnx", "onnxruntime", "steps"))
     rep = json.loads(o.stdout)
     assert rep["exact"] and not rep["ok"] and rep["ort_ok"] is False
     assert rep["ort_mean_steps"] > ORT_MAX_MEAN_STEPS, rep
@@ -528,7 +528,7 @@ def test_simulate_fails_when_onnxruntime_disagrees(tmp_path: Path) -> None:
     assert "MISMATCH" in line
     # solve's own verification fails the same way: exit 1, nothing written
     attack(["solve", model, "-o", "plan2.json", "--emit-c", "c_out", *QUICK], tmp_path, code=1,
-           words=("simulation", "onnxruntime", "nothing written"))
+           words=("requant.onnx", "simulation", "onnxruntime", "nothing written"))
 
 
 def test_all_activations_together_capped(tmp_path: Path) -> None:

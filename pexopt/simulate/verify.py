@@ -3,7 +3,8 @@
 int8 models: bit for bit. float models: within 1e-4 of the output range (the accumulator of a
 split conv is float32 where the whole conv sums in float64). onnxruntime on the ONNX file is a
 second, external reference; it requantises in float, so for int8 it is reported as top-1
-agreement and mean difference in quantisation steps.
+agreement and mean difference in quantisation steps, and beyond the ORT_* tolerances below the
+verification fails (`ok` is False, `failure()` says why).
 """
 
 from __future__ import annotations
