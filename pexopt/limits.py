@@ -19,7 +19,7 @@ MAX_WORKERS = 256  # CP-SAT threads, or sweep processes
 MAX_SEED = (1 << 31) - 1  # CP-SAT's random_seed is an int32
 MAX_ALIGN = 4096  # bytes, a power of two
 MAX_BYTES = 1 << 31  # an SRAM budget or a profile's sram_bytes (2 GiB)
-MAX_DIM = 1 << 31  # one dimension of --input-shape (elements; the importer caps tensors)
+MAX_DIM = 1 << 31  # elements of an --input-shape (every dimension and their product)
 MAX_PARETO_POINTS = 64
 MAX_PRUNE_STEP = 4096
 MAX_SIM_INPUTS = 1000
@@ -38,7 +38,7 @@ MAX_PLAN_DEPTH = 16  # JSON nesting; a plan needs 4
 MAX_PLAN_VALUES = 4_000_000  # JSON values (commas + brackets), counted before parsing
 MAX_PLAN_STEPS = 200_000
 MAX_PLAN_BUFFERS = 200_000
-MAX_INT_DIGITS = 19  # integers in a plan lie in (-2^63, 2^63)
+MAX_INT_DIGITS = 19  # digits of a plan's integers (|n| < 10^19; ranges: the validator)
 
 # -- sweep files (pexopt/sweep/config.py) --------------------------------------------------------
 MAX_GLOB_MATCHES = 1000  # files one `models:` glob may match

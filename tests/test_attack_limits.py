@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from attack import Outcome, attack, changed, refused, snapshot
+from attack import Outcome, attack, changed, refused, run_case, snapshot
 
 from pexopt import limits as lim
 from pexopt.errors import PexError, PlanError
@@ -213,11 +213,19 @@ def test_sweep_fields(body: str, words: list[str], tmp_path: Path, model: Path) 
 
 
 def test_json_outputs_are_strict(tmp_path: Path, model: Path) -> None:
-    from attack import run_case
-
     o = run_case(["inspect", model, "--json"], tmp_path)
     assert o.code == 0
     json.loads(o.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+
+
+def test_sweep_report_skips_hostile_result_lines(tmp_path: Path) -> None:
+    """A results.jsonl is read line by line: a 100,000-digit integer, deep nesting or bytes
+    that are not UTF-8 drop that line (it used to be an internal error)."""
+    (tmp_path / "results.jsonl").write_bytes(
+        b'{"key": ' + b"9" * 100_000 + b"}\n" + b"[" * 100_000 + b"\n\xff\xfe\n")
+    o = run_case(["sweep-report", "results.jsonl", "--out", "rep"], tmp_path)
+    assert o.code == 0 and "Traceback" not in o.stdout + o.stderr and not o.stderr, o.stderr
+    assert (tmp_path / "rep" / "summary.md").is_file()
 
 
 # -- item 13: sweep globs never follow symlinked folders, and are capped -----------------------

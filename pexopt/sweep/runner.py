@@ -252,10 +252,10 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not p.is_file():
         return []
     rows = []
-    for line in p.read_text().splitlines():
+    for line in p.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or an integer of 4,300+ digits
             continue
         if isinstance(row, dict) and "key" in row:
             rows.append(row)
