@@ -203,6 +203,10 @@ def test_streamed_output_grows_by_rows(delta: int) -> None:
     assert [live["x"][s] + live["y"][s] for s in range(4)] == [80 - delta] * 4
     assert live["y"][4] == 80 and live["x"][4] == 0
     _check_timeline(plan)
+    pk = plan_peak(plan)
+    line = peak_line(SolveResult(None, None, plan, 0, pk))  # type: ignore[arg-type]
+    if pk.step < 4:  # the pair at the peak: the line says why 80 + 80 B count once
+        assert pk.live == 80 - delta and line.endswith("; y streams over x")
 
 
 # -- tables fit the terminal, labels are short and unique (issue #13 item 16) -----------------
