@@ -113,12 +113,19 @@ def inplace_line(res: SolveResult) -> str | None:
 
 
 def peak_line(res: SolveResult) -> str:
-    """Where the plan peaks: step, operator label, the largest live buffers (short names)."""
+    """Where the plan peaks: step, operator label, the largest live buffers (short names), and
+    which of them stream over another (their bytes overlap: the peak counts them once)."""
+    from pexopt.plan.validator_rows import streaming_pairs
+
     pk = res.peak
-    short = buffer_labels(n for n, _ in pk.buffers[:4])
+    live = {n for n, _ in pk.buffers}
+    pairs = sorted((a, b) for a, b in streaming_pairs(res.plan) if a in live and b in live)
+    short = buffer_labels([*(n for n, _ in pk.buffers[:4]), *(x for p in pairs for x in p)])
     bufs = ", ".join(f"{short[n]} ({b:,} B)" for n, b in pk.buffers[:4])
     more = f" and {len(pk.buffers) - 4} more" if len(pk.buffers) > 4 else ""
-    return f"peak {pk.live:,} B at step {pk.step} '{OpLabels(res.graph)(pk.op)}': {bufs}{more}"
+    streams = "".join(f"; {short[b]} streams over {short[a]}" for a, b in pairs)
+    return (f"peak {pk.live:,} B at step {pk.step} '{OpLabels(res.graph)(pk.op)}': "
+            f"{bufs}{more}{streams}")
 
 
 BENCH_COLS = ("model", "ops", "TFLM arena", "reorder bound", "layer by layer",
