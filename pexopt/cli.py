@@ -488,10 +488,12 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     from pexopt.plan.validator import check
     from pexopt.simulate.verify import verify_plan
 
+    if inputs < 1:  # zero runs would compare nothing and report bit-exact
+        raise PexError(f"--inputs: {inputs} is not a positive number of inputs to run")
     plan = load_plan(plan_file)
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
-    check(plan, graph)  # never execute a plan that overlaps
+    check(plan, graph)  # never execute a plan that is not valid (extents first)
     report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed,
                          input_shapes=_shapes(input_shape))
     if as_json:
