@@ -27,11 +27,12 @@ demo: $(STAMP) $(BUILT)
 test: $(STAMP) $(BUILT)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# the long fuzz profile: 5,000 random graphs per flavour (float, int8), and 1,000 int8 graphs
-# through the generated C
+# the long fuzz profile: 5,000 random graphs per flavour (float, int8), 1,000 int8 graphs
+# through the generated C, and 2,000 mutations of valid plans
 fuzz: $(STAMP) $(BUILT)
-	PEXOPT_FUZZ_EXAMPLES=5000 PEXOPT_FUZZ_CODEGEN_EXAMPLES=1000 $(BIN)/python -m pytest -q \
-	  -p no:cacheprovider tests/test_fuzz.py tests/test_fuzz_codegen.py
+	PEXOPT_FUZZ_EXAMPLES=5000 PEXOPT_FUZZ_CODEGEN_EXAMPLES=1000 PEXOPT_FUZZ_PLAN_MUTATIONS=2000 \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_fuzz_codegen.py \
+	  tests/test_fuzz_plans.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pexopt tests models

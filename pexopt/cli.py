@@ -556,7 +556,7 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     plan = load_plan(plan_file)
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
-    check(plan, graph)  # never execute a plan that overlaps
+    check(plan, graph)  # never execute a plan that is not valid (extents first)
     report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed,
                          input_shapes=_shapes(input_shape))
     if as_json:

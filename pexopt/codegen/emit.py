@@ -175,6 +175,7 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, HybridMixin, Files
         self.band_struct: str | None = None
         self.hybrid_io: dict | None = None  # sliced band operands of the hybrid step emitted
         self.tile_rows: dict[str, int] = {}  # tile -> the row at its slot 0
+        self.at_step: int | str = "-"  # the step being emitted (for error messages)
 
     # -- plumbing -------------------------------------------------------------------------
     def where(self, op: Op) -> str:
@@ -190,19 +191,52 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, HybridMixin, Files
                     lst.append(sl)
         return out
 
-    def ptr(self, name: str, elem_off: int = 0) -> str:
-        """C pointer to element `elem_off` (int8) of a buffer or of the external input."""
+    def ptr(self, name: str, elem_off: int, nbytes: int) -> str:
+        """C pointer to element `elem_off` (int8) of a buffer or of the external input, for
+        an access of `nbytes` bytes from there; one that would leave it is refused."""
         t = self.tensors.get(name)
         if t is not None and t.external:
+            self.inside(name, elem_off, nbytes, t.nbytes)
             return "input" if elem_off == 0 else f"(input + {elem_off})"
         b = self.bufs.get(name)
         if b is None:
             raise PexError(f"codegen: the plan has no buffer '{comment(name)}'")
+        self.inside(name, elem_off, nbytes, b.size)
         return f"(pex_arena + {b.offset + elem_off})"
 
-    def acc_ptr(self, name: str) -> str:
+    def acc_ptr(self, name: str, nbytes: int) -> str:
+        """C pointer to an accumulator, for an access of `nbytes` bytes."""
         b = self.bufs[name]
+        self.inside(name, 0, nbytes, b.size)
         return f"(void *)(pex_arena + {b.offset})"
+
+    def inside(self, name: str, off: int, nbytes: int, size: int) -> None:
+        """Defence in depth (the plan was validated): never emit an access outside its buffer
+        (and every buffer lies inside the arena, `check_arena`)."""
+        if off < 0 or nbytes < 0 or off + nbytes > size:
+            raise PexError(f"codegen: step {self.at_step}: an access to bytes [{off}, "
+                           f"{off + nbytes}) of '{comment(name)}' ({size} bytes) would leave it; "
+                           "nothing written")
+
+    def check_ranges(self, step: Step, op: Op) -> None:
+        """The step's channel slice and rows lie inside its op's tensors (the kernels index
+        weights, biases and rows with them)."""
+        t = self.graph.tensors[op.inputs[0] if step.mode == "accumulate" else op.outputs[0]]
+        top = pad4(t.shape, self.where(op))[3]
+        for what, r, hi in (("slice", step.slice, top),
+                            ("rows", step.rows, pad4(self.graph.tensors[op.outputs[0]].shape,
+                                                     self.where(op))[1])):
+            if r is not None and not (len(r) == 2 and 0 <= r[0] <= r[1] <= hi):
+                raise PexError(f"codegen: step {step.index}: {what} {r} is not a range inside "
+                               f"[0, {hi}] of node '{comment(op.name)}'; nothing written")
+
+    def check_arena(self) -> None:
+        """Every buffer lies inside the arena the C declares."""
+        for b in self.plan.buffers:
+            if b.offset < 0 or b.size < 0 or b.offset + b.size > self.plan.arena_bytes:
+                raise PexError(f"codegen: buffer '{comment(b.name)}' [{b.offset}, "
+                               f"{b.offset + b.size}) is not inside the arena of "
+                               f"{self.plan.arena_bytes} bytes; nothing written")
 
     def emit(self, line: str = "") -> None:
         self.body.append(("    " + line) if line else "")
@@ -212,16 +246,18 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, HybridMixin, Files
         g = self.graph
         tin = g.tensors[g.inputs[0]]
         tout = g.tensors[g.outputs[0]]
+        self.check_arena()
         if not tin.external:
             if tin.name not in self.bufs:
                 raise PexError(f"codegen: the plan has no buffer for the input "
                                f"'{comment(tin.name)}'")
             self.emit("/* the input into its arena buffer */")
-            self.emit(f"memcpy({self.ptr(tin.name)}, input, PEX_INPUT_SIZE);")
+            self.emit(f"memcpy({self.ptr(tin.name, 0, tin.nbytes)}, input, PEX_INPUT_SIZE);")
         for step in self.plan.steps:
             self.step(step)
         self.emit("/* the output out of the arena */")
-        self.emit(f"memcpy(output, {self.ptr(tout.name)}, PEX_OUTPUT_SIZE);")
+        self.at_step = "-"
+        self.emit(f"memcpy(output, {self.ptr(tout.name, 0, tout.nbytes)}, PEX_OUTPUT_SIZE);")
         self.emit("return 0;")
         return {"pex_model.h": self.header(tin, tout), "pex_model.c": self.source(),
                 "pex_weights.h": self.weights_header(), "pex_weights.c": self.weights_source()}
@@ -235,6 +271,8 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, HybridMixin, Files
         if not p.int8:
             raise PexError(f"{self.where(op)}: runs in float; the C emitter supports int8 "
                            "operators only")
+        self.at_step = step.index
+        self.check_ranges(step, op)
         sl = f" [{step.slice[0]}:{step.slice[1]})" if step.slice is not None else ""
         if step.rows is not None:
             sl += f" rows [{step.rows[0]}:{step.rows[1]})"
@@ -281,14 +319,14 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, HybridMixin, Files
             return self.band_io["in"][k]
         t = self.graph.tensors[op.inputs[k]]
         v = index_view(p.in_index[k], p.in_shapes[k], self.where(op))
-        return self.ptr(t.name, v.base), View(0, v.dims, v.strides)
+        return self.ptr(t.name, v.base, v.span()), View(0, v.dims, v.strides)
 
     def whole_out(self, op: Op, p: OpParams) -> tuple[str, View]:
         if self.band_io is not None:
             return self.band_io["out"]
         t = self.graph.tensors[op.outputs[0]]
         v = index_view(p.out_index, p.out_shape, self.where(op))
-        return self.ptr(t.name, v.base), View(0, v.dims, v.strides)
+        return self.ptr(t.name, v.base, v.span()), View(0, v.dims, v.strides)
 
     def slice_operand(self, op: Op, buf: str | None, t: Tensor, c0: int, c1: int
                       ) -> tuple[str, View, bool]:
@@ -300,10 +338,11 @@ class _Emitter(ConstsMixin, OpsMixin, CmsisMixin, BandsMixin, HybridMixin, Files
         full = pad4(t.shape, where)
         dims = full[:3] + (c1 - c0,)
         if buf is not None and self.bufs[buf].kind == "slice":
-            return self.ptr(buf), View(0, dims, contig(dims)), True
+            v = View(0, dims, contig(dims))
+            return self.ptr(buf, 0, v.span()), v, True
         name = t.name if buf is None else buf
-        st = contig(full)
-        return self.ptr(name, c0), View(0, dims, st), c1 - c0 == full[3]
+        v = View(0, dims, contig(full))
+        return self.ptr(name, c0, v.span()), v, c1 - c0 == full[3]
 
     def slice_inputs(self, step: Step, op: Op, p: OpParams) -> list[tuple[str, View, bool]]:
         c0, c1 = step.slice

@@ -57,8 +57,9 @@ class BandsMixin:
                 raise PexError(f"codegen: step {step.index}: halo rows [{r0}, {r1}) are not "
                                f"in its band buffer (rows from {base})")
             if r0 != base and r1 > r0:
-                self.emit(f"memmove({self.ptr(name)}, {self.ptr(name, (r0 - base) * rb)}, "
-                          f"{(r1 - r0) * rb});")
+                n = (r1 - r0) * rb
+                self.emit(f"memmove({self.ptr(name, 0, n)}, {self.ptr(name, (r0 - base) * rb, n)}, "
+                          f"{n});")
             else:
                 self.emit("/* the kept rows are already at the top */")
             self.band_bases[name] = r0
@@ -77,8 +78,9 @@ class BandsMixin:
                 what = "writes" if write else "reads"
                 raise PexError(f"{where} {what} rows [{lo}, {hi}) of '{t.name}', which its "
                                f"band buffer does not hold (rows from {base})")
-            return self.ptr(name, (lo - base) * rb), View(0, bdims, contig(bdims))
-        return self.ptr(t.name if name is None else name, lo * rb), View(0, bdims, contig(bdims))
+            return self.ptr(name, (lo - base) * rb, (hi - lo) * rb), View(0, bdims, contig(bdims))
+        return self.ptr(t.name if name is None else name, lo * rb, (hi - lo) * rb), \
+            View(0, bdims, contig(bdims))
 
     def band(self, step: Step, op: Op, p: OpParams, handlers: dict) -> None:
         """Output rows step.rows of op, through the op's own renderer on the band geometry."""
@@ -94,6 +96,9 @@ class BandsMixin:
         r0, r1 = step.rows
         g = self.graph
         by_tensor = {self.bufs[n].tensor: n for n in step.reads if n in self.bufs}
+        # a hybrid step reads tiles and writes its slice through `hybrid_io`: no whole-width
+        # operand of those (it would not fit the tile)
+        hybrid = step.slice is not None
         ins, in_shapes, lows = [], [], []
         for tid in op.inputs:
             t = g.tensors[tid]
@@ -101,11 +106,12 @@ class BandsMixin:
             name = by_tensor.get(t.name)
             if name is None and not t.external:
                 raise PexError(f"codegen: step {step.index} does not read '{t.name}'")
-            ins.append(self._band_operand(step, name, t, lo, hi, False))
+            tile = hybrid and name is not None and self.bufs[name].kind == "tile"
+            ins.append(None if tile else self._band_operand(step, name, t, lo, hi, False))
             in_shapes.append((t.shape[0], hi - lo) + tuple(t.shape[2:]))
             lows.append((lo, hi))
         t_out = g.tensors[op.outputs[0]]
-        out = self._band_operand(step, step.writes[0], t_out, r0, r1, True)
+        out = None if hybrid else self._band_operand(step, step.writes[0], t_out, r0, r1, True)
         bop, bp = op, dataclasses.replace(
             p, in_shapes=tuple(in_shapes),
             out_shape=(t_out.shape[0], r1 - r0) + tuple(t_out.shape[2:]))

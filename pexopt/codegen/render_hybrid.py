@@ -16,6 +16,7 @@ from pexopt.codegen.views import View, contig, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Op, Tensor
 from pexopt.graph.rows import input_rows
+from pexopt.ops import SPECS, Split
 from pexopt.plan.format import Step
 from pexopt.simulate.params import OpParams
 
@@ -37,18 +38,18 @@ class HybridMixin:
         kind = self.bufs[name].kind if name is not None else "tensor"
         if kind == "tile":
             first = self.tile_rows.get(name, lo)
-            return self.ptr(name, (lo - first) * full[2] * (c1 - c0)), \
-                View(0, dims, contig(dims)), True
+            v = View(0, dims, contig(dims))
+            return self.ptr(name, (lo - first) * full[2] * (c1 - c0), v.span()), v, True
         row = full[2] * c
-        strides = contig((full[0], hi - lo, full[2], c))
+        v = View(0, dims, contig((full[0], hi - lo, full[2], c)))
         if kind == "band":
             base = self.band_bases.get(name, 0)
             if lo < base or (hi - base) * row > self.bufs[name].size:
                 raise PexError(f"{where} reads rows [{lo}, {hi}) of '{t.name}', which its band "
                                f"buffer does not hold (rows from {base})")
-            return self.ptr(name, (lo - base) * row + c0), View(0, dims, strides), c1 - c0 == c
-        return self.ptr(t.name if name is None else name, lo * row + c0), \
-            View(0, dims, strides), c1 - c0 == c
+            return self.ptr(name, (lo - base) * row + c0, v.span()), v, c1 - c0 == c
+        return self.ptr(t.name if name is None else name, lo * row + c0, v.span()), v, \
+            c1 - c0 == c
 
     def hybrid_operands(self, step: Step, op: Op) -> dict[str, tuple[str, View, bool]]:
         """Tensor name -> sliced band operand, for every input and the output of the step."""
@@ -56,7 +57,10 @@ class HybridMixin:
         c0, c1 = step.slice
         by_tensor = {self.bufs[n].tensor: n for n in step.reads if n in self.bufs}
         res = {}
-        for tid in op.inputs:
+        # an output slice of a dense conv reads every input channel (`whole_in`, band rows):
+        # its inputs have no slice operand
+        same = step.mode == "accumulate" or SPECS[op.kind].split == Split.SAME_SLICE
+        for tid in op.inputs if same else ():
             t = self.graph.tensors[tid]
             lo, hi = input_rows(self.graph, op, tid, r0, r1)
             res[t.name] = self._hybrid_operand(step, by_tensor.get(t.name), t, lo, hi, c0, c1)
@@ -76,8 +80,9 @@ class HybridMixin:
         _, _, w, cout = pad4(t.shape, self.where(op))
         acc = self.bufs[step.reads[0]]
         pixels = (r1 - r0) * w
+        n = pixels * cout
         self.both(step, None, [
-            f"pex_requantize_s8({self.acc_ptr(acc.name)}, {pixels}, {cout}, {c.mult}, "
+            f"pex_requantize_s8({self.acc_ptr(acc.name, 4 * n)}, {pixels}, {cout}, {c.mult}, "
             f"{c.shift}, {p.out_zp}, {int(p.act_min)}, {int(p.act_max)});",
-            f"memcpy({self.ptr(step.writes[0], r0 * w * cout)}, {self.ptr(acc.name)}, "
-            f"{pixels * cout});"], "")
+            f"memcpy({self.ptr(step.writes[0], r0 * w * cout, n)}, {self.ptr(acc.name, 0, n)}, "
+            f"{n});"], "")

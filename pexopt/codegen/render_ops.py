@@ -32,8 +32,9 @@ class OpsMixin:
             t = self.graph.tensors[op.inputs[0]]
             x, xv, _ = self.slice_operand(op, step.reads[0], t, c0, c1)
             pix = xv.pixel_stride(where)
-            self.both(step, None, [f"pex_conv_acc_s8(&{pn}, {x}, {pix}, {c0}, {c1}, "
-                                   f"{self.acc_ptr(step.writes[0])}, {int(c0 == 0)});"], "")
+            acc = self.acc_ptr(step.writes[0], 4 * n * oh * ow * cout)
+            self.both(step, None, [f"pex_conv_acc_s8(&{pn}, {x}, {pix}, {c0}, {c1}, {acc}, "
+                                   f"{int(c0 == 0)});"], "")
             return
         if step.mode == "requantize":
             self.requantize(step, op, p, c, n * oh * ow, cout)
@@ -60,9 +61,11 @@ class OpsMixin:
         if out.offset != acc.offset:
             raise PexError(f"{self.where(op)}: the requantised output must start at its "
                            "accumulator's offset")
-        self.both(step, None, [f"pex_requantize_s8({self.acc_ptr(acc.name)}, {pixels}, "
-                               f"{channels}, {c.mult}, {c.shift}, {p.out_zp}, "
-                               f"{int(p.act_min)}, {int(p.act_max)});"], "")
+        self.inside(out.name, 0, pixels * channels, out.size)  # int8, over the accumulator
+        a = self.acc_ptr(acc.name, 4 * pixels * channels)
+        self.both(step, None, [f"pex_requantize_s8({a}, {pixels}, {channels}, {c.mult}, "
+                               f"{c.shift}, {p.out_zp}, {int(p.act_min)}, {int(p.act_max)});"],
+                  "")
 
     def depthwise(self, step: Step, op: Op, p: OpParams) -> None:
         where = self.where(op)
@@ -83,7 +86,8 @@ class OpsMixin:
             scratch = self.bufs[temps[0]]
             if scratch.size < oh * ow * pad4(t_out.shape, where)[0]:
                 raise PexError(f"{where}: scratch buffer too small")
-            self.both(step, None, [f"pex_dw_conv_inplace_s8(&{pn}, {self.ptr(t_out.name)}, "
+            y = self.ptr(t_out.name, 0, t_out.nbytes)
+            self.both(step, None, [f"pex_dw_conv_inplace_s8(&{pn}, {y}, "
                                    f"(pex_arena + {scratch.offset}));"], "")
             return
         if step.mode == "whole":
@@ -124,12 +128,12 @@ class OpsMixin:
             buf = step.reads[0]
             if t.elements % in_last or k % in_last:
                 raise PexError(f"{where}: input does not split into pixels of {in_last}")
-            if self.bufs[buf].kind == "slice":
-                x, pix = self.ptr(buf), c1 - c0
-            else:
-                x, pix = self.ptr(buf, c0), in_last
-            self.both(step, None, [f"pex_fc_acc_s8(&{pn}, {x}, {pix}, {c0}, {c1}, "
-                                   f"{self.acc_ptr(step.writes[0])}, {int(c0 == 0)});"], "")
+            pix, off = (c1 - c0, 0) if self.bufs[buf].kind == "slice" else (in_last, c0)
+            reads = max(0, (rows * (k // in_last) - 1) * pix + c1 - c0)  # pex_fc_acc_s8's
+            x = self.ptr(buf, off, reads)
+            acc = self.acc_ptr(step.writes[0], 4 * rows * cout)
+            self.both(step, None, [f"pex_fc_acc_s8(&{pn}, {x}, {pix}, {c0}, {c1}, {acc}, "
+                                   f"{int(c0 == 0)});"], "")
             return
         if step.mode == "requantize":
             self.requantize(step, op, p, c, rows, cout)

@@ -37,6 +37,15 @@ class View:
     dims: tuple[int, ...]
     strides: tuple[int, ...]
 
+    def span(self) -> int:
+        """Elements from the view's first element to its last, inclusive (0 if empty)."""
+        if any(d <= 0 for d in self.dims):
+            return 0
+        if any(s < 0 for s in self.strides):
+            raise PexError("codegen: a view with negative strides; its accesses cannot be "
+                           "bounded")
+        return 1 + sum((d - 1) * s for d, s in zip(self.dims, self.strides))
+
     def c(self) -> str:
         d = ", ".join(str(x) for x in self.dims)
         s = ", ".join(str(x) for x in self.strides)

@@ -238,7 +238,7 @@ def _plan_from_dict(d: Any, where: str) -> Plan:
                 arena_bytes=_req(d, "arena_bytes", int, where),
                 budget_bytes=_num(d, "budget_bytes", int, None, where),
                 fits=bool(d.get("fits", False)), align=_num(d, "align", int, 1, where),
-                dtype=str(d.get("dtype", "int8")),
+                dtype=_dtype(d, where),
                 input_external=bool(d.get("input_external", False)), steps=steps,
                 buffers=buffers, solver=solver, baselines=_dict(d, "baselines", where),
                 splits=list(d.get("splits", [])), latency=_latency(d, where),
@@ -255,6 +255,19 @@ def _latency(d: dict, where: str) -> dict | None:
     for key in ("instructions", "cycles", "ms"):
         _num(v, key, float, 0.0, f"{where}: latency")
     return dict(v)
+
+
+PLAN_DTYPES = ("int8", "float32")  # the deployment dtypes a plan can be solved for
+
+
+def _dtype(d: dict, where: str) -> str:
+    """The plan's deployment dtype, named as the plan's field (not as `--dtype`)."""
+    v = d.get("dtype", "int8")
+    if v not in PLAN_DTYPES:
+        shown = f"'{v}'" if isinstance(v, str) else type(v).__name__
+        raise PlanError(f"{where}: field 'dtype' is {shown[:40]}, not one of "
+                        f"{', '.join(PLAN_DTYPES)}")
+    return v
 
 
 def _target(d: dict, where: str) -> str | None:

@@ -529,10 +529,14 @@ def validate(plan: Plan, graph: Graph, check_hash: bool = True) -> list[Violatio
     from pexopt.plan import validator_hybrid as vh
     from pexopt.plan import validator_rows as vr  # builds on this module's index
     from pexopt.plan import validator_slices as vs
+    from pexopt.plan.validator_extents import check_extents, check_sizes
     from pexopt.plan.validator_scratch import check_kernel_scratch
 
     ix = build_index(plan, graph)
     out: list[Violation] = check_model_hash(plan, graph) if check_hash else []
+    extents = check_extents(ix)
+    if extents:  # the rules below would index, iterate or allocate with these numbers
+        return out + extents
     out += check_steps(ix)
     hybrid = vh.hybrid_ops(ix)
     out += vs.check_execution(ix, skip=vr.row_ops(ix) | hybrid)
@@ -548,6 +552,7 @@ def validate(plan: Plan, graph: Graph, check_hash: bool = True) -> list[Violatio
     out += check_kernel_scratch(ix)
     out += check_offsets(plan)
     out += check_arena_bytes(plan)
+    out += check_sizes(ix)
     alias_violations, legal = check_aliases(ix)
     legal |= vr.check_streaming(ix)
     out += alias_violations

@@ -252,6 +252,9 @@ def _halo_step(fl: _Flow, i: int) -> list[Violation]:
             return [Violation("halo", f"{step_name(i, s)} moves rows of '{name}', not a band "
                                       "buffer")]
         held = fl.bands.get(name)
+        if held is None:  # nothing written yet: there are no rows to keep nor a base to move
+            return [Violation("halo", f"{step_name(i, s)} moves rows of '{name}' before any "
+                                      "band step writes it")]
         for row in range(*r):
             slot = row - held.base if held else -1
             if held is None or not 0 <= slot < len(held.slots) or held.slots[slot] != row:
