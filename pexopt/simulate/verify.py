@@ -107,6 +107,8 @@ def verify_plan(plan: Plan, graph: Graph, model_path: str | Path, n_inputs: int 
                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> VerifyReport:
     """Run `plan` in a byte-exact arena on random inputs and compare with the references
     (`input_shapes` fixes dynamic input dimensions, as at import)."""
+    if n_inputs < 1:  # zero runs compare nothing: never report that as bit-exact
+        raise ValueError(f"verify_plan: n_inputs must be at least 1, not {n_inputs}")
     ox = onnx_index(model_path, input_shapes or None)
     params = load_params(ox, graph)
     feeds = random_feeds(graph, ox, n_inputs, seed)
