@@ -99,6 +99,11 @@ def test_simulate_without_inputs_is_refused(hybrid, tmp_path: Path) -> None:
     folder = _folder(tmp_path, path, base)
     attack(["simulate", "plan.json", "m.onnx", "--inputs", "0"], folder, words="--inputs")
     attack(["simulate", "plan.json", "m.onnx", "--inputs", "-3"], folder, words="--inputs")
+    from pexopt.simulate.verify import verify_plan
+
+    graph = ImportOptions().load(path)
+    with pytest.raises(ValueError, match="n_inputs"):  # the library refuses it too
+        verify_plan(plan_from_dict(base), graph, path, n_inputs=0)
 
 
 @pytest.mark.parametrize("rows", [[0, 2**33], [2**33 - 2, 2**33], [0, 2**63 - 1], [-1, 2],
