@@ -921,7 +921,8 @@ def calibrate(target: Annotated[str, typer.Option(
 
     base_profile(target)  # a bad target or profile file: one line before any work
     dest = output if output is not None else Path(f"{Path(target).stem}.yaml")
-    outs = Outputs()  # -o the --target file refits it in place (README): read whole first
+    # a profile file is an input like any other: never written over (refit into a new file)
+    outs = Outputs(inputs=[Path(target)] if Path(target).is_file() else [])
     outs.file(dest, "-o")
     outs.check()  # before minutes under QEMU
     require_tools()

@@ -114,7 +114,9 @@ def test_other_commands_never_write_over_their_inputs(work: Path) -> None:
     (work / "rep").mkdir()
     shutil.copy(work / "plan.json", work / "rep" / "summary.md")
     attack(["report", "rep/summary.md", "--out", "rep"], work, words="input")
-    # (calibrate --target p.yaml -o p.yaml refits a profile in place, as README says)
+    shutil.copy(Path(__file__).parents[1] / "solver_configs" / "cortex-m4.yaml", work / "p.yaml")
+    attack(["calibrate", "--target", "p.yaml", "-o", "p.yaml", "--quick"], work, words="input")
+    attack(["calibrate", "--target", "p.yaml", "--quick"], work, words="input")  # -o p.yaml
 
 
 def test_codegen_manifest_never_removes_an_input(work: Path) -> None:
