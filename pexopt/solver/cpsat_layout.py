@@ -48,6 +48,7 @@ from pexopt.solver.bounds import (  # dw_inplace_ok, temp_bytes: the model's, re
     any_order_bound,
     dw_inplace_ok,
     order_search_bound,
+    segment_floor,
     split_bound,
     temp_bytes,
 )
@@ -612,6 +613,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     full_lb = lower_bound(graph, params, segments)
     lb = full_lb if params.use_bound else 0
     any_split = bool(segments)  # before the cut below: the order search assumes none at all
+    every = list(segments)
     if rows:  # the bound above counts every row segment; the model gets the promising ones
         keep = {s.id for s in worth_trying(graph, rows, full_lb)}
         segments = [s for s in segments if s.dim == "channel" or s.id in keep]
@@ -654,6 +656,9 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         built = [b for b in built if fast_enough(b)]
         if built:
             stages.append(f"rows greedy {min(b.arena for b in built)}")
+    # the sub-solves cut with their own bound: keep the segments their plans use (hints)
+    used = {sid for sc in (chan, *built) if sc is not None for sid in sc.splits}
+    segments += [sg for sg in every if sg.id in used and sg not in segments]
     fixed_model = _Model(graph, params, file_order, segments, lb,
                          greedy.arena if fast_enough(greedy) else None)
     if params.hint:
@@ -704,6 +709,12 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     if start is not None and start.arena < best.arena and fast_enough(start):
         best = replace(start, bound=best.bound, stages=[])
         stages.append(f"kept the start schedule {best.arena}")
+    if len(segments) < len(every) and bound > lb:  # CP-SAT's bound is the cut model's
+        best, bound, note = _beyond_the_cut(graph, params, every, segments, best, bound, lb,
+                                            left(0.5), fast_enough)
+        stages.append(note)
+        if not set(best.splits) <= {sg.id for sg in segments}:
+            segments = every  # the plan uses a left-out segment: simplify among all of them
     # only `bound` is valid for this problem: best.bound may be a sub-problem's (the channel
     # splits alone, the file order) or the start schedule's
     canon = None
@@ -725,6 +736,39 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     best.stages = stages
     best.params = params
     return best
+
+
+def _beyond_the_cut(graph: Graph, params: SolverParams, every: list[Segment],
+                    kept: list[Segment], best: Schedule, bound: int, lb: int, seconds: float,
+                    fast_enough: Callable[[Schedule], bool]) -> tuple[Schedule, int, str]:
+    """(best, bound valid for every candidate, stage note) when the model left out row
+    segments (`worth_trying`): its proven bound holds for plans without them only.
+
+    A plan using a left-out segment g needs at least max(lb, the bytes while g runs); when that
+    is below the bound, the model with every segment must find no arena below the bound (it may
+    find a better plan: kept); if it cannot tell in time, the bound drops to that floor.
+    """
+    succs = graph.succs()
+    anc, desc = ancestors(succs), descendants(succs)
+    ids = {s.id for s in kept}
+    floor = min(max(lb, segment_floor(
+        graph, s, params.stream, min(segment_scratch_bytes(graph, s, w, params.target)
+                                     for w in s.widths), anc, desc))
+        for s in every if s.id not in ids)
+    if floor >= bound:
+        return best, bound, f"left-out row segments need >= {floor}"
+    order = None if params.reorder else list(range(len(graph.ops)))
+    model = _Model(graph, params, order, every, lb, bound - 1)
+    if params.hint:
+        model.hint(best)
+    name, found, below = model.solve(seconds, "every segment", None)
+    if name == "INFEASIBLE":
+        return best, bound, "every segment: none below the bound"
+    if found is not None and found.arena < best.arena and fast_enough(found):
+        best = found
+    # a plan below the bound uses a left-out segment (>= floor) and is one of this model's
+    # (>= its proven bound `below`, lb when it proved nothing)
+    return best, max(lb, min(bound, max(below, floor))), f"every segment {name} {best.arena}"
 
 
 def _row_plans(graph: Graph, params: SolverParams, segments: list[Segment], start: Schedule,
