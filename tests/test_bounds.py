@@ -194,7 +194,7 @@ def test_bound_of_a_cut_model_is_checked_beyond_the_cut(seed: int, tmp_path: Pat
     assert opt.arena < chan.arena  # row bands pay here: the cut bound would be wrong
     segs, rows = candidates(g, p)
     lb = lower_bound(g, p, segs + rows)
-    best, bound, note = _beyond_the_cut(g, p, segs + rows, segs, chan, chan.arena, lb, 5.0,
-                                        lambda _: True)
+    best, bound, note = _beyond_the_cut(g, p, segs + rows, segs, chan, chan.arena, lb,
+                                        lambda: 5.0, lambda _: True)
     assert lb <= bound <= opt.arena, (note, lb, bound, opt.arena)
     assert best.arena <= chan.arena

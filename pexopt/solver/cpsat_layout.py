@@ -468,7 +468,8 @@ class _Model:
             m.add_hint(b, g in sched.streams and sched.splits.get(g) == h)
 
     def solve(self, time_limit: float, stage: str, progress: Progress | None,
-              objective: str = "arena") -> tuple[str, Schedule | None, int]:
+              objective: str = "arena", presolve: bool = True
+              ) -> tuple[str, Schedule | None, int]:
         m, p = self.m, self.p
         if objective == "arena":
             m.minimize(self.top)
@@ -490,6 +491,7 @@ class _Model:
         solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         if p.deterministic_time is not None:
             solver.parameters.max_deterministic_time = p.deterministic_time
+        solver.parameters.cp_model_presolve = presolve
         if any(s.dim != "channel" for s in self.segments):
             # probing the many band-height literals took most of the time (14 s of presolve on
             # MobileNetV2 with the input external) and pruned little
@@ -711,7 +713,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         stages.append(f"kept the start schedule {best.arena}")
     if len(segments) < len(every) and bound > lb:  # CP-SAT's bound is the cut model's
         best, bound, note = _beyond_the_cut(graph, params, every, segments, best, bound, lb,
-                                            left(0.5), fast_enough)
+                                            lambda: left(0.5), fast_enough)
         stages.append(note)
         if not set(best.splits) <= {sg.id for sg in segments}:
             segments = every  # the plan uses a left-out segment: simplify among all of them
@@ -739,14 +741,16 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
 
 
 def _beyond_the_cut(graph: Graph, params: SolverParams, every: list[Segment],
-                    kept: list[Segment], best: Schedule, bound: int, lb: int, seconds: float,
-                    fast_enough: Callable[[Schedule], bool]) -> tuple[Schedule, int, str]:
+                    kept: list[Segment], best: Schedule, bound: int, lb: int,
+                    seconds: Callable[[], float], fast_enough: Callable[[Schedule], bool]
+                    ) -> tuple[Schedule, int, str]:
     """(best, bound valid for every candidate, stage note) when the model left out row
     segments (`worth_trying`): its proven bound holds for plans without them only.
 
     A plan using a left-out segment g needs at least max(lb, the bytes while g runs); when that
     is below the bound, the model with every segment must find no arena below the bound (it may
     find a better plan: kept); if it cannot tell in time, the bound drops to that floor.
+    `seconds()`: the time left for that search, asked before and after building the model.
     """
     succs = graph.succs()
     anc, desc = ancestors(succs), descendants(succs)
@@ -757,11 +761,15 @@ def _beyond_the_cut(graph: Graph, params: SolverParams, every: list[Segment],
         for s in every if s.id not in ids)
     if floor >= bound:
         return best, bound, f"left-out row segments need >= {floor}"
+    if seconds() < 0.05:
+        return best, max(lb, floor), "every segment: no time left"
     order = None if params.reorder else list(range(len(graph.ops)))
     model = _Model(graph, params, order, every, lb, bound - 1)
     if params.hint:
         model.hint(best)
-    name, found, below = model.solve(seconds, "every segment", None)
+    # presolve of the model with every segment can overrun the time limit by far (27 s for
+    # 1.8 s on tinyengine_mcunetv2_large): without it the search stops on time
+    name, found, below = model.solve(seconds(), "every segment", None, presolve=False)
     if name == "INFEASIBLE":
         return best, bound, "every segment: none below the bound"
     if found is not None and found.arena < best.arena and fast_enough(found):
