@@ -135,13 +135,14 @@ def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
 
 
 def solve_graph(graph: Graph, tflm: int, params: SolverParams, budget: int | None,
-                progress: Progress | None = None, profile: Profile | None = None
-                ) -> SolveResult:
-    """Solve an imported graph (layer by layer first when splitting, as the start point)."""
+                progress: Progress | None = None, profile: Profile | None = None,
+                flat: Schedule | None = None) -> SolveResult:
+    """Solve an imported graph (layer by layer first when splitting, as the start point;
+    `flat`: that layer-by-layer schedule, already solved)."""
     t0 = time.time()
-    layerwise, flat = None, None
+    layerwise = None if flat is None else flat.arena
     asked = params
-    if params.split:  # the layer-by-layer optimum, for the table (usually milliseconds)
+    if params.split and flat is None:  # the layer-by-layer optimum, for the table
         share = min(5.0, params.time_limit / 4)
         flat = solve_layout(graph, replace(params, split=False, time_limit=share, latency=None))
         layerwise = flat.arena
@@ -275,17 +276,15 @@ def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams,
     graph = opts.load(path)  # imported once for every variant solved below
     tflm = tflm_arena(opts.load(path, fold_pad=False))
 
-    def solve(p: SolverParams) -> SolveResult:
-        return solve_graph(graph, tflm, p, None)
+    # the layer-by-layer column (and the ratios against it) is its own solve with the whole
+    # time limit, and the start of every split solve (none ends above it)
+    flat = solve_graph(graph, tflm, replace(params, split=False), None)
 
-    res = solve(params)
+    def solve(p: SolverParams) -> SolveResult:
+        return solve_graph(graph, tflm, p, None, flat=replace(flat.schedule))
+
+    res = solve(params) if params.split else flat
     row = _row(Path(path).stem, res, not opts.input_external)
-    flat = res
-    if params.split:
-        # the layer-by-layer column (and the ratios against it) is its own solve with the whole
-        # time limit: the short one inside `solve_graph` only seeds the split search
-        flat = solve(replace(params, split=False))
-        row = replace(row, layerwise=min(flat.plan.arena_bytes, row.layerwise or 1 << 62))
     if params.split and params.rows:  # channel splits alone (Pex), row bands alone (MCUNetV2)
         row = replace(row, channel_arena=solve(replace(params, rows=False)).plan.arena_bytes,
                       rows_arena=solve(replace(params, channels=False)).plan.arena_bytes)

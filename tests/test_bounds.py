@@ -177,3 +177,24 @@ def test_bench_layer_by_layer_is_the_optimum(tmp_path: Path) -> None:
     free = free_optimum(g, SolverParams(split=False, **QUICK))
     assert row.layerwise == free.arena
     assert row.bound <= row.arena
+
+
+@pytest.mark.parametrize("seed", [1, 10])
+def test_bound_of_a_cut_model_is_checked_beyond_the_cut(seed: int, tmp_path: Path) -> None:
+    """The model may leave row segments out (`worth_trying`); its proven bound then holds for
+    plans without them only. Given the channel-only optimum and its bound as if row bands had
+    all been left out, `_beyond_the_cut` returns a bound below the optimum with row bands (and
+    the better plan it finds)."""
+    from pexopt.solver.cpsat_layout import _beyond_the_cut
+
+    g = graph_of(seed, tmp_path)
+    p = SolverParams(split=True, rows=True, hybrid=False, align=1, **QUICK)
+    chan = solve_layout(g, SolverParams(**{**p.__dict__, "rows": False}))
+    opt = free_optimum(g, p)
+    assert opt.arena < chan.arena  # row bands pay here: the cut bound would be wrong
+    segs, rows = candidates(g, p)
+    lb = lower_bound(g, p, segs + rows)
+    best, bound, note = _beyond_the_cut(g, p, segs + rows, segs, chan, chan.arena, lb,
+                                        lambda: 5.0, lambda _: True)
+    assert lb <= bound <= opt.arena, (note, lb, bound, opt.arena)
+    assert best.arena <= chan.arena

@@ -48,6 +48,7 @@ from pexopt.solver.bounds import (  # dw_inplace_ok, temp_bytes: the model's, re
     any_order_bound,
     dw_inplace_ok,
     order_search_bound,
+    segment_floor,
     split_bound,
     temp_bytes,
 )
@@ -467,7 +468,8 @@ class _Model:
             m.add_hint(b, g in sched.streams and sched.splits.get(g) == h)
 
     def solve(self, time_limit: float, stage: str, progress: Progress | None,
-              objective: str = "arena") -> tuple[str, Schedule | None, int]:
+              objective: str = "arena", presolve: bool = True
+              ) -> tuple[str, Schedule | None, int]:
         m, p = self.m, self.p
         if objective == "arena":
             m.minimize(self.top)
@@ -489,6 +491,7 @@ class _Model:
         solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         if p.deterministic_time is not None:
             solver.parameters.max_deterministic_time = p.deterministic_time
+        solver.parameters.cp_model_presolve = presolve
         if any(s.dim != "channel" for s in self.segments):
             # probing the many band-height literals took most of the time (14 s of presolve on
             # MobileNetV2 with the input external) and pruned little
@@ -612,6 +615,7 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     full_lb = lower_bound(graph, params, segments)
     lb = full_lb if params.use_bound else 0
     any_split = bool(segments)  # before the cut below: the order search assumes none at all
+    every = list(segments)
     if rows:  # the bound above counts every row segment; the model gets the promising ones
         keep = {s.id for s in worth_trying(graph, rows, full_lb)}
         segments = [s for s in segments if s.dim == "channel" or s.id in keep]
@@ -654,6 +658,9 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         built = [b for b in built if fast_enough(b)]
         if built:
             stages.append(f"rows greedy {min(b.arena for b in built)}")
+    # the sub-solves cut with their own bound: keep the segments their plans use (hints)
+    used = {sid for sc in (chan, *built) if sc is not None for sid in sc.splits}
+    segments += [sg for sg in every if sg.id in used and sg not in segments]
     fixed_model = _Model(graph, params, file_order, segments, lb,
                          greedy.arena if fast_enough(greedy) else None)
     if params.hint:
@@ -704,6 +711,12 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     if start is not None and start.arena < best.arena and fast_enough(start):
         best = replace(start, bound=best.bound, stages=[])
         stages.append(f"kept the start schedule {best.arena}")
+    if len(segments) < len(every) and bound > lb:  # CP-SAT's bound is the cut model's
+        best, bound, note = _beyond_the_cut(graph, params, every, segments, best, bound, lb,
+                                            lambda: left(0.5), fast_enough)
+        stages.append(note)
+        if not set(best.splits) <= {sg.id for sg in segments}:
+            segments = every  # the plan uses a left-out segment: simplify among all of them
     # only `bound` is valid for this problem: best.bound may be a sub-problem's (the channel
     # splits alone, the file order) or the start schedule's
     canon = None
@@ -725,6 +738,45 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
     best.stages = stages
     best.params = params
     return best
+
+
+def _beyond_the_cut(graph: Graph, params: SolverParams, every: list[Segment],
+                    kept: list[Segment], best: Schedule, bound: int, lb: int,
+                    seconds: Callable[[], float], fast_enough: Callable[[Schedule], bool]
+                    ) -> tuple[Schedule, int, str]:
+    """(best, bound valid for every candidate, stage note) when the model left out row
+    segments (`worth_trying`): its proven bound holds for plans without them only.
+
+    A plan using a left-out segment g needs at least max(lb, the bytes while g runs); when that
+    is below the bound, the model with every segment must find no arena below the bound (it may
+    find a better plan: kept); if it cannot tell in time, the bound drops to that floor.
+    `seconds()`: the time left for that search, asked before and after building the model.
+    """
+    succs = graph.succs()
+    anc, desc = ancestors(succs), descendants(succs)
+    ids = {s.id for s in kept}
+    floor = min(max(lb, segment_floor(
+        graph, s, params.stream, min(segment_scratch_bytes(graph, s, w, params.target)
+                                     for w in s.widths), anc, desc))
+        for s in every if s.id not in ids)
+    if floor >= bound:
+        return best, bound, f"left-out row segments need >= {floor}"
+    if seconds() < 0.05:
+        return best, max(lb, floor), "every segment: no time left"
+    order = None if params.reorder else list(range(len(graph.ops)))
+    model = _Model(graph, params, order, every, lb, bound - 1)
+    if params.hint:
+        model.hint(best)
+    # presolve of the model with every segment can overrun the time limit by far (27 s for
+    # 1.8 s on tinyengine_mcunetv2_large): without it the search stops on time
+    name, found, below = model.solve(seconds(), "every segment", None, presolve=False)
+    if name == "INFEASIBLE":
+        return best, bound, "every segment: none below the bound"
+    if found is not None and found.arena < best.arena and fast_enough(found):
+        best = found
+    # a plan below the bound uses a left-out segment (>= floor) and is one of this model's
+    # (>= its proven bound `below`, lb when it proved nothing)
+    return best, max(lb, min(bound, max(below, floor))), f"every segment {name} {best.arena}"
 
 
 def _row_plans(graph: Graph, params: SolverParams, segments: list[Segment], start: Schedule,
