@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -170,6 +171,22 @@ class _LiveLine:
                                   f"  bound {bound:,} B"))
 
 
+_first_command = True
+
+
+def _command_start() -> float:
+    """When the command started: in a `pexopt` process its first command counts from the
+    process start (importing Python libraries takes seconds on a loaded machine), any other
+    call (tests, scripts) from now."""
+    global _first_command
+    first, _first_command = _first_command, False
+    if first and Path(sys.argv[0]).name == "pexopt":
+        import pexopt
+
+        return pexopt.STARTED
+    return time.monotonic()
+
+
 @app.command()
 @friendly
 def solve(model: Path,
@@ -230,6 +247,8 @@ def solve(model: Path,
               "--write-pruned", help="With --prune: write the pruned ONNX model here.")] = None,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
+    started = _command_start()  # --time-limit: one deadline for the whole command
+    from pexopt.deadline import Deadline, active
     from pexopt.pipeline import LatencyNotMet, parse_bytes, solve_model
     from pexopt.report.tables import inplace_line, peak_line, solve_table, splits_table
 
@@ -251,8 +270,9 @@ def solve(model: Path,
     bound = _latency_bound(latency, pareto, pareto_points, profile, target)
     from pexopt.solver.interrupt import keep_best_on_sigint
 
+    deadline = Deadline(params.time_limit, started)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live, \
-            keep_best_on_sigint() as stop:
+            keep_best_on_sigint() as stop, active(deadline):
         try:
             # pruning starts from the unpruned smallest arena; its search applies the bound
             res = solve_model(model, opts, params, budget, progress=live, profile=profile,
@@ -260,6 +280,8 @@ def solve(model: Path,
         except LatencyNotMet as e:
             err.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_NO_FIT) from None
+    for note in deadline.notes:  # the deadline cut the search short: say so, once
+        err.print(note, highlight=False, soft_wrap=True, markup=False)
     if stop.hit:  # the first Ctrl-C: this plan is validated and simulated like any other
         if popts is not None or pareto is not None:
             raise KeyboardInterrupt

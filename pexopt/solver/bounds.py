@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from pexopt.graph.ir import Graph, ancestors, descendants
+from pexopt.deadline import check as check_deadline
+from pexopt.graph.ir import Graph, ancestor_masks, descendant_masks, mask_bits
 from pexopt.ops import SPECS
 
 
@@ -43,30 +44,18 @@ def any_order_bound(graph: Graph, inplace: bool = True,
     kernel scratch bytes while it runs whole (not counted for ops that may run as an in-place
     depthwise, which needs none).
     """
-    succs = graph.succs()
-    anc = ancestors(succs)
-    desc = descendants(succs)
-    prod = graph.producer()
-    cons = graph.consumers()
+    reach = Reach(graph)
     outs = set(graph.outputs)
-    size = [0 if t.external else t.nbytes for t in graph.tensors]
+    size = reach.size
     cands = inplace_candidates(graph) if inplace else {}
     best, where = 0, -1
     for op in graph.ops:
         k = op.id
-        live = set(op.inputs) | set(op.outputs)
-        for t in range(len(size)):
-            if t in live or size[t] == 0:
-                continue
-            made_before = t not in prod or prod[t] in anc[k]
-            if not made_before:
-                continue
-            if t in outs or any(c in desc[k] for c in cons[t]):
-                live.add(t)
+        live = set(op.inputs) | set(op.outputs) | set(reach.must[k])
         total = sum(size[t] for t in live)
         saving = 0
         for i in cands.get(k, []):
-            if i in outs or any(c in desc[k] for c in cons[i]):
+            if i in outs or reach.read_after(i, k):
                 continue
             saving = max(saving, min(size[i], size[op.outputs[0]]))
         total -= saving
@@ -77,21 +66,50 @@ def any_order_bound(graph: Graph, inplace: bool = True,
     return best, where
 
 
-def _must_live(graph: Graph, first: int, last: int, anc: list[set[int]],
-               desc: list[set[int]], skip: set[int]) -> int:
-    """Bytes of tensors produced before `first` (in every order) and read after `last`."""
-    prod = graph.producer()
-    cons = graph.consumers()
-    outs = set(graph.outputs)
-    total = 0
-    for t in graph.tensors:
-        if t.id in skip or t.external or t.nbytes == 0:
-            continue
-        if t.id in prod and prod[t.id] not in anc[first]:
-            continue
-        if t.id in outs or any(c in desc[last] for c in cons[t.id]):
-            total += t.nbytes
-    return total
+class Reach:
+    """Which tensors must be live while an op (or a chain of ops) runs, in every order.
+
+    A tensor t is live at op k in every order when it is made before k (a graph input, or
+    produced by an ancestor of k) and read after k (a graph output, or read by a descendant of
+    k): k lies in desc(producer) & (union of anc(consumer)). Computed once per tensor with bit
+    masks, so the bounds cost the number of (op, tensor) pairs that hold, not ops x tensors
+    (a 5,000-operator chain took minutes)."""
+
+    def __init__(self, graph: Graph) -> None:
+        succs = graph.succs()
+        n = len(graph.ops)
+        self.anc, self.desc = ancestor_masks(succs), descendant_masks(succs)
+        prod, cons = graph.producer(), graph.consumers()
+        everything = (1 << n) - 1
+        outs = set(graph.outputs)
+        self.graph = graph
+        self.size = [0 if t.external else t.nbytes for t in graph.tensors]
+        self.cons_mask = [sum(1 << c for c in cons[t.id]) for t in graph.tensors]
+        self.later = [0] * len(graph.tensors)  # ops some reader of t comes after
+        self.must: list[list[int]] = [[] for _ in range(n)]
+        for t in graph.tensors:
+            check_deadline()
+            later = everything if t.id in outs else 0
+            for c in cons[t.id]:
+                later |= self.anc[c]
+            self.later[t.id] = later
+            made = self.desc[prod[t.id]] if t.id in prod else everything
+            if self.size[t.id] > 0:
+                for k in mask_bits(made & later):
+                    self.must[k].append(t.id)
+
+    def read_after(self, t: int, k: int) -> bool:
+        """Some op reading t is a descendant of op k."""
+        return bool(self.cons_mask[t] & self.desc[k])
+
+    def must_live(self, first: int, last: int, skip: set[int]) -> int:
+        """Bytes of tensors produced before `first` (in every order) and read after `last`;
+        `first` is `last` or one of its ancestors (a segment's chain)."""
+        if first != last and not (self.anc[last] >> first) & 1:
+            raise ValueError(f"op {first} is not an ancestor of op {last}")
+        # made before first and read after last implies live at first: only must[first]
+        return sum(self.size[t] for t in self.must[first]
+                   if t not in skip and (self.later[t] >> last) & 1)
 
 
 def split_bound(graph: Graph, segments: list, inplace: bool = True,
@@ -110,12 +128,9 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
     from pexopt.partial.bands import row_macro_bytes
     from pexopt.partial.candidates import accumulator_bytes, workspace_bytes
 
-    succs = graph.succs()
-    anc = ancestors(succs)
-    desc = descendants(succs)
+    reach = Reach(graph)
     outs = set(graph.outputs)
-    cons = graph.consumers()
-    size = [0 if t.external else t.nbytes for t in graph.tensors]
+    size = reach.size
     cands = inplace_candidates(graph) if inplace else {}
     by_op: dict[int, list] = {}
     for s in segments:
@@ -123,21 +138,23 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
             by_op.setdefault(k, []).append(s)
     macro: dict[int, int] = {}
     for s in segments:
+        check_deadline()
         own = set(s.inputs) | {s.output} | set(s.internal)
         out = accumulator_bytes(graph.tensors[s.output]) if s.accumulate else size[s.output]
         io_ws = (row_macro_bytes(graph, s, stream) if s.dim in ("rows", "hybrid") else
                  sum(size[t] for t in s.inputs) + out
                  + min(workspace_bytes(graph, s, w) for w in s.widths))
         macro[s.id] = (io_ws + (seg_scratch or {}).get(s.id, 0)
-                       + _must_live(graph, s.ops[0], s.ops[-1], anc, desc, own))
+                       + reach.must_live(s.ops[0], s.ops[-1], own))
     best = 0
     for op in graph.ops:
         k = op.id
+        check_deadline()
         own = set(op.inputs) | set(op.outputs)
-        whole = sum(size[t] for t in own) + _must_live(graph, k, k, anc, desc, own)
+        whole = sum(size[t] for t in own) + reach.must_live(k, k, own)
         saving = 0
         for i in cands.get(k, []):
-            if i not in outs and not any(c in desc[k] for c in cons[i]):
+            if i not in outs and not reach.read_after(i, k):
                 saving = max(saving, min(size[i], size[op.outputs[0]]))
         kernel = (scratch or {}).get(k, 0)
         lk = whole + kernel - saving
@@ -146,7 +163,7 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
             for i in op.inputs:
                 t = graph.tensors[i]
                 if (t.shape == o.shape and not t.external and i not in outs
-                        and not any(c in desc[k] for c in cons[i])):
+                        and not reach.read_after(i, k)):
                     # in place through the temporary: pexopt's kernel, no kernel scratch
                     lk = min(lk, whole - (o.nbytes - o.nbytes // max(1, o.shape[-1])))
         for s in by_op.get(k, []):
