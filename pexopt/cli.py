@@ -196,7 +196,8 @@ def solve(model: Path,
                                                       help="Write the plan here.")] = None,
           dtype: Dtype = "int8", input_external: External = False, input_shape: Shapes = None,
           time_limit: Annotated[float | None, typer.Option(
-              "--time-limit", help="Solver seconds (default: the --target profile's, or 30).")]
+              "--time-limit", help="Seconds for the whole command: import, search, validation "
+              "and simulation (default: the --target profile's, or 30).")]
           = None,
           workers: Annotated[int | None, typer.Option(
               "--workers", help="CP-SAT worker threads (default: the profile's, or 2).")] = None,
