@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -205,6 +206,22 @@ class _LiveLine:
                                   f"  bound {bound:,} B"))
 
 
+_first_command = True
+
+
+def _command_start() -> float:
+    """When the command started: in a `pexopt` process its first command counts from the
+    process start (importing Python libraries takes seconds on a loaded machine), any other
+    call (tests, scripts) from now."""
+    global _first_command
+    first, _first_command = _first_command, False
+    if first and Path(sys.argv[0]).name == "pexopt":
+        import pexopt
+
+        return pexopt.STARTED
+    return time.monotonic()
+
+
 @app.command()
 @friendly
 def solve(model: Path,
@@ -214,7 +231,8 @@ def solve(model: Path,
                                                       help="Write the plan here.")] = None,
           dtype: Dtype = "int8", input_external: External = False, input_shape: Shapes = None,
           time_limit: Annotated[float | None, typer.Option(
-              "--time-limit", help="Solver seconds (default: the --target profile's, or 30).")]
+              "--time-limit", help="Seconds for the whole command: import, search, validation "
+              "and simulation (default: the --target profile's, or 30).")]
           = None,
           workers: Annotated[int | None, typer.Option(
               "--workers", help="CP-SAT worker threads (default: the profile's, or 2).")] = None,
@@ -265,6 +283,8 @@ def solve(model: Path,
               "--write-pruned", help="With --prune: write the pruned ONNX model here.")] = None,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
+    started = _command_start()  # --time-limit: one deadline for the whole command
+    from pexopt.deadline import Deadline, active
     from pexopt.pipeline import LatencyNotMet, parse_bytes, solve_model
     from pexopt.report.tables import inplace_line, peak_line, solve_table, splits_table
 
@@ -287,8 +307,9 @@ def solve(model: Path,
     outs = _solve_outputs(model, target, output, emit_c, write_pruned, pareto)
     from pexopt.solver.interrupt import keep_best_on_sigint
 
+    deadline = Deadline(params.time_limit, started)
     with _LiveLine(not quiet and not as_json and err.is_terminal) as live, \
-            keep_best_on_sigint() as stop:
+            keep_best_on_sigint() as stop, active(deadline):
         try:
             # pruning starts from the unpruned smallest arena; its search applies the bound
             res = solve_model(model, opts, params, budget, progress=live, profile=profile,
@@ -296,6 +317,8 @@ def solve(model: Path,
         except LatencyNotMet as e:
             err.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_NO_FIT) from None
+    for note in deadline.notes:  # the deadline cut the search short: say so, once
+        err.print(note, highlight=False, soft_wrap=True, markup=False)
     if stop.hit:  # the first Ctrl-C: this plan is validated and simulated like any other
         if popts is not None or pareto is not None:
             raise KeyboardInterrupt

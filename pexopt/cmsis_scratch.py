@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pexopt.graph.ir import Graph, Op
+from pexopt.graph.ir import Graph, Op, per_graph
 from pexopt.ops import SPECS
 
 if TYPE_CHECKING:  # only a type: partial/ imports the solver's world, this module must not
@@ -195,6 +195,7 @@ def kernel_scratch_bytes(graph: Graph, op_index: int, target: str | None,
     return FORMULAS[formula](graph, op, arch_of(target), c0, c1, slice is not None)
 
 
+@per_graph
 def segment_scratch_bytes(graph: Graph, seg: Segment, width: int, target: str | None) -> int:
     """The one kernel scratch of a split segment at slice width `width`: the largest need of
     any of its steps (slices of one segment interleave, so one region serves all of them)."""

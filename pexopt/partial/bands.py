@@ -14,9 +14,9 @@ step reads; `stream_delta` gives the largest offset(output) - offset(input) that
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-from pexopt.graph.ir import Graph
+from pexopt.deadline import check as check_deadline
+from pexopt.graph.ir import Graph, per_graph
 from pexopt.graph.rows import height, input_rows, is_nhwc, row_bytes, row_capable
 from pexopt.partial.candidates import Segment, workspace_bytes
 
@@ -60,6 +60,7 @@ def find_row_segments(graph: Graph, first_id: int = 0, max_len: int = 6, max_hei
                 and is_nhwc(graph, t))
 
     for first in graph.ops:
+        check_deadline()
         if not row_capable(graph, first):
             continue
         chain = [first.id]
@@ -84,7 +85,7 @@ def find_row_segments(graph: Graph, first_id: int = 0, max_len: int = 6, max_hei
     return segs
 
 
-@lru_cache(maxsize=4096)
+@per_graph
 def band_schedule(graph: Graph, seg: Segment, h: int
                   ) -> tuple[tuple[BandStep, ...], tuple[tuple[int, int], ...]]:
     """(steps, ((internal tensor, capacity rows), ...)) of a row segment at band height h.
@@ -161,6 +162,7 @@ def stream_input(graph: Graph, seg: Segment) -> int | None:
     return t
 
 
+@per_graph
 def stream_delta(graph: Graph, seg: Segment, h: int) -> int | None:
     """Largest offset(output) - offset(input) at which every band of the output is written
     over input rows that no step from then on reads (None: the segment cannot stream).

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.deadline import check as check_deadline
+from pexopt.graph.ir import Graph, Op, Tensor, per_graph
 from pexopt.ops import SPECS, OpKind, Split
 
 ACC_BYTES = 4  # int32 (or float32) accumulator element
@@ -88,6 +89,7 @@ def slice_offsets(graph: Graph, seg: Segment, width: int, align: int = 1) -> lis
     return offs
 
 
+@per_graph
 def workspace_bytes(graph: Graph, seg: Segment, width: int, align: int = 1) -> int:
     """All slice buffers of a segment (live together for the whole segment), each aligned."""
     if seg.dim == "rows":  # band buffers: rows needed plus halo rows kept
@@ -156,6 +158,7 @@ def find_segments(graph: Graph, max_len: int = 6, max_widths: int = 8,
         return len(cons[t]) == 1 and t not in outs and not tt.external and len(tt.shape) >= 2
 
     for first in graph.ops:
+        check_deadline()
         if not (_output_slice_ok(graph, first) or _same_slice_ok(graph, first)):
             continue
         chain = [first.id]

@@ -17,9 +17,8 @@ The workspace box holds the band buffer, the tiles and the accumulator (`hybrid_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-from pexopt.graph.ir import Graph, Op
+from pexopt.graph.ir import Graph, Op, per_graph
 from pexopt.graph.rows import height, input_rows, is_nhwc, row_bytes, row_capable
 from pexopt.partial.bands import admissible_heights, band_schedule
 from pexopt.partial.candidates import ACC_BYTES, Segment, admissible_widths, find_segments
@@ -80,7 +79,7 @@ def slice_ranges(graph: Graph, seg: Segment) -> list[tuple[int, int]]:
     return [(c0, min(c, c0 + s)) for c0 in range(0, c, s)]
 
 
-@lru_cache(maxsize=4096)
+@per_graph
 def hybrid_schedule(graph: Graph, seg: Segment, h: int
                     ) -> tuple[tuple[HybridStep, ...], tuple[int, ...]]:
     """(steps, rows held per internal tensor and by the accumulator) at band height h.

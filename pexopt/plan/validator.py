@@ -13,8 +13,9 @@ computes, slice buffers and accumulators).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
@@ -477,25 +478,40 @@ def check_aliases(ix: PlanIndex) -> tuple[list[Violation], set[tuple[str, str]]]
 def find_overlaps(buffers: Sequence[Buffer]) -> list[tuple[int, int]]:
     """Index pairs (i, j) of buffers that share both a step and an address.
 
-    Sweep over addresses: buffers sorted by offset, a heap of the address-active ones keyed by
-    end address; O(B log B + P) where P counts the address-overlapping pairs.
+    Sweep over the dimension that gives fewer candidate pairs: buffers sorted by start, a heap
+    of the active ones keyed by end; O(B log B + P), P the pairs overlapping in that dimension.
+    (Over addresses alone, a long chain whose buffers reuse a few offsets gave P ~ B^2.)
     """
-    order = sorted(range(len(buffers)), key=lambda i: (buffers[i].offset, i))
-    active: list[tuple[int, int]] = []  # (address end, index)
+    keep = [i for i, b in enumerate(buffers)
+            if _addr(b)[0] < _addr(b)[1] and b.first_step <= b.last_step]
+    by_time = _sweep(buffers, keep, _span, _addr, count_only=True)
+    by_addr = _sweep(buffers, keep, _addr, _span, count_only=True)
+    first, other = (_span, _addr) if by_time <= by_addr else (_addr, _span)
+    return sorted(_sweep(buffers, keep, first, other))
+
+
+def _sweep(buffers: Sequence[Buffer], keep: list[int], key: Callable, other: Callable,
+           count_only: bool = False) -> Any:
+    """Pairs overlapping in `key` and in `other` (or, with count_only, how many pairs overlap
+    in `key`: the work of this sweep)."""
+    order = sorted(keep, key=lambda i: (key(buffers[i])[0], i))
+    active: list[tuple[int, int]] = []  # (end, index)
     pairs: list[tuple[int, int]] = []
+    count = 0
     for i in order:
         b = buffers[i]
-        lo, hi = _addr(b)
-        if hi <= lo or b.last_step < b.first_step:
-            continue
+        lo, hi = key(b)
         while active and active[0][0] <= lo:
             heapq.heappop(active)
-        for _, j in active:
-            c = buffers[j]
-            if overlaps(*_addr(c), lo, hi) and overlaps(*_span(c), *_span(b)):
-                pairs.append((min(i, j), max(i, j)))
+        if count_only:
+            count += len(active)
+        else:
+            for _, j in active:
+                c = buffers[j]
+                if overlaps(*key(c), lo, hi) and overlaps(*other(c), *other(b)):
+                    pairs.append((min(i, j), max(i, j)))
         heapq.heappush(active, (hi, i))
-    return sorted(pairs)
+    return count if count_only else pairs
 
 
 def check_overlap(plan: Plan, legal_aliases: set[tuple[str, str]]) -> list[Violation]:

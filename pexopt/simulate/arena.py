@@ -235,6 +235,11 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
         dies.setdefault(b.last_step, []).append(b)
         if b.alias_of is None and b.name not in inputs_in_arena:
             born.setdefault(b.first_step, []).append(b)
+    live_at: dict[int, list[Buffer]] = {}  # step -> buffers live there, where one died before
+    for b in plan.buffers:  # (one pass: a scan of every buffer per step was quadratic)
+        for s in range(max(b.first_step, 1), min(b.last_step, len(plan.steps) - 1) + 1):
+            if s - 1 in dies:
+                live_at.setdefault(s, []).append(b)
     protect = bands.streamed_over(plan)  # an output streamed over its input keeps its bytes
     band_base: dict[str, int] = {}  # band buffer -> row at its slot 0
     tiles: dict[str, tuple[int, int]] = {}  # tile -> (first row, rows) it holds
@@ -271,8 +276,6 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
             raise SimulationError(f"step {step.index}: unknown mode '{step.mode}'")
         _scribble_kscratch(ctx, step)  # after: an output overlapping it gets corrupted
         if step.index + 1 < len(plan.steps):
-            live_next = [b for b in plan.buffers
-                         if b.first_step <= step.index + 1 <= b.last_step]
-            _scribble(ctx, step.index, dies.get(step.index, []), live_next)
+            _scribble(ctx, step.index, dies.get(step.index, []), live_at.get(step.index + 1, []))
     return {graph.tensors[t].name: np.array(_tensor_view(ctx, graph.tensors[t].name))
             for t in graph.outputs}

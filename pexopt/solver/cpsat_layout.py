@@ -37,6 +37,8 @@ from typing import Protocol
 from ortools.sat.python import cp_model
 
 from pexopt.cmsis_scratch import kernel_scratch_bytes, segment_scratch_bytes
+from pexopt.deadline import OutOfTime
+from pexopt.deadline import check as check_deadline
 from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
@@ -44,6 +46,7 @@ from pexopt.partial.hybrid import find_hybrid_segments
 from pexopt.solver import interrupt
 from pexopt.solver.baselines import Lifetime, greedy_by_size
 from pexopt.solver.bounds import (  # dw_inplace_ok, temp_bytes: the model's, re-exported
+    Reach,
     all_inplace_candidates,
     any_order_bound,
     dw_inplace_ok,
@@ -55,6 +58,7 @@ from pexopt.solver.bounds import (  # dw_inplace_ok, temp_bytes: the model's, re
 from pexopt.solver.rows_model import StreamVars, add_streaming
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
+OUT_OF_TIME = "out of time before the search:"  # first stage of a deadline fallback
 TOO_SLOW = "LATENCY_NOT_MET"  # status of a schedule found only above the latency bound
 
 
@@ -222,6 +226,7 @@ class _Model:
         self.width: dict[tuple[int, int], cp_model.IntVar] = {}
         by_op: dict[int, list[cp_model.IntVar]] = {}
         for s in segments:
+            check_deadline()
             u = m.new_bool_var(f"seg{s.id}")
             self.use[s.id] = u
             ws = [m.new_bool_var(f"w{s.id}_{w}") for w in s.widths]
@@ -254,11 +259,14 @@ class _Model:
         for s in segments:
             for idx, k in enumerate(s.ops[:-1]):
                 extend.setdefault(k, []).append((s, len(s.ops) - 1 - idx))
+        writes: dict[int, list[Segment]] = {}  # tensor -> segments writing it (an index:
+        for s in segments:  # scanning every segment per tensor was quadratic)
+            writes.setdefault(s.output, []).append(s)
         for t in self.bufs:
+            check_deadline()
             base = pos[self.prod[t]] if t in self.prod else 0
-            earlier = [(s, len(s.ops) - 1) for s in segments
-                       if s.output == t and not s.accumulate]
-            later = [s for s in segments if s.output == t and s.accumulate]
+            earlier = [(s, len(s.ops) - 1) for s in writes.get(t, []) if not s.accumulate]
+            later = [s for s in writes.get(t, []) if s.accumulate]
             start[t] = base - sum(d * self.use[s.id] for s, d in earlier) + sum(
                 self.use[s.id] for s in later) if (earlier or later) else base
             reads = []
@@ -333,6 +341,7 @@ class _Model:
         boxes += self.streams.boxes
         # -- rectangles ---------------------------------------------------------------------
         for t in self.bufs:
+            check_deadline()
             s_expr = start[t] + sum(shift[t]) if t in shift else start[t]
             s_expr = s_expr + self.streams.shift(self.streams.start_cut, t)
             e_expr = end[t] + 1 - self.streams.shift(self.streams.end_cut, t)
@@ -358,6 +367,7 @@ class _Model:
         self.ws_units: dict[int, cp_model.IntVar] = {}
         for s in segments:
             u = self.use[s.id]
+            check_deadline()
             first = pos[s.ops[0]]
             span = len(s.ops)
             x = m.new_optional_fixed_size_interval_var(first, span, u, f"gx{s.id}")
@@ -608,7 +618,50 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
 
     The result is never worse than the file-order plan, nor than `start` (e.g. the no-split
     optimum); `bound` is valid for every order (and every split choice when splitting is on).
+    Under a command deadline (`pexopt.deadline`), pre-solve work that would overrun it stops
+    and the best plan already found is returned (FEASIBLE; the deadline notes why).
     """
+    t0 = time.time()
+    found = _Found()
+    try:
+        return _solve_layout(graph, params, progress, start, found)
+    except OutOfTime:
+        return _out_of_time(graph, params, start, time.time() - t0, found)
+
+
+@dataclass
+class _Found:
+    """What `_solve_layout` had found when the deadline stopped it."""
+
+    plans: list[Schedule] = field(default_factory=list)
+    bound: int | None = None  # its lower bound, once computed (valid for every option)
+
+
+def _out_of_time(graph: Graph, params: SolverParams, start: Schedule | None,
+                 seconds: float, found: _Found) -> Schedule:
+    """The smallest plan found so far: `start`, the stages' plans or the file-order greedy
+    layer-by-layer plan (always valid). Its bound is the stage's, else one that holds for
+    every option: the graph inputs, then the outputs, are whole in the arena."""
+    plans = [p for p in (start, *found.plans) if p is not None and p.status != TOO_SLOW]
+    best = min(plans, key=lambda p: p.arena, default=None)
+    best = greedy_schedule(graph, list(range(len(graph.ops))), params) if best is None \
+        else replace(best, stages=[])
+    size = [0 if t.external else t.nbytes for t in graph.tensors]
+    floor = max(sum(size[t] for t in graph.inputs), sum(size[t] for t in graph.outputs))
+    best.bound = min(best.arena, found.bound if found.bound is not None else floor)
+    best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
+    best.seconds = seconds
+    best.params = params
+    best.stages = [f"{OUT_OF_TIME} {best.arena}"]
+    if params.cost is not None and params.latency is not None and \
+            schedule_cost(graph, best, params.cost) > params.latency:
+        best.status = TOO_SLOW
+    return best
+
+
+def _solve_layout(graph: Graph, params: SolverParams, progress: Progress | None,
+                  start: Schedule | None, found: _Found) -> Schedule:
+    """solve_layout's stages (see there)."""
     t0 = time.time()
     segments, rows = candidates(graph, params)
     segments += rows
@@ -631,6 +684,8 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
             and fast_enough(start)):
         greedy = start
     stages = [f"greedy {greedy.arena}"]
+    found.plans.append(greedy)
+    found.bound = lb if params.use_bound else None
     budget = params.time_limit
     deadline = t0 + budget
 
@@ -653,9 +708,11 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
         simpler = replace(params, hybrid=False) if hybrid else replace(params, rows=False)
         chan = solve_layout(graph, replace(simpler, time_limit=left(0.4)), progress, start)
         stages.append(f"{'row bands' if hybrid else 'channel splits'} {chan.arena}")
+        found.plans.append(chan)
         if not hybrid and chan.order != file_order:  # a row plan in the order found there
             built += _row_plans(graph, params, segments, chan, lb, left(0.2), progress)
         built = [b for b in built if fast_enough(b)]
+        found.plans += built
         if built:
             stages.append(f"rows greedy {min(b.arena for b in built)}")
     # the sub-solves cut with their own bound: keep the segments their plans use (hints)
@@ -680,54 +737,63 @@ def solve_layout(graph: Graph, params: SolverParams = SolverParams(),
             best = b
             stages.append(f"kept the rows greedy plan {b.arena}")
     bound = lb
-    if params.reorder and params.use_bound and not any_split and best.arena > lb:
-        # without splits no order keeps less than the least peak of live bytes (in-place
-        # pairs counted once): search the orders for it, up to a quarter of the time
-        lb, good = order_search_bound(graph, lb, best.arena,
-                                      all_inplace_candidates(graph) if params.inplace else None,
-                                      seconds=left(0.25), scratch=op_scratch(graph, params.target))
-        bound = lb
-        stages.append(f"order search bound {lb}")
-        if good is not None and good != best.order:  # lay out the order the search found
-            model = _Model(graph, params, good, segments, lb, best.arena)
-            _, other, _ = model.solve(left(0.1), "searched order", progress)
-            if other is not None and (other.arena < best.arena or not fast_enough(best)):
-                best = other
-                stages.append(f"searched order {other.arena}")
-    if params.reorder and best.arena > lb and len(graph.ops) > 1:
-        best.bound = lb  # the file-order stage's bound holds for the file order only
-        free_model = _Model(graph, params, None, segments, lb,
-                            best.arena if fast_enough(best) else None)
-        if params.hint:
-            free_model.hint(best)
-        name, free, fbound2 = free_model.solve(0.8 * left(), "reorder", progress)
-        stages.append(f"reorder {name} {free.arena if free else '-'}")
-        if free is not None:
-            bound = max(lb, fbound2)
-            if free.arena <= best.arena or not fast_enough(best):
-                best = free
-    elif not params.reorder or len(graph.ops) <= 1:  # the file order is the only order
-        bound = max(lb, fbound) if fixed is not None else lb
-    if start is not None and start.arena < best.arena and fast_enough(start):
-        best = replace(start, bound=best.bound, stages=[])
-        stages.append(f"kept the start schedule {best.arena}")
-    if len(segments) < len(every) and bound > lb:  # CP-SAT's bound is the cut model's
-        best, bound, note = _beyond_the_cut(graph, params, every, segments, best, bound, lb,
-                                            lambda: left(0.5), fast_enough)
-        stages.append(note)
-        if not set(best.splits) <= {sg.id for sg in segments}:
-            segments = every  # the plan uses a left-out segment: simplify among all of them
-    # only `bound` is valid for this problem: best.bound may be a sub-problem's (the channel
-    # splits alone, the file order) or the start schedule's
-    canon = None
-    if best.arena <= bound:
-        canon = _canonical(graph, params, best.arena, segments, lb, left(0.5))
-        if canon is not None:
-            canon.bound = best.bound
-            best = canon
-            stages.append(f"canonical {best.arena}")
-    if canon is None and (best.splits or best.inplace):
-        best = _simplest(graph, params, best, segments, lb, left(0.25))
+    cut_checked = len(segments) >= len(every)  # else CP-SAT's bound is the cut model's
+    try:  # improvements of `best`: past the deadline, keep it (with a bound that holds)
+        if params.reorder and params.use_bound and not any_split and best.arena > lb:
+            # without splits no order keeps less than the least peak of live bytes (in-place
+            # pairs counted once): search the orders for it, up to a quarter of the time
+            cands = all_inplace_candidates(graph) if params.inplace else None
+            lb, good = order_search_bound(graph, lb, best.arena, cands, seconds=left(0.25),
+                                          scratch=op_scratch(graph, params.target))
+            bound = lb
+            stages.append(f"order search bound {lb}")
+            if good is not None and good != best.order:  # lay out the order the search found
+                model = _Model(graph, params, good, segments, lb, best.arena)
+                _, other, _ = model.solve(left(0.1), "searched order", progress)
+                if other is not None and (other.arena < best.arena or not fast_enough(best)):
+                    best = other
+                    stages.append(f"searched order {other.arena}")
+        if params.reorder and best.arena > lb and len(graph.ops) > 1:
+            best.bound = lb  # the file-order stage's bound holds for the file order only
+            free_model = _Model(graph, params, None, segments, lb,
+                                best.arena if fast_enough(best) else None)
+            if params.hint:
+                free_model.hint(best)
+            name, free, fbound2 = free_model.solve(0.8 * left(), "reorder", progress)
+            stages.append(f"reorder {name} {free.arena if free else '-'}")
+            if free is not None:
+                bound = max(lb, fbound2)
+                if free.arena <= best.arena or not fast_enough(best):
+                    best = free
+        elif not params.reorder or len(graph.ops) <= 1:  # the file order is the only order
+            bound = max(lb, fbound) if fixed is not None else lb
+        if start is not None and start.arena < best.arena and fast_enough(start):
+            best = replace(start, bound=best.bound, stages=[])
+            stages.append(f"kept the start schedule {best.arena}")
+        if len(segments) < len(every) and bound > lb:  # CP-SAT's bound is the cut model's
+            best, bound, note = _beyond_the_cut(graph, params, every, segments, best, bound, lb,
+                                                lambda: left(0.5), fast_enough)
+            stages.append(note)
+            cut_checked = True
+            if not set(best.splits) <= {sg.id for sg in segments}:
+                segments = every  # the plan uses a left-out segment: simplify among all of them
+        # only `bound` is valid for this problem: best.bound may be a sub-problem's (the channel
+        # splits alone, the file order) or the start schedule's
+        canon = None
+        if best.arena <= bound:
+            canon = _canonical(graph, params, best.arena, segments, lb, left(0.5))
+            if canon is not None:
+                canon.bound = best.bound
+                best = canon
+                stages.append(f"canonical {best.arena}")
+        if canon is None and (best.splits or best.inplace):
+            best = _simplest(graph, params, best, segments, lb, left(0.25))
+    except OutOfTime:
+        if start is not None and start.arena < best.arena and fast_enough(start):
+            best = replace(start, bound=best.bound, stages=[])
+        if not cut_checked:
+            bound = lb
+        stages.append(f"out of time: kept {best.arena}")
     best.bound = min(bound, best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
     if interrupt.requested():
@@ -752,12 +818,11 @@ def _beyond_the_cut(graph: Graph, params: SolverParams, every: list[Segment],
     find a better plan: kept); if it cannot tell in time, the bound drops to that floor.
     `seconds()`: the time left for that search, asked before and after building the model.
     """
-    succs = graph.succs()
-    anc, desc = ancestors(succs), descendants(succs)
+    reach = Reach(graph)
     ids = {s.id for s in kept}
     floor = min(max(lb, segment_floor(
         graph, s, params.stream, min(segment_scratch_bytes(graph, s, w, params.target)
-                                     for w in s.widths), anc, desc))
+                                     for w in s.widths), reach))
         for s in every if s.id not in ids)
     if floor >= bound:
         return best, bound, f"left-out row segments need >= {floor}"

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import accumulate
 
+from pexopt.deadline import check as check_deadline
 from pexopt.graph.ir import Graph
 from pexopt.partial.bands import stream_input, stream_union
 from pexopt.partial.candidates import Segment, accumulator_bytes
@@ -388,6 +389,7 @@ def _improving(ctx: _Ctx, base: _Base, rank: tuple[int, int], options: list[Opti
     """Every single switch that lowers the rank, best first."""
     res, ch = [], base.ch
     for o in options:
+        check_deadline()
         new = _apply(ctx, ch, o)
         if new is None or not ctx.valid(new):
             continue
@@ -406,6 +408,7 @@ def _pairs(ctx: _Ctx, base: _Base, rank: tuple[int, int], options: list[Option])
     used_ops = {k for sid in ch.splits for k in ctx.segs[sid].ops}
     firsts: dict[int, tuple[tuple[int, int], _Choices]] = {}
     for o in options:
+        check_deadline()
         sid = o[1]
         if o[0] != "seg" or sid in ch.splits or not used_ops & _ops(ctx, o):
             continue
@@ -456,6 +459,7 @@ def row_plan(graph: Graph, params: SolverParams, segments: list[Segment], start:
     options += [("inpl", graph.ops[k].outputs[0], i, False) for k, cands in ctx.cands.items()
                 for i in cands if graph.ops[k].outputs[0] in ctx.size]
     while time.time() - t0 < seconds:
+        check_deadline()
         step = None
         for moves in (_improving, _pairs):  # pairs only when no single switch helps
             for r, _, new in moves(ctx, base, rank, options)[:tries]:

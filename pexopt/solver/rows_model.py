@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ortools.sat.python import cp_model
 
+from pexopt.deadline import check as check_deadline
 from pexopt.partial.bands import stream_input, stream_union
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def add_streaming(md: _Model) -> StreamVars:
     sv = StreamVars()
     m, g, al = md.m, md.g, md.p.align
     for s in md.segments:
+        check_deadline()
         a = stream_input(g, s)
         if a is None or a not in md.units or s.output not in md.units:
             continue
