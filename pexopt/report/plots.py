@@ -67,7 +67,7 @@ def _write(out: Path, files: dict[str, bytes], opt: str, inputs: Sequence[Any]) 
     from pexopt.outputs import Outputs
 
     outs = Outputs(inputs=list(inputs))
-    outs.folder(out, opt, files, manifest=False)
+    outs.folder(out, opt, files)  # a manifest: never over a user's summary.md
     outs.check()
     outs.put_folder(out, files)
     outs.commit()
@@ -298,7 +298,7 @@ def report_plan(plan: Plan, graph: Graph | None, out_dir: str | Path, *,
     from pexopt.outputs import Outputs
 
     pre = Outputs(inputs=list(inputs))
-    pre.folder(out, opt, PLAN_FILES, manifest=False)
+    pre.folder(out, opt, PLAN_FILES)
     pre.check()  # before drawing
     files: dict[str, bytes] = {}
     paths: dict[str, Path] = {}
@@ -411,7 +411,7 @@ def report_sweep(results_jsonl: str | Path, out_dir: str | Path,
     stems = {name: inside(out, f"pareto_{name}", "").name for name in group_rows(rows)}
     pre = Outputs(inputs=[src])
     pre.folder(out, opt, [f"{s}.{e}" for s in stems.values() for e in ("png", "svg")]
-               + ["summary.md"], manifest=False)
+               + ["summary.md"])
     pre.check()  # before drawing
     paths: dict[str, Path] = {}
     figures: dict[str, str] = {}
