@@ -317,8 +317,6 @@ def solve(model: Path,
         except LatencyNotMet as e:
             err.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_NO_FIT) from None
-    for note in deadline.notes:  # the deadline cut the search short: say so, once
-        err.print(note, highlight=False, soft_wrap=True, markup=False)
     if stop.hit:  # the first Ctrl-C: this plan is validated and simulated like any other
         if popts is not None or pareto is not None:
             raise KeyboardInterrupt
@@ -373,6 +371,8 @@ def solve(model: Path,
     if output is not None:
         outs.put(output, plan.to_json())
     outs.commit()  # every output or none (issue #13 item 9)
+    for note in deadline.notes:  # the deadline cut the search short: say so, once (after
+        err.print(note, highlight=False, soft_wrap=True, markup=False)  # a failure: not at all)
     if emit_c is not None and not as_json:
         _c_written(emit_c, plan)
     if pareto is not None and not quiet and not as_json:

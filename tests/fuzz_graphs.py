@@ -29,6 +29,8 @@ import onnx
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from pexopt.simulate.onnxrt import ort_session
+
 OPSET = 17
 ACTS = ("", "relu", "clip")
 
@@ -239,7 +241,6 @@ def fixed_input(spec: Spec) -> np.ndarray:
 
 def activation_ranges(spec: Spec) -> dict[str, tuple[float, float]]:
     """min/max of every activation tensor of the float model on a fixed input (onnxruntime)."""
-    import onnxruntime as ort
 
     b = logical_graph(spec)
     m = float_model(spec)
@@ -247,10 +248,7 @@ def activation_ranges(spec: Spec) -> dict[str, tuple[float, float]]:
     del m.graph.output[:]
     m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                           for n in names)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(m.SerializeToString())
     x = fixed_input(spec)
     res = dict(zip(names, sess.run(names, {"x": x})))
     res["x"] = x

@@ -32,6 +32,7 @@ from pexopt.partial.hybrid import find_hybrid_segments  # noqa: E402
 from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
 from pexopt.plan.build import build_plan  # noqa: E402
 from pexopt.plan.validator import validate  # noqa: E402
+from pexopt.simulate.onnxrt import ort_session  # noqa: E402
 from pexopt.simulate.verify import verify_plan  # noqa: E402
 from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
 
@@ -102,13 +103,11 @@ def test_generated_models_check_and_run() -> None:
     """The generator itself: a few fixed specs pass onnx.checker (inside build_model) and run in
     onnxruntime, float and QDQ."""
     import numpy as np
-    import onnxruntime as ort
 
     for spec in REGRESSION_SPECS:
         for int8 in (False, True):
             m = build_model(spec, int8)
-            sess = ort.InferenceSession(m.SerializeToString(),
-                                        providers=["CPUExecutionProvider"])
+            sess = ort_session(m.SerializeToString())
             (y,) = sess.run(None, {"x": fixed_input(spec)})
             assert np.isfinite(y).all()
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -22,6 +21,7 @@ from pexopt.graph.onnx_import import import_onnx
 from pexopt.ops import OpKind
 from pexopt.simulate import quant
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
+from pexopt.simulate.onnxrt import ort_session
 from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import (
     inputs_from_onnx,
@@ -171,7 +171,7 @@ def _values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, n
         for o in n.output:
             if o and o not in have:
                 m.graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
-    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = ort_session(m.SerializeToString())
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
 
 
@@ -406,7 +406,7 @@ def _slice_input(x: np.ndarray, sl: slice) -> np.ndarray:
 
 def _check_vs_ort(path: Path, g: Graph, values: dict[str, np.ndarray],
                   feeds: dict[str, np.ndarray], int8: bool) -> None:
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    s = ort_session(path)
     ref = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
     got = outputs_to_onnx(g, values, path)
     for name, r in ref.items():

@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
+from pexopt.simulate.onnxrt import ort_session
+
 ort = pytest.importorskip("onnxruntime")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "models" / "build_models.py"
@@ -30,7 +32,7 @@ def _sha(p: Path) -> str:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort_session(path)
     return sess.run(["output"], {"input": x})[0]
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from conftest import const
 from onnx import TensorProto, helper
@@ -26,6 +25,7 @@ from pexopt.prune.importance import (
 from pexopt.prune.onnx_prune import prune_onnx
 from pexopt.prune.solve import PruneOptions, prune_to_budget
 from pexopt.quantize import quantize_model
+from pexopt.simulate.onnxrt import ort_session
 from pexopt.simulate.verify import verify_plan
 from pexopt.solver.cpsat_layout import SolverParams
 
@@ -96,7 +96,7 @@ def save(m: onnx.ModelProto, path: Path) -> Path:
 
 
 def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    s = ort_session(path)
     return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
@@ -415,7 +415,7 @@ def test_cost_bound_hook_limits_the_macs_of_the_chosen_pruning(int8_path: Path) 
 def _max_pruned_runs_and_simulates(src: Path, tmp_path: Path) -> None:
     m = load_model(src)
     p = save(prune_onnx(m, find_groups(m), _keep_min(m)), tmp_path / "pruned.onnx")
-    s0 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    s0 = ort_session(src)
     i = s0.get_inputs()[0]
     x = np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                  dtype=np.float32 if "float" in i.type else np.int8)

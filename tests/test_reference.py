@@ -28,6 +28,7 @@ from test_kernels import _rand, save_model, to_qdq
 from pexopt.graph.ir import Graph
 from pexopt.graph.onnx_import import import_onnx
 from pexopt.simulate.kernels import KERNELS
+from pexopt.simulate.onnxrt import ort_session
 from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import (
     OnnxIndex,
@@ -65,10 +66,7 @@ def _bundled(name: str, models_dir: Path) -> Path:
 
 
 def _session(path: Path | bytes) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    src = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return ort_session(path)
 
 
 @functools.cache

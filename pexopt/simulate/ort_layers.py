@@ -17,6 +17,7 @@ import onnx
 
 from pexopt.graph.ir import Graph
 from pexopt.simulate.kernels import KERNELS
+from pexopt.simulate.onnxrt import ort_session
 from pexopt.simulate.params import load_params
 from pexopt.simulate.reference import kernel_input, onnx_index, store_output, stored_int8
 
@@ -47,8 +48,6 @@ def layer_agreement(graph: Graph, model_path: str | Path,
                     feed: dict[str, np.ndarray]) -> list[LayerAgreement]:
     """Every int8 operator whose inputs and output onnxruntime also quantises, run by our kernel
     on onnxruntime's inputs and compared with onnxruntime's output."""
-    import onnxruntime as ort
-
     model = onnx.load(str(model_path))
     q = _int8_names(model)
     wanted = {t.name: q.get(t.name, t.name) for t in graph.tensors if stored_int8(t)}
@@ -57,10 +56,7 @@ def layer_agreement(graph: Graph, model_path: str | Path,
     for name in names:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT8,
                                                                      None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(model.SerializeToString())
     theirs = dict(zip(names, sess.run(None, feed)))
     params = load_params(onnx_index(model_path), graph)
     out: list[LayerAgreement] = []

@@ -17,6 +17,7 @@ import numpy as np
 from pexopt.graph.ir import Graph
 from pexopt.plan.format import Plan
 from pexopt.simulate.arena import run_plan
+from pexopt.simulate.onnxrt import ort_session
 from pexopt.simulate.params import OnnxIndex, load_params
 from pexopt.simulate.reference import (
     inputs_from_onnx,
@@ -114,7 +115,7 @@ def verify_plan(plan: Plan, graph: Graph, model_path: str | Path, n_inputs: int 
     feeds = random_feeds(graph, ox, n_inputs, seed)
     exact, worst = True, 0.0
     cmp = _OrtCompare(graph, ox) if onnxruntime else None
-    sess = _session(model_path) if cmp is not None and cmp.comparable else None
+    sess = ort_session(model_path) if cmp is not None and cmp.comparable else None
     for i, feed in enumerate(feeds):
         ir_in = inputs_from_onnx(graph, feed)
         ref = run_reference(graph, params, ir_in)
@@ -211,14 +212,3 @@ def _output_scales(graph: Graph, ox: OnnxIndex) -> dict:
         if t is not None and t.qparams is not None and t.dtype == "int8":
             res[out] = t.qparams
     return res
-
-
-def _session(model_path: str | Path):  # noqa: ANN202
-    try:
-        import onnxruntime as ort
-    except ImportError:  # optional: the arena-vs-reference check does not need it
-        return None
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
