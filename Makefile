@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_MODEL := models/mbv2_w035_r144_int8.onnx
 BUILT := models/mbv2_w035_r144_int8.onnx
 
-.PHONY: demo test models bench bench-readme lint clean fuzz
+.PHONY: demo test models bench bench-readme lint clean fuzz golden golden-regen
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,14 @@ fuzz: $(STAMP) $(BUILT)
 	PEXOPT_FUZZ_EXAMPLES=5000 PEXOPT_FUZZ_CODEGEN_EXAMPLES=1000 PEXOPT_FUZZ_PLAN_MUTATIONS=2000 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_fuzz_codegen.py \
 	  tests/test_fuzz_plans.py
+
+# the golden plans and outputs of the redesign (issue #14): every variant re-solved, compiled,
+# emulated; golden-regen writes them anew (only when a change of plans is intended)
+golden: $(STAMP) $(BUILT)
+	PEXOPT_GOLDEN=all $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_golden.py
+
+golden-regen: $(STAMP) $(BUILT)
+	$(BIN)/python tests/golden/regen.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pexopt tests models
