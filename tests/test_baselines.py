@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.graph.synthetic import random_dag, topo_orders, wide
 from pexopt.solver.baselines import reorder_peak, tflm_arena
 from pexopt.solver.cpsat_layout import SolverParams, solve_layout

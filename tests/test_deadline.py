@@ -74,7 +74,7 @@ def test_long_chain_returns_a_validated_plan_in_time(tmp_path: Path, n: int, qdq
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 1, p.stderr
     assert wall <= WALL_S + MARGIN_S, f"{n} operators: {wall:.1f} s"
-    from pexopt.graph.onnx_import import import_onnx
+    from pexopt.frontend.onnx_import import import_onnx
 
     graph = import_onnx(model)
     got = load_plan(plan)

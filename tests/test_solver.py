@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.graph.synthetic import KB_SIZES, chain, inception, random_dag, topo_orders, unet
 from pexopt.ops import SPECS
 from pexopt.solver.baselines import reorder_peak

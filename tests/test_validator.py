@@ -18,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pexopt.errors import PexError
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph, Op, Tensor
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.ops import OpKind
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.plan.build import build_plan

@@ -7,7 +7,7 @@ nothing else in the folder is touched):
   what the plan's step needs, pexopt's portable kernels elsewhere; ``-DPEX_PORTABLE_KERNELS``
   switches every step to the portable kernels).
 - ``pex_weights.c`` / ``pex_weights.h``  const weights, biases, requantisation parameters,
-  lookup tables and kernel parameter structs (computed from `pexopt.simulate.params`).
+  lookup tables and kernel parameter structs (computed from `pexopt.frontend.onnx_params`).
 - ``pex_kernels.c`` / ``pex_kernels.h``  copied from ``codegen/runtime``.
 - ``README.md``     how to build it into an STM32CubeIDE project.
 
@@ -35,11 +35,11 @@ from pexopt.codegen.render_ops import HANDLERS, OpsMixin
 from pexopt.codegen.views import View, contig, index_view, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.graph.params import OpParams, graph_params
 from pexopt.ops import OpKind
 from pexopt.outputs import Outputs
 from pexopt.plan.format import Buffer, Plan, Step
 from pexopt.plan.validator import check
-from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import stored_int8
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "codegen" / "runtime"
@@ -90,7 +90,7 @@ def render_c(plan: Plan, graph: Graph, model_path: str | Path, target: str = "co
     check(plan, graph)  # never emit a plan that is not valid for this model
     if backend_default == "cmsis":
         check_target(plan, target)
-    params = load_params(model_path, graph)
+    params = graph_params(graph)
     em = _Emitter(plan, graph, params, TARGETS[target], backend_default == "cmsis",
                   Path(model_path).name, target)
     files = em.run()

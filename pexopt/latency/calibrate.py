@@ -89,7 +89,7 @@ def measure_micro(m: Micro, folder: Path, core: str) -> Sample:
     params = SolverParams(time_limit=10.0, workers=1, split=m.split is not None,
                           slice_widths=(m.split,) if m.split else None)
     res = solve_model(path, ImportOptions(), params, None)
-    meas = measure_plan(res.plan, res.graph, path, core)
+    meas = measure_plan(res.plan, res.graph, core)
     if not meas.exact:
         raise PexError(f"calibration model {m.name}: the firmware's output differs from the "
                        "simulator's")
