@@ -27,7 +27,7 @@ from pexopt.graph.onnx_load import parse_shape
 from pexopt.limits import check_float, check_int, dumps
 from pexopt.plan.format import load_plan
 from pexopt.plan.validator import PlanInvalid, validate
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 
 # click's UsageError, from whichever click this typer uses (newer ones vendor it)
 _USAGE = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")

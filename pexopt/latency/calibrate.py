@@ -81,7 +81,7 @@ def _columns() -> list[tuple[str, str]]:
 def measure_micro(m: Micro, folder: Path, core: str) -> Sample:
     """Build, solve and run one micro model under QEMU (core: cortex-m4 or cortex-m7)."""
     from pexopt.pipeline import ImportOptions, solve_model
-    from pexopt.solver.cpsat_layout import SolverParams
+    from pexopt.schedule import SolverParams
     from pexopt.target.measure import measure_plan
 
     t0 = time.perf_counter()
