@@ -937,8 +937,8 @@ def calibrate(target: Annotated[str, typer.Option(
                   "--quick", help="A subset of the micro models (a rougher fit).")] = False,
               quiet: Quiet = False) -> None:
     """Fit a target profile's kernel costs from micro models run under QEMU (instructions)."""
-    from pexopt.latency.calibrate import base_profile, write_profile
-    from pexopt.latency.calibrate import calibrate as run_calibration
+    from pexopt.calibrate.calibrate import base_profile, write_profile
+    from pexopt.calibrate.calibrate import calibrate as run_calibration
     from pexopt.outputs import Outputs
     from pexopt.target.qemu import require_tools
 
