@@ -26,7 +26,7 @@ from pexopt.frontend.onnx_load import parse_shape
 from pexopt.limits import check_float, check_int, dumps
 from pexopt.plan.format import load_plan
 from pexopt.plan.validator import PlanInvalid, validate
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 
 # click's UsageError, from whichever click this typer uses (newer ones vendor it)
 _USAGE = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -925,8 +925,8 @@ def calibrate(target: Annotated[str, typer.Option(
                   "--quick", help="A subset of the micro models (a rougher fit).")] = False,
               quiet: Quiet = False) -> None:
     """Fit a target profile's kernel costs from micro models run under QEMU (instructions)."""
-    from pexopt.latency.calibrate import base_profile, write_profile
-    from pexopt.latency.calibrate import calibrate as run_calibration
+    from pexopt.calibrate.calibrate import base_profile, write_profile
+    from pexopt.calibrate.calibrate import calibrate as run_calibration
     from pexopt.outputs import Outputs
     from pexopt.target.qemu import require_tools
 

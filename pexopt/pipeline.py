@@ -17,13 +17,12 @@ from pexopt.limits import MAX_BYTES
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Buffer, Plan
 from pexopt.plan.validator import check
+from pexopt.schedule import Schedule, SolverParams
 from pexopt.solver.baselines import reorder_peak, tflm_arena
 from pexopt.solver.cpsat_layout import (
     OUT_OF_TIME,
     TOO_SLOW,
     Progress,
-    Schedule,
-    SolverParams,
     schedule_cost,
     solve_fastest,
     solve_layout,

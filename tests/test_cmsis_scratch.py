@@ -27,10 +27,10 @@ from pexopt.graph.ir import Graph
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.plan.format import Plan, is_kscratch, load_plan, plan_from_dict
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import run_plan
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index
 from pexopt.simulate.verify import random_feeds, verify_plan
-from pexopt.solver.cpsat_layout import SolverParams
 
 SOLVER = dict(time_limit=10.0, workers=1)
 MCUNET = "mcunet_in3_320kb_1mb_imagenet.onnx"

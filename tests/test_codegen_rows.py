@@ -16,7 +16,7 @@ from pexopt.codegen import emit_c
 from pexopt.errors import PexError
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.plan.format import Plan
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 from pexopt.target.measure import measure_plan
 
 ROWS = SolverParams(time_limit=20, workers=2, rows=True, target="cortex-m4")

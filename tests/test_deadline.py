@@ -111,7 +111,8 @@ def test_solver_out_of_time_keeps_a_valid_plan(tmp_path: Path) -> None:
     """A deadline already spent: the solver returns the file-order greedy plan, FEASIBLE with
     a bound that holds, and the command says so in one stderr line."""
     from pexopt.pipeline import ImportOptions, solve_graph
-    from pexopt.solver.cpsat_layout import OUT_OF_TIME, SolverParams
+    from pexopt.schedule import SolverParams
+    from pexopt.solver.cpsat_layout import OUT_OF_TIME
 
     model = tmp_path / "c.onnx"
     onnx.save(chain(40, True), model)

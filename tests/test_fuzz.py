@@ -32,9 +32,9 @@ from pexopt.partial.hybrid import find_hybrid_segments  # noqa: E402
 from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
 from pexopt.plan.build import build_plan  # noqa: E402
 from pexopt.plan.validator import validate  # noqa: E402
+from pexopt.schedule import SolverParams  # noqa: E402
 from pexopt.simulate.onnxrt import ort_session  # noqa: E402
 from pexopt.simulate.verify import verify_plan  # noqa: E402
-from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
 
 FUZZ_EXAMPLES = int(os.environ.get("PEXOPT_FUZZ_EXAMPLES", "300"))  # per flavour
 ORT_FLOAT_TOL = 1e-3  # float32 models: simulator vs onnxruntime, relative to the output range

@@ -44,10 +44,10 @@ from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
 from pexopt.plan.build import build_plan  # noqa: E402
 from pexopt.plan.format import Plan, plan_from_dict  # noqa: E402
 from pexopt.plan.validator import validate  # noqa: E402
+from pexopt.schedule import SolverParams  # noqa: E402
 from pexopt.simulate.arena import run_plan  # noqa: E402
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index, run_reference  # noqa: E402
 from pexopt.simulate.verify import random_feeds  # noqa: E402
-from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
 
 MUTATIONS = int(os.environ.get("PEXOPT_FUZZ_PLAN_MUTATIONS", "200"))
 HUGE = (2**31, 2**33, 2**33 - 1, 2**63 - 1, 10**12, 1028)

@@ -32,11 +32,12 @@ from pexopt.partial.hybrid import find_hybrid_segments, hybrid_schedule, slice_r
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Plan, plan_from_dict
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import run_plan
 from pexopt.simulate.reference import run_reference
 from pexopt.simulate.verify import inputs_from_onnx, onnx_index, random_feeds, verify_plan
 from pexopt.solver.bounds import split_bound
-from pexopt.solver.cpsat_layout import SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 # (name, layers) as in test_rows: inverted residual blocks and a strided one
 BLOCKS = {

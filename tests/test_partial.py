@@ -26,9 +26,10 @@ from pexopt.partial.candidates import Segment, SplitSpec, channels, find_segment
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Plan
 from pexopt.plan.validator import validate
+from pexopt.schedule import Schedule, SolverParams
 from pexopt.simulate.verify import verify_plan
 from pexopt.solver.bounds import split_bound
-from pexopt.solver.cpsat_layout import Schedule, SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2_144 = "mbv2_w035_r144_int8"

@@ -25,9 +25,9 @@ from pexopt.prune.importance import (
 from pexopt.prune.onnx_prune import prune_onnx
 from pexopt.prune.solve import PruneOptions, prune_to_budget
 from pexopt.quantize import quantize_model
+from pexopt.schedule import SolverParams
 from pexopt.simulate.onnxrt import ort_session
 from pexopt.simulate.verify import verify_plan
-from pexopt.solver.cpsat_layout import SolverParams
 
 PARAMS = SolverParams(time_limit=5.0, workers=1, seed=0)
 runner = CliRunner()

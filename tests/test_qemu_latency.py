@@ -14,7 +14,7 @@ from test_cli import run
 from pexopt.latency.cost import estimate
 from pexopt.latency.profile import load_profile
 from pexopt.pipeline import ImportOptions, solve_model
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 from pexopt.target.measure import measure_plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pexopt.pipeline import ImportOptions, solve_model
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 from pexopt.target.measure import measure_plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from pexopt.graph.params import graph_params
 from pexopt.graph.synthetic import random_dag
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.simulate.ort_layers import layer_agreement
 from pexopt.simulate.verify import random_feeds, verify_plan
-from pexopt.solver.cpsat_layout import SolverParams
 
 
 def test_validate_simulate_codegen_with_the_model_file_deleted(models_dir: Path,

@@ -16,10 +16,11 @@ from pexopt.graph.ir import Graph
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Buffer, Plan
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import SimulationError, run_plan
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index, run_reference
 from pexopt.simulate.verify import random_feeds, verify_plan
-from pexopt.solver.cpsat_layout import SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 PARAMS = SolverParams(time_limit=10, workers=2, rows=False)
 

@@ -32,13 +32,8 @@ from pexopt.plan.validator import (
     overlaps,
     validate,
 )
-from pexopt.solver.cpsat_layout import (
-    Schedule,
-    SolverParams,
-    dw_inplace_ok,
-    solve_layout,
-    temp_bytes,
-)
+from pexopt.schedule import Schedule, SolverParams, temp_bytes
+from pexopt.solver.cpsat_layout import dw_inplace_ok, solve_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

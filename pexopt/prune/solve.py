@@ -40,7 +40,7 @@ from pexopt.prune.importance import (
 from pexopt.prune.latency import LatencyModel
 from pexopt.prune.model import ExtraConstraints, choose_keep, step_sizes
 from pexopt.prune.onnx_prune import prune_onnx
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 
 
 @dataclass(frozen=True)

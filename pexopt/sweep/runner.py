@@ -162,7 +162,7 @@ def run_point(task: Task) -> dict[str, Any]:
 
 def _solve_point(task: Task, row: dict[str, Any]) -> None:
     from pexopt.pipeline import ImportOptions, solve_model
-    from pexopt.solver.cpsat_layout import SolverParams
+    from pexopt.schedule import SolverParams
 
     p, out = task.point, Path(task.out_dir)
     path, opts = Path(p.model), ImportOptions()
