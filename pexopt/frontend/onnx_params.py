@@ -39,11 +39,10 @@ from pexopt.fixedpoint import activation_range_int8, quantize_multiplier, round_
 from pexopt.frontend.onnx_load import load_model
 from pexopt.graph.ir import Graph, Op, Tensor
 from pexopt.graph.params import OpParams
-from pexopt.ops import ALIAS_ONNX_OPS, OpKind
+from pexopt.ops import ALIAS_ONNX_OPS, OPAQUE_RUNNABLE, OpKind
 
 NHWC = (0, 2, 3, 1)
 MAX_MULTIPLIER = float(1 << 31)  # a larger real multiplier needs a left shift beyond int32
-OPAQUE_SUPPORTED = frozenset({"LogSoftmax"})  # OPAQUE ops the kernels can run (in float)
 
 
 def load_params(model_path: str | Path | OnnxIndex, graph: Graph,
@@ -286,7 +285,7 @@ def _build(ox: OnnxIndex, graph: Graph, op: Op) -> OpParams:
     if len(outs) != 1:
         raise ModelError(f"{ox.where(op)}: operators with {len(outs)} outputs are not supported "
                          "by the simulator")
-    if op.kind == OpKind.OPAQUE and op.onnx_type not in OPAQUE_SUPPORTED:
+    if op.kind == OpKind.OPAQUE and op.onnx_type not in OPAQUE_RUNNABLE:
         raise ModelError(f"{ox.where(op)}: operator {op.onnx_type} is not supported by the "
                          "simulator")
     builder = _BUILDERS.get(op.kind)
