@@ -6,7 +6,6 @@ import functools
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -23,11 +22,11 @@ from typer.core import TyperGroup
 from pexopt import __version__
 from pexopt import limits as lim
 from pexopt.errors import PexError
-from pexopt.graph.onnx_load import parse_shape
+from pexopt.frontend.onnx_load import parse_shape
 from pexopt.limits import check_float, check_int, dumps
 from pexopt.plan.format import load_plan
 from pexopt.plan.validator import PlanInvalid, validate
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 
 # click's UsageError, from whichever click this typer uses (newer ones vendor it)
 _USAGE = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -351,17 +350,12 @@ def solve(model: Path,
         unverified = ("not simulated: a float model planned with int8 activations computes "
                       "values its buffers are not sized for; `pexopt quantize` it to simulate "
                       "and generate C")
-    if verify and pruning is not None:  # simulate against the pruned model's own bytes
-        with tempfile.TemporaryDirectory(prefix="pexopt_verify_") as tmp:
-            pruned_path = Path(tmp) / "pruned.onnx"
-            pruned_path.write_bytes(outcome.chosen.model_bytes)
-            report = _simulate(plan, res.graph, pruned_path, opts.input_shapes)
-    elif verify:
-        report = _simulate(plan, res.graph, model, opts.input_shapes)
+    if verify:  # a pruned graph carries the pruned model's own constants
+        report = _simulate(plan, res.graph, model)
     pruned = outcome.chosen.model_bytes if pruning is not None else None
     if emit_c is not None:  # a pruned plan's weights are those of the pruned model
         outs.put_folder(emit_c, _render(plan, res.graph, write_pruned if pruned else model,
-                                        core, "cmsis", pruned))
+                                        core, "cmsis"))
     front = None
     if pareto is not None:
         front = _pareto(model, opts, params, profile, budget, pareto, pareto_points,
@@ -536,11 +530,12 @@ def _latency_line(lat: dict) -> str:
             "cycles per instruction; portable kernels)")
 
 
-def _simulate(plan, graph, model: Path, input_shapes=None):  # noqa: ANN001, ANN202
-    """Simulate; a mismatch is a bug of ours, so it stops before anything is written."""
+def _simulate(plan, graph, model: Path):  # noqa: ANN001, ANN202
+    """Simulate (`model` names the model in the message); a mismatch is a bug of ours, so it
+    stops before anything is written."""
     from pexopt.simulate.verify import verify_plan
 
-    report = verify_plan(plan, graph, model, input_shapes=input_shapes)
+    report = verify_plan(plan, graph)
     if not report.ok:  # exit 1 like a plan validate rejects: this plan is not trustworthy
         err.print(f"error: {model}: simulation: {report.failure()}; nothing written",
                   highlight=False, soft_wrap=True, markup=False)
@@ -580,8 +575,7 @@ def simulate(plan_file: Path, model: Path, input_shape: Shapes = None,
     graph = ImportOptions(dtype=plan.dtype, input_external=plan.input_external,
                           input_shapes=_shapes(input_shape)).load(model)
     check(plan, graph)  # never execute a plan that is not valid (extents first)
-    report = verify_plan(plan, graph, model, n_inputs=inputs, seed=seed,
-                         input_shapes=_shapes(input_shape))
+    report = verify_plan(plan, graph, n_inputs=inputs, seed=seed)
     if as_json:
         print(dumps({**asdict(report), "ok": report.ok}))
     else:
@@ -743,20 +737,14 @@ def codegen(plan_file: Path, model: Path,
     _c_written(output, plan)
 
 
-def _render(plan, graph, model: Path, target: str, backend: str,  # noqa: ANN001
-            model_bytes: bytes | None = None) -> dict[str, str]:
-    """The C files in memory (nothing written); `model_bytes`: the (pruned) model to read the
-    weights from instead of `model`."""
+def _render(plan, graph, model: Path, target: str, backend: str) -> dict[str, str]:  # noqa: ANN001
+    """The C files in memory (nothing written); the weights come from the graph (a pruned
+    graph's are the pruned model's), `model` names the files' origin."""
     from pexopt.codegen.emit import render_c
 
     if backend not in ("cmsis", "portable"):
         raise PexError(f"--backend: '{backend}' is not cmsis or portable")
-    if model_bytes is None:
-        return render_c(plan, graph, model, target=target, backend_default=backend)
-    with tempfile.TemporaryDirectory(prefix="pexopt_emit_") as tmp:
-        path = Path(tmp) / model.name
-        path.write_bytes(model_bytes)
-        return render_c(plan, graph, path, target=target, backend_default=backend)
+    return render_c(plan, graph, model, target=target, backend_default=backend)
 
 
 def _c_written(output: Path, plan) -> None:  # noqa: ANN001
@@ -891,7 +879,7 @@ def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
     import platform
     from importlib import metadata
 
-    from pexopt.graph.onnx_load import sha256_file
+    from pexopt.frontend.onnx_load import sha256_file
     from pexopt.pipeline import ImportOptions
 
     info: dict[str, Any] = {"pexopt": __version__, "python": platform.python_version(),
@@ -916,7 +904,7 @@ def doctor(plan_file: Path, model: Path, input_shape: Shapes = None,
     if simulate_too and not violations:
         from pexopt.simulate.verify import verify_plan
 
-        rep = verify_plan(plan, graph, model, input_shapes=_shapes(input_shape))
+        rep = verify_plan(plan, graph)
         info["simulation"] = {**asdict(rep), "ok": rep.ok}
     if as_json:
         print(dumps(info, indent=1))
@@ -937,8 +925,8 @@ def calibrate(target: Annotated[str, typer.Option(
                   "--quick", help="A subset of the micro models (a rougher fit).")] = False,
               quiet: Quiet = False) -> None:
     """Fit a target profile's kernel costs from micro models run under QEMU (instructions)."""
-    from pexopt.latency.calibrate import base_profile, write_profile
-    from pexopt.latency.calibrate import calibrate as run_calibration
+    from pexopt.calibrate.calibrate import base_profile, write_profile
+    from pexopt.calibrate.calibrate import calibrate as run_calibration
     from pexopt.outputs import Outputs
     from pexopt.target.qemu import require_tools
 

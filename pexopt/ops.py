@@ -94,6 +94,8 @@ class OpSpec:
     cmsis_scratch: which CMSIS-NN buffer-size formula its kernel call needs
     (`pexopt.cmsis_scratch.FORMULAS`; empty: no ctx.buf).
     rows: row-band behaviour (spatially local operators only).
+    runs: the back ends execute it (frontend constants, simulator kernel, C renderer); False:
+    planned only, and simulate and codegen refuse it with one line.
     """
 
     kind: OpKind
@@ -108,6 +110,7 @@ class OpSpec:
     cost: str = "other"
     cmsis_scratch: str = ""
     rows: Rows = Rows.NONE
+    runs: bool = True
 
 
 def _spec(kind: OpKind, **kw: object) -> OpSpec:
@@ -127,7 +130,7 @@ SPECS: dict[OpKind, OpSpec] = {
         _spec(OpKind.FULLY_CONNECTED, takes_activation=True, split=Split.OUTPUT_SLICE,
               accumulate=True, prune=Channels.PRODUCE, cost="fully_connected",
               cmsis_scratch="fully_connected"),
-        _spec(OpKind.MATMUL, takes_activation=True, cost="fully_connected"),
+        _spec(OpKind.MATMUL, takes_activation=True, cost="fully_connected", runs=False),
         _spec(OpKind.ADD, elementwise=True, inplace=True, takes_activation=True,
               split=Split.SAME_SLICE, prune=Channels.TIE, cost="elementwise",
               rows=Rows.POINTWISE),
@@ -163,6 +166,9 @@ SPECS: dict[OpKind, OpSpec] = {
         _spec(OpKind.OPAQUE),
     )
 }
+
+# OPAQUE operators the kernels and the emitter still run (in float), by source operator type
+OPAQUE_RUNNABLE: frozenset[str] = frozenset({"LogSoftmax"})
 
 # ONNX op types that are pure views of their first input: no copy, no new buffer.
 ALIAS_ONNX_OPS: frozenset[str] = frozenset(

@@ -11,19 +11,18 @@ from typing import TYPE_CHECKING
 
 from pexopt.deadline import current as current_deadline
 from pexopt.errors import PexError
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph, live_bytes
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.limits import MAX_BYTES
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Buffer, Plan
 from pexopt.plan.validator import check
+from pexopt.schedule import Schedule, SolverParams
 from pexopt.solver.baselines import reorder_peak, tflm_arena
 from pexopt.solver.cpsat_layout import (
     OUT_OF_TIME,
     TOO_SLOW,
     Progress,
-    Schedule,
-    SolverParams,
     schedule_cost,
     solve_fastest,
     solve_layout,
@@ -144,12 +143,7 @@ def solve_model(path: str | Path, opts: ImportOptions, params: SolverParams,
 def _unfolded(path: str | Path, opts: ImportOptions, graph: Graph) -> Graph:
     """The graph as TFLM sees it (Pads not folded into convs): imported again only when the
     model has a Pad (a second import of a 5,000-operator model took seconds)."""
-    import onnx
-
-    try:
-        nodes = onnx.load(str(path), load_external_data=False).graph.node
-    except Exception:  # noqa: BLE001 (the first import read it; import again to be sure)
-        return opts.load(path, fold_pad=False)
+    nodes = graph.source.model.graph.node
     return opts.load(path, fold_pad=False) if any(n.op_type == "Pad" for n in nodes) else graph
 
 
@@ -272,8 +266,7 @@ def pareto_model(path: str | Path, opts: ImportOptions, params: SolverParams,
         est = estimate(profile, graph, plan)
         exact = None
         if executable(graph):
-            rep = verify_plan(plan, graph, path, n_inputs=1,
-                              input_shapes=opts.input_shapes or None)
+            rep = verify_plan(plan, graph, n_inputs=1)
             exact = rep.ok
             if not exact:
                 raise PexError(f"pareto: the plan at {plan.arena_bytes:,} B fails its "
@@ -346,8 +339,8 @@ def bench_model(path: str | Path, opts: ImportOptions, params: SolverParams,
         from pexopt.target.measure import measure_plan
 
         try:
-            a = measure_plan(flat.plan, flat.graph, path, target)
-            b = measure_plan(res.plan, res.graph, path, target)
+            a = measure_plan(flat.plan, flat.graph, target)
+            b = measure_plan(res.plan, res.graph, target)
         except PexError as e:  # e.g. an operator codegen does not support: say so, go on
             return replace(row, target_note=str(e))
         row = replace(row, insns_layerwise=a.instructions, insns_split=b.instructions,

@@ -27,8 +27,8 @@ import onnx
 
 from pexopt import __version__
 from pexopt.errors import PexError
-from pexopt.graph.onnx_import import check_scale
-from pexopt.graph.onnx_load import MAX_MODEL_BYTES, read_model
+from pexopt.frontend.onnx_import import check_scale
+from pexopt.frontend.onnx_load import MAX_MODEL_BYTES, read_model
 from pexopt.outputs import write_files
 
 PRODUCER = "pexopt.quantize"

@@ -22,13 +22,13 @@ from test_validator import forced_split
 
 from pexopt.codegen.emit import _Emitter
 from pexopt.errors import PexError
+from pexopt.frontend.onnx_params import load_params
 from pexopt.graph.ir import Graph
 from pexopt.partial.hybrid import find_hybrid_segments
 from pexopt.pipeline import ImportOptions
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import plan_from_dict
 from pexopt.plan.validator import validate
-from pexopt.simulate.params import load_params
 
 BLOCK = [("conv", 8, 1, 1, 0), ("dw", 3, 1, 1), ("conv", 4, 1, 1, 0)]  # 4 -> 8 -> 8 -> 4 ch
 KWS = MODELS_DIR / "dscnn_kws_int8.onnx"
@@ -103,7 +103,7 @@ def test_simulate_without_inputs_is_refused(hybrid, tmp_path: Path) -> None:
 
     graph = ImportOptions().load(path)
     with pytest.raises(ValueError, match="n_inputs"):  # the library refuses it too
-        verify_plan(plan_from_dict(base), graph, path, n_inputs=0)
+        verify_plan(plan_from_dict(base), graph, n_inputs=0)
 
 
 @pytest.mark.parametrize("rows", [[0, 2**33], [2**33 - 2, 2**33], [0, 2**63 - 1], [-1, 2],

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.graph.synthetic import random_dag, topo_orders, wide
+from pexopt.schedule import SolverParams
 from pexopt.solver.baselines import reorder_peak, tflm_arena
-from pexopt.solver.cpsat_layout import SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 SHARED_ONNX = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "onnx"
 

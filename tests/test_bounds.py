@@ -18,13 +18,13 @@ import onnx
 import pytest
 from fuzz_graphs import Spec, float_model
 
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.plan.build import build_plan
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.solver.bounds import any_order_bound, order_search_bound
 from pexopt.solver.cpsat_layout import (
-    SolverParams,
     all_inplace_candidates,
     candidates,
     lower_bound,

@@ -17,7 +17,7 @@ from conftest import run_cli as run
 from onnx import helper
 
 from pexopt.errors import PexError
-from pexopt.graph.onnx_import import import_onnx
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.pipeline import parse_bytes
 
 FAST = ["--time-limit", "10", "--workers", "1", "--no-rows"]  # pins channel-split plans
@@ -249,7 +249,8 @@ def test_solve_input_shape_fixes_dynamic_model(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.stderr
     # input + output + the 3x3 conv's CMSIS-NN scratch on cortex-m4: 2 * roundup4(27) * 2
     assert json.loads(plan.read_text())["arena_bytes"] == 8 * 8 * 3 + 8 * 8 * 4 + 112
-    assert run("validate", plan, model, "--input-shape", "x=1x3x8x8").exit_code == 0
+    res = run("validate", plan, model, "--input-shape", "x=1x3x8x8")
+    assert res.exit_code == 0, res.stderr
 
 
 # -- bad input: exit 2, one line, no traceback, nothing written -----------------------------------

@@ -123,7 +123,7 @@ def test_mbv2_144_frontier_has_five_checked_points(models_dir: Path) -> None:
     on MobileNetV2-0.35 at 144, each validated and simulated (pareto_model raises otherwise)."""
     from pexopt.latency.bound import ProfileCost
     from pexopt.pipeline import ImportOptions, pareto_model
-    from pexopt.solver.cpsat_layout import SolverParams
+    from pexopt.schedule import SolverParams
     from pexopt.solver.pareto import least_cost
 
     prof = load_profile("cortex-m4")

@@ -22,15 +22,15 @@ from pexopt.cmsis_scratch import (
 )
 from pexopt.codegen import emit_c
 from pexopt.errors import PexError
+from pexopt.frontend.onnx_params import load_params
 from pexopt.graph.ir import Graph
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.plan.format import Plan, is_kscratch, load_plan, plan_from_dict
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import run_plan
-from pexopt.simulate.params import load_params
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index
 from pexopt.simulate.verify import random_feeds, verify_plan
-from pexopt.solver.cpsat_layout import SolverParams
 
 SOLVER = dict(time_limit=10.0, workers=1)
 MCUNET = "mcunet_in3_320kb_1mb_imagenet.onnx"
@@ -126,7 +126,7 @@ def test_mcunet_plan_counts_scratch_in_the_arena(mcunet: tuple[Path, Graph, Plan
             need = 0
         assert (max(got) >= need) if need else not got
     assert validate(plan, g) == []
-    assert verify_plan(plan, g, path, n_inputs=1, onnxruntime=False).exact
+    assert verify_plan(plan, g, n_inputs=1, onnxruntime=False).exact
     emit_c(plan, g, path, tmp_path / "gen", target="cortex-m4")
     src = (tmp_path / "gen" / "pex_model.c").read_text()
     header = (tmp_path / "gen" / "pex_model.h").read_text()

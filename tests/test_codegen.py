@@ -22,14 +22,14 @@ from onnx import helper
 from pexopt.codegen import emit_c
 from pexopt.codegen.names import C_KEYWORDS, NameTable, comment, sanitize
 from pexopt.errors import PexError
+from pexopt.frontend.onnx_params import load_params
 from pexopt.graph.ir import Graph
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.plan.format import Plan
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import run_plan
-from pexopt.simulate.params import load_params
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index
 from pexopt.simulate.verify import random_feeds
-from pexopt.solver.cpsat_layout import SolverParams
 
 GCC = shutil.which("gcc")
 CFLAGS = ["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",

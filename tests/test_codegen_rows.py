@@ -16,7 +16,7 @@ from pexopt.codegen import emit_c
 from pexopt.errors import PexError
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.plan.format import Plan
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 from pexopt.target.measure import measure_plan
 
 ROWS = SolverParams(time_limit=20, workers=2, rows=True, target="cortex-m4")
@@ -84,13 +84,13 @@ def test_mbv2_r144_rows_on_cortex_m4(models_dir: Path, qemu_tools: None) -> None
     bit-exact under QEMU with their instruction overhead over layer by layer <= 15%."""
     path = models_dir / "mbv2_w035_r144_int8.onnx"
     flat = solve_model(path, ImportOptions(), replace(ROWS, split=False, rows=False), None)
-    base = measure_plan(flat.plan, flat.graph, path, "cortex-m4")
+    base = measure_plan(flat.plan, flat.graph, "cortex-m4")
     assert base.exact
     for external, limit in ((False, 70_000), (True, 40_000)):
         res = solve_model(path, ImportOptions(input_external=external),
                           replace(ROWS, time_limit=60), None)
         assert res.plan.arena_bytes <= limit
-        m = measure_plan(res.plan, res.graph, path, "cortex-m4")
+        m = measure_plan(res.plan, res.graph, "cortex-m4")
         assert m.exact
         overhead = m.instructions / base.instructions - 1
         print(f"\nmbv2 r144 rows external={external}: {res.plan.arena_bytes} B, "

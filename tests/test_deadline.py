@@ -74,7 +74,7 @@ def test_long_chain_returns_a_validated_plan_in_time(tmp_path: Path, n: int, qdq
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 1, p.stderr
     assert wall <= WALL_S + MARGIN_S, f"{n} operators: {wall:.1f} s"
-    from pexopt.graph.onnx_import import import_onnx
+    from pexopt.frontend.onnx_import import import_onnx
 
     graph = import_onnx(model)
     got = load_plan(plan)
@@ -111,7 +111,8 @@ def test_solver_out_of_time_keeps_a_valid_plan(tmp_path: Path) -> None:
     """A deadline already spent: the solver returns the file-order greedy plan, FEASIBLE with
     a bound that holds, and the command says so in one stderr line."""
     from pexopt.pipeline import ImportOptions, solve_graph
-    from pexopt.solver.cpsat_layout import OUT_OF_TIME, SolverParams
+    from pexopt.schedule import SolverParams
+    from pexopt.solver.cpsat_layout import OUT_OF_TIME
 
     model = tmp_path / "c.onnx"
     onnx.save(chain(40, True), model)

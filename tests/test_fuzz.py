@@ -32,9 +32,9 @@ from pexopt.partial.hybrid import find_hybrid_segments  # noqa: E402
 from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
 from pexopt.plan.build import build_plan  # noqa: E402
 from pexopt.plan.validator import validate  # noqa: E402
+from pexopt.schedule import SolverParams  # noqa: E402
 from pexopt.simulate.onnxrt import ort_session  # noqa: E402
 from pexopt.simulate.verify import verify_plan  # noqa: E402
-from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
 
 FUZZ_EXAMPLES = int(os.environ.get("PEXOPT_FUZZ_EXAMPLES", "300"))  # per flavour
 ORT_FLOAT_TOL = 1e-3  # float32 models: simulator vs onnxruntime, relative to the output range
@@ -57,7 +57,7 @@ def check_model(model: onnx.ModelProto, int8: bool, folder: Path) -> None:
     for mode, kw in (("layerwise", {"split": False}), ("split", {}), ("rows", {"rows": True})):
         res = solve_model(path, opts, SolverParams(time_limit=5, workers=1, **kw), budget=None)
         assert validate(res.plan, res.graph) == [], mode
-        rep = verify_plan(res.plan, res.graph, path, n_inputs=1, seed=0)
+        rep = verify_plan(res.plan, res.graph, n_inputs=1, seed=0)
         assert rep.exact, f"{mode}: max error {rep.max_error} {rep.notes}"
         if ort_check and rep.ort_max_error is not None:
             assert rep.ort_max_error <= ORT_FLOAT_TOL, \
@@ -78,7 +78,7 @@ def _check_hybrid(graph: Graph, path: Path) -> None:
         h = seg.widths[len(seg.widths) // 2]
         plan = build_plan(graph, manual_schedule(graph, seg, h))
         assert validate(plan, graph) == [], f"hybrid {seg.ops} h {h}"
-        assert verify_plan(plan, graph, path, n_inputs=1, onnxruntime=False).exact, \
+        assert verify_plan(plan, graph, n_inputs=1, onnxruntime=False).exact, \
             f"hybrid {seg.ops} h {h}"
 
 
@@ -136,7 +136,7 @@ def test_ort_error_of_one_element_output(tmp_path: Path) -> None:
     onnx.save(build_model(spec, int8=False), str(path))
     res = solve_model(path, ImportOptions(dtype="float32"),
                       SolverParams(time_limit=5, workers=1, split=False), budget=None)
-    rep = verify_plan(res.plan, res.graph, path, n_inputs=1, seed=0)
+    rep = verify_plan(res.plan, res.graph, n_inputs=1, seed=0)
     assert rep.exact
     assert rep.ort_max_error is not None and rep.ort_max_error <= ORT_FLOAT_TOL
 

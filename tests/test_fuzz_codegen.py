@@ -22,12 +22,12 @@ from fuzz_graphs import Spec, build_model, specs  # noqa: E402
 
 from pexopt.codegen import emit_c  # noqa: E402
 from pexopt.errors import PexError  # noqa: E402
+from pexopt.frontend.onnx_params import load_params  # noqa: E402
 from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
+from pexopt.schedule import SolverParams  # noqa: E402
 from pexopt.simulate.arena import run_plan  # noqa: E402
-from pexopt.simulate.params import load_params  # noqa: E402
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index  # noqa: E402
 from pexopt.simulate.verify import random_feeds  # noqa: E402
-from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PEXOPT_FUZZ_CODEGEN_EXAMPLES", "40"))
 SAMPLE = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,

@@ -37,17 +37,17 @@ from fuzz_graphs import Spec, build_model  # noqa: E402
 
 from pexopt.codegen import emit_c  # noqa: E402
 from pexopt.errors import PexError  # noqa: E402
+from pexopt.frontend.onnx_params import load_params  # noqa: E402
 from pexopt.graph.ir import Graph  # noqa: E402
 from pexopt.partial.hybrid import find_hybrid_segments  # noqa: E402
 from pexopt.pipeline import ImportOptions, solve_model  # noqa: E402
 from pexopt.plan.build import build_plan  # noqa: E402
 from pexopt.plan.format import Plan, plan_from_dict  # noqa: E402
 from pexopt.plan.validator import validate  # noqa: E402
+from pexopt.schedule import SolverParams  # noqa: E402
 from pexopt.simulate.arena import run_plan  # noqa: E402
-from pexopt.simulate.params import load_params  # noqa: E402
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index, run_reference  # noqa: E402
 from pexopt.simulate.verify import random_feeds  # noqa: E402
-from pexopt.solver.cpsat_layout import SolverParams  # noqa: E402
 
 MUTATIONS = int(os.environ.get("PEXOPT_FUZZ_PLAN_MUTATIONS", "200"))
 HUGE = (2**31, 2**33, 2**33 - 1, 2**63 - 1, 10**12, 1028)

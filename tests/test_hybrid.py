@@ -17,8 +17,9 @@ from test_codegen import _build, _expected, _invoke, kernels_obj  # noqa: F401  
 from test_rows import _chain_model, drop_step, manual_schedule
 
 from pexopt.codegen import emit_c
+from pexopt.frontend.onnx_import import import_onnx
+from pexopt.frontend.onnx_params import load_params
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.latency.cost import (
     estimate,
     invoke_instructions,
@@ -31,12 +32,12 @@ from pexopt.partial.hybrid import find_hybrid_segments, hybrid_schedule, slice_r
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Plan, plan_from_dict
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import run_plan
-from pexopt.simulate.params import load_params
 from pexopt.simulate.reference import run_reference
 from pexopt.simulate.verify import inputs_from_onnx, onnx_index, random_feeds, verify_plan
 from pexopt.solver.bounds import split_bound
-from pexopt.solver.cpsat_layout import SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 # (name, layers) as in test_rows: inverted residual blocks and a strided one
 BLOCKS = {
@@ -64,7 +65,7 @@ def _block(tmp: Path, name: str, dtype: str = "int8") -> tuple[Path, Graph]:
 
 def _exact(g: Graph, path: Path, plan: Plan) -> None:
     assert [str(v) for v in validate(plan, g)] == []
-    assert verify_plan(plan, g, path, n_inputs=1, onnxruntime=False).exact
+    assert verify_plan(plan, g, n_inputs=1, onnxruntime=False).exact
 
 
 def test_candidates_keep_halo_rows_only_in_the_first_buffer(tmp_models: Path) -> None:
@@ -214,7 +215,7 @@ def test_validator_catches_every_mutation_of_a_hybrid_plan(tmp_models: Path) -> 
                 st["index"] = i
         plan = plan_from_dict(d)
         if d != base and not validate(plan, g):
-            assert verify_plan(plan, g, path, n_inputs=1, onnxruntime=False).exact, (m, s)
+            assert verify_plan(plan, g, n_inputs=1, onnxruntime=False).exact, (m, s)
 
 
 # ------------------------------------------------------------------------- C
@@ -270,7 +271,7 @@ def test_hybrid_plan_bit_exact_under_qemu(tmp_models: Path, qemu_tools: None) ->
     path, _ = _block(tmp_models, "wide")
     res = solve_model(path, ImportOptions(), FAST, None)
     assert any(s["split"]["dim"] == "hybrid" for s in res.plan.splits)
-    m = measure_plan(res.plan, res.graph, path, "cortex-m4")
+    m = measure_plan(res.plan, res.graph, "cortex-m4")
     assert m.exact and m.instructions > 0
 
 

@@ -23,8 +23,8 @@ from conftest import (
 from onnx import TensorProto, helper
 
 from pexopt.errors import ModelError
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import ConvAttrs, Graph, live_bytes
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.ops import ALIAS_ONNX_OPS, OpKind
 
 

@@ -15,14 +15,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from pexopt import fixedpoint as quant
 from pexopt.errors import ModelError
+from pexopt.frontend.onnx_import import import_onnx
+from pexopt.frontend.onnx_params import OpParams, load_params
 from pexopt.graph.ir import Graph, Op
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.ops import OpKind
-from pexopt.simulate import quant
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
 from pexopt.simulate.onnxrt import ort_session
-from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import (
     inputs_from_onnx,
     kernel_input,

@@ -27,7 +27,7 @@ from pexopt.latency.profile import ProfileError, load_profile, shipped_profiles
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.plan.format import load_plan, plan_from_dict
 from pexopt.plan.validator import validate
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 
 M4 = load_profile("cortex-m4")
 

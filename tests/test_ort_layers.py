@@ -21,7 +21,7 @@ def test_every_operator_within_one_step_of_onnxruntime(name: str, models_dir: Pa
     graph = ImportOptions().load(path)
     for seed in (0, 1):
         feed = random_feeds(graph, onnx_index(path), 1, seed=seed)[0]
-        rows = layer_agreement(graph, path, feed)
+        rows = layer_agreement(graph, feed)
         int8_ops = [op for op in graph.ops if stored_int8(graph.tensors[op.outputs[0]])]
         assert len(rows) == len(int8_ops)  # every int8 operator was compared
         for r in rows:

@@ -19,16 +19,17 @@ import pytest
 from conftest import BUNDLED_ALL, SHARED_MODELS, const, conv_weights, make_onnx, vi
 from onnx import helper
 
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph, Op, Tensor
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.ops import OpKind
 from pexopt.partial.candidates import Segment, SplitSpec, channels, find_segments
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Plan
 from pexopt.plan.validator import validate
+from pexopt.schedule import Schedule, SolverParams
 from pexopt.simulate.verify import verify_plan
 from pexopt.solver.bounds import split_bound
-from pexopt.solver.cpsat_layout import Schedule, SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2_144 = "mbv2_w035_r144_int8"
@@ -184,7 +185,7 @@ def test_reshape_changing_channels_is_never_split(tmp_path: Path) -> None:
         problems.append(f"the solver splits {[sp['ops'] for sp in plan.splits]} and the "
                         f"validator reports {len(validate(plan, g))} violations")
         try:
-            rep = verify_plan(plan, g, path, n_inputs=1, onnxruntime=False)
+            rep = verify_plan(plan, g, n_inputs=1, onnxruntime=False)
             if not rep.exact:
                 problems.append(f"simulation mismatch {rep.max_error}")
         except Exception as e:
@@ -294,7 +295,7 @@ def test_block2_alone_float32_simulates(tmp_path: Path) -> None:
     assert s.arena == 165_888 + 25_920 + 41_472
     plan = build_plan(g, s)
     assert plan.splits and validate(plan, g) == []
-    rep = verify_plan(plan, g, path, n_inputs=1)
+    rep = verify_plan(plan, g, n_inputs=1)
     assert rep.exact and rep.max_error <= 1e-4
     assert rep.ort_max_error is not None and rep.ort_max_error <= 1e-4
 
@@ -315,7 +316,7 @@ def _never_worse(path: str) -> None:
     assert s.bound <= s.arena
     assert lb <= s.arena, (lb, s.arena)
     assert lb <= flat.arena  # no split is one of the choices the bound covers
-    rep = verify_plan(plan, g, path, n_inputs=1, onnxruntime=False)
+    rep = verify_plan(plan, g, n_inputs=1, onnxruntime=False)
     assert rep.exact and rep.max_error == 0.0, f"not bit-exact (max error {rep.max_error})"
 
 
@@ -383,7 +384,7 @@ def _split_and_verify(path: Path, dtype: str) -> None:
     plan = build_plan(g, s)
     assert plan.splits and s.arena < flat.arena, (s.arena, flat.arena)
     assert validate(plan, g) == []
-    rep = verify_plan(plan, g, path, n_inputs=2, onnxruntime=False)
+    rep = verify_plan(plan, g, n_inputs=2, onnxruntime=False)
     assert rep.exact, rep.max_error
 
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from pexopt.cli import app
-from pexopt.graph.onnx_load import load_model
+from pexopt.frontend.onnx_load import load_model
 from pexopt.pipeline import ImportOptions, solve_model
 from pexopt.prune.groups import find_groups
 from pexopt.prune.importance import (
@@ -25,9 +25,9 @@ from pexopt.prune.importance import (
 from pexopt.prune.onnx_prune import prune_onnx
 from pexopt.prune.solve import PruneOptions, prune_to_budget
 from pexopt.quantize import quantize_model
+from pexopt.schedule import SolverParams
 from pexopt.simulate.onnxrt import ort_session
 from pexopt.simulate.verify import verify_plan
-from pexopt.solver.cpsat_layout import SolverParams
 
 PARAMS = SolverParams(time_limit=5.0, workers=1, seed=0)
 runner = CliRunner()
@@ -267,7 +267,7 @@ def test_plan_of_pruned_model_validates_and_simulates(float_path: Path, int8_pat
     p = save(prune_onnx(m, find_groups(m), _keep_min(m)), tmp_path / "pruned.onnx")
     opts = ImportOptions(dtype="int8" if int8 else "float32")  # float is simulated in float
     res = solve_model(p, opts, PARAMS, None)  # builds and validates the plan
-    assert verify_plan(res.plan, res.graph, p).ok
+    assert verify_plan(res.plan, res.graph).ok
     before = solve_model(src, opts, PARAMS, None)
     assert res.plan.arena_bytes < before.plan.arena_bytes
 
@@ -423,7 +423,7 @@ def _max_pruned_runs_and_simulates(src: Path, tmp_path: Path) -> None:
     res = solve_model(p, ImportOptions(), PARAMS, None)
     before = solve_model(src, ImportOptions(), PARAMS, None)
     assert res.plan.arena_bytes < before.plan.arena_bytes
-    assert verify_plan(res.plan, res.graph, p, n_inputs=1).ok
+    assert verify_plan(res.plan, res.graph, n_inputs=1).ok
 
 
 @pytest.mark.parametrize("name", ["resnet8_int8", "mcunet_mixed_int8", "dscnn_kws_int8"])

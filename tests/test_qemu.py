@@ -321,10 +321,10 @@ HAS_EMITTER = _has_emitter()
 @pytest.mark.skipif(not HAS_EMITTER, reason="pexopt.codegen.emit is not there yet")
 def test_resnet8_bit_exact_on_m4(qemu_tools: None, models_dir: Path, tmp_path: Path) -> None:
     """C for resnet8_int8 on one random int8 input == the byte-exact arena simulation."""
+    from pexopt.frontend.onnx_params import load_params
     from pexopt.pipeline import ImportOptions, solve_model
+    from pexopt.schedule import SolverParams
     from pexopt.simulate.arena import run_plan
-    from pexopt.simulate.params import load_params
-    from pexopt.solver.cpsat_layout import SolverParams
 
     emit_c = importlib.import_module("pexopt.codegen.emit").emit_c
     model = models_dir / "resnet8_int8.onnx"

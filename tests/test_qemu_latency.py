@@ -14,7 +14,7 @@ from test_cli import run
 from pexopt.latency.cost import estimate
 from pexopt.latency.profile import load_profile
 from pexopt.pipeline import ImportOptions, solve_model
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 from pexopt.target.measure import measure_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def test_estimate_within_15_percent_of_qemu(qemu_tools: None, model: Path, split
                                                            split=split, rows=rows), None)
     if rows:
         assert any(s.mode == "band" for s in res.plan.steps), "row bands must be measured"
-    measured = measure_plan(res.plan, res.graph, model, "cortex-m4")
+    measured = measure_plan(res.plan, res.graph, "cortex-m4")
     assert measured.exact
     est = estimate(prof, res.graph, res.plan).instructions
     err = est / measured.instructions - 1
@@ -61,7 +61,7 @@ def _layerwise(name: str) -> tuple[int, float]:
         model = ROOT / "models" / f"{name}.onnx"
         res = solve_model(model, ImportOptions(), SolverParams(time_limit=20, workers=2,
                                                                split=False), None)
-        _LAYERWISE[name] = (measure_plan(res.plan, res.graph, model, "cortex-m4").instructions,
+        _LAYERWISE[name] = (measure_plan(res.plan, res.graph, "cortex-m4").instructions,
                             estimate(load_profile("cortex-m4"), res.graph, res.plan).instructions)
     return _LAYERWISE[name]
 
@@ -76,7 +76,7 @@ def test_narrow_slices_and_their_overhead(qemu_tools: None, name: str, width: in
     res = solve_model(model, ImportOptions(), SolverParams(time_limit=20, workers=2,
                                                            slice_widths=(width,)), None)
     assert res.plan.splits and all(s["width"] == width for s in res.plan.splits)
-    measured = measure_plan(res.plan, res.graph, model, "cortex-m4").instructions
+    measured = measure_plan(res.plan, res.graph, "cortex-m4").instructions
     est = estimate(prof, res.graph, res.plan).instructions
     assert abs(est / measured - 1) <= TOLERANCE, (name, width, est, measured)
     flat_measured, flat_est = _layerwise(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pexopt.pipeline import ImportOptions, solve_model
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 from pexopt.target.measure import measure_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def _models() -> list[Path]:
 def test_split_plan_bit_exact_on_cortex_m4(model: Path) -> None:
     res = solve_model(model, ImportOptions(), SolverParams(time_limit=20, workers=2, rows=False),
                       None)
-    m = measure_plan(res.plan, res.graph, model, "cortex-m4")
+    m = measure_plan(res.plan, res.graph, "cortex-m4")
     assert m.exact, model.stem
     assert m.instructions > 0 and m.ram_bytes >= res.plan.arena_bytes
 
@@ -40,4 +40,4 @@ def test_both_plans_on_cortex_m7(name: str) -> None:
     for split in (False, True):
         res = solve_model(model, ImportOptions(),
                           SolverParams(time_limit=20, split=split, rows=False), None)
-        assert measure_plan(res.plan, res.graph, model, "cortex-m7").exact
+        assert measure_plan(res.plan, res.graph, "cortex-m7").exact

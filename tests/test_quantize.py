@@ -11,7 +11,7 @@ from conftest import one_op_model
 from onnx import TensorProto
 
 from pexopt.errors import PexError
-from pexopt.graph.onnx_import import import_onnx
+from pexopt.frontend.onnx_import import import_onnx
 
 pytest.importorskip("onnxruntime")
 

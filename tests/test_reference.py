@@ -25,11 +25,11 @@ from conftest import BUNDLED_ALL, SHARED_MODELS
 from onnx import TensorProto, helper
 from test_kernels import _rand, save_model, to_qdq
 
+from pexopt.frontend.onnx_import import import_onnx
+from pexopt.frontend.onnx_params import OpParams, load_params
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.simulate.kernels import KERNELS
 from pexopt.simulate.onnxrt import ort_session
-from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import (
     OnnxIndex,
     inputs_from_onnx,

@@ -25,7 +25,8 @@ from pexopt.report.labels import NAME_CHARS, OpLabels, buffer_labels, short_name
 from pexopt.report.occupancy import occupancy, rectangles
 from pexopt.report.plots import live_matrix, pareto_front, report_plan, report_sweep, split_ranges
 from pexopt.report.tables import PIPE_WIDTH, fit, inspect_table, peak_line, splits_table
-from pexopt.solver.cpsat_layout import SolverParams, greedy_schedule
+from pexopt.schedule import SolverParams
+from pexopt.solver.cpsat_layout import greedy_schedule
 from pexopt.solver.rows_greedy import row_plan
 from pexopt.sweep.runner import latest_rows, read_results, run_sweep
 

@@ -13,7 +13,8 @@ from pexopt.cli import app
 from pexopt.graph.synthetic import KB_SIZES, random_dag
 from pexopt.pipeline import ImportOptions
 from pexopt.plan.build import build_plan
-from pexopt.solver.cpsat_layout import SolverParams, solve_layout
+from pexopt.schedule import SolverParams
+from pexopt.solver.cpsat_layout import solve_layout
 
 runner = CliRunner()
 

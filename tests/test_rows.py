@@ -19,8 +19,8 @@ from onnx import helper
 
 from pexopt.codegen import emit_c
 from pexopt.errors import PexError
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import ConvAttrs, Graph, Op
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.graph.rows import input_rows
 from pexopt.ops import SPECS, OpKind, Rows
 from pexopt.partial.bands import band_schedule, find_row_segments, stream_union
@@ -28,9 +28,10 @@ from pexopt.partial.candidates import Segment
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Plan, plan_from_dict
 from pexopt.plan.validator import validate
+from pexopt.schedule import Schedule, SolverParams
 from pexopt.simulate.verify import verify_plan
 from pexopt.solver.bounds import split_bound
-from pexopt.solver.cpsat_layout import Schedule, SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2 = ROOT / "models" / "mbv2_w035_r144_int8.onnx"
@@ -169,7 +170,7 @@ def _longest(g: Graph) -> Segment:
 
 def _check(g: Graph, path: Path, plan: Plan) -> None:
     assert [str(v) for v in validate(plan, g)] == []
-    rep = verify_plan(plan, g, path, n_inputs=1, onnxruntime=False)
+    rep = verify_plan(plan, g, n_inputs=1, onnxruntime=False)
     assert rep.exact
 
 
@@ -344,7 +345,7 @@ def test_mbv2_144_rows_and_streaming() -> None:
     for s in (rows, both):
         plan = build_plan(g, s)
         assert validate(plan, g) == []
-        assert verify_plan(plan, g, MBV2, n_inputs=1, onnxruntime=False).exact
+        assert verify_plan(plan, g, n_inputs=1, onnxruntime=False).exact
 
 
 def _mbv2(external: bool) -> Graph:
@@ -373,7 +374,7 @@ def test_row_plan_heuristic_alone_streams_mbv2_144() -> None:
                                                          again.streams)
     built = build_plan(g, plan)
     assert validate(built, g) == []
-    assert verify_plan(built, g, MBV2, n_inputs=1, onnxruntime=False).exact
+    assert verify_plan(built, g, n_inputs=1, onnxruntime=False).exact
 
 
 @pytest.mark.parametrize("external,limit", [(True, 40_000), (False, 70_000)])
@@ -433,8 +434,8 @@ def test_cli_solve_bands_then_codegen(tmp_models: Path, tmp_path: Path) -> None:
 def test_simulator_catches_a_wrong_halo_on_its_own(tmp_models: Path) -> None:
     """Without the validator: keeping one row too few in a halo move gives wrong outputs (or a
     simulation error), never a lucky right answer."""
+    from pexopt.frontend.onnx_params import load_params
     from pexopt.simulate.arena import SimulationError, run_plan
-    from pexopt.simulate.params import load_params
     from pexopt.simulate.reference import inputs_from_onnx, onnx_index, run_reference
     from pexopt.simulate.verify import random_feeds
 

@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pexopt.frontend.onnx_import import import_onnx
+from pexopt.frontend.onnx_params import OpParams, load_params
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.plan.build import build_plan
 from pexopt.plan.format import Buffer, Plan
 from pexopt.plan.validator import validate
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import SimulationError, run_plan
-from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import inputs_from_onnx, onnx_index, run_reference
 from pexopt.simulate.verify import random_feeds, verify_plan
-from pexopt.solver.cpsat_layout import SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 PARAMS = SolverParams(time_limit=10, workers=2, rows=False)
 
@@ -235,7 +236,7 @@ def test_float_model_plan(models_dir: Path) -> None:
         assert y.dtype == np.float32
         span = max(float(np.ptp(ref[k])), 1e-12)
         assert float(np.max(np.abs(y - ref[k]))) <= 1e-4 * span
-    rep = verify_plan(plan, g, path, n_inputs=1)
+    rep = verify_plan(plan, g, n_inputs=1)
     assert rep.exact and rep.max_error <= 1e-4
     assert rep.ort_max_error is not None and rep.ort_max_error <= 1e-4
     assert rep.ort_top1 == 1.0

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.graph.synthetic import KB_SIZES, chain, inception, random_dag, topo_orders, unet
 from pexopt.ops import SPECS
+from pexopt.schedule import Schedule, SolverParams
 from pexopt.solver.baselines import reorder_peak
 from pexopt.solver.bounds import any_order_bound
-from pexopt.solver.cpsat_layout import Schedule, SolverParams, solve_layout
+from pexopt.solver.cpsat_layout import solve_layout
 
 ALIGN = 4
 MODELS = Path(__file__).resolve().parents[1] / "models"

@@ -11,13 +11,8 @@ import pytest
 from pexopt.graph.ir import Graph
 from pexopt.partial.candidates import Segment
 from pexopt.pipeline import ImportOptions
-from pexopt.solver.cpsat_layout import (
-    TOO_SLOW,
-    SolverParams,
-    schedule_cost,
-    solve_fastest,
-    solve_layout,
-)
+from pexopt.schedule import SolverParams
+from pexopt.solver.cpsat_layout import TOO_SLOW, schedule_cost, solve_fastest, solve_layout
 
 CALL = 5_000  # fixed cost of every kernel call: what makes narrow slices slow
 

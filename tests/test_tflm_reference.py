@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pexopt.graph.onnx_import import import_onnx
-from pexopt.simulate.params import load_params
+from pexopt.frontend.onnx_import import import_onnx
+from pexopt.frontend.onnx_params import load_params
 from pexopt.simulate.reference import (
     inputs_from_onnx,
     onnx_index,

@@ -18,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pexopt.errors import PexError
+from pexopt.frontend.onnx_import import import_onnx
 from pexopt.graph.ir import Graph, Op, Tensor
-from pexopt.graph.onnx_import import import_onnx
 from pexopt.ops import OpKind
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.plan.build import build_plan
@@ -32,13 +32,8 @@ from pexopt.plan.validator import (
     overlaps,
     validate,
 )
-from pexopt.solver.cpsat_layout import (
-    Schedule,
-    SolverParams,
-    dw_inplace_ok,
-    solve_layout,
-    temp_bytes,
-)
+from pexopt.schedule import Schedule, SolverParams, temp_bytes
+from pexopt.solver.cpsat_layout import dw_inplace_ok, solve_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

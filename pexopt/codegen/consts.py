@@ -10,9 +10,9 @@ import numpy as np
 from pexopt.codegen.views import ints, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Op
+from pexopt.graph.params import OpParams
 from pexopt.ops import OpKind
 from pexopt.simulate import kernels as K
-from pexopt.simulate.params import OpParams
 
 
 @dataclass

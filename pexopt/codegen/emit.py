@@ -7,7 +7,7 @@ nothing else in the folder is touched):
   what the plan's step needs, pexopt's portable kernels elsewhere; ``-DPEX_PORTABLE_KERNELS``
   switches every step to the portable kernels).
 - ``pex_weights.c`` / ``pex_weights.h``  const weights, biases, requantisation parameters,
-  lookup tables and kernel parameter structs (computed from `pexopt.simulate.params`).
+  lookup tables and kernel parameter structs (computed from `pexopt.frontend.onnx_params`).
 - ``pex_kernels.c`` / ``pex_kernels.h``  copied from ``codegen/runtime``.
 - ``README.md``     how to build it into an STM32CubeIDE project.
 
@@ -35,11 +35,11 @@ from pexopt.codegen.render_ops import HANDLERS, OpsMixin
 from pexopt.codegen.views import View, contig, index_view, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Graph, Op, Tensor
-from pexopt.ops import OpKind
+from pexopt.graph.params import OpParams, graph_params
+from pexopt.ops import OPAQUE_RUNNABLE, OpKind
 from pexopt.outputs import Outputs
 from pexopt.plan.format import Buffer, Plan, Step
 from pexopt.plan.validator import check
-from pexopt.simulate.params import OpParams, load_params
 from pexopt.simulate.reference import stored_int8
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "codegen" / "runtime"
@@ -48,16 +48,7 @@ BACKENDS = ("cmsis", "portable")
 GENERATED = ("pex_model.h", "pex_model.c", "pex_weights.h", "pex_weights.c", *RUNTIME_FILES,
              "README.md")  # the only files codegen writes into its folder (and its manifest)
 
-SUPPORTED: frozenset[OpKind] = frozenset({
-    OpKind.CONV, OpKind.GROUPED_CONV, OpKind.DEPTHWISE, OpKind.FULLY_CONNECTED, OpKind.ADD,
-    OpKind.MUL, OpKind.CHANNEL_AFFINE, OpKind.CONCAT, OpKind.MAXPOOL, OpKind.AVGPOOL,
-    OpKind.GLOBAL_AVGPOOL, OpKind.REDUCE_MEAN, OpKind.RELU, OpKind.CLIP, OpKind.SIGMOID,
-    OpKind.HARD_SIGMOID, OpKind.HARD_SWISH, OpKind.SOFTMAX, OpKind.TRANSPOSE, OpKind.PAD,
-    OpKind.RESIZE, OpKind.OPAQUE,
-})
-OPAQUE_SUPPORTED = frozenset({"LogSoftmax"})
-LUT_KINDS = frozenset({OpKind.RELU, OpKind.CLIP, OpKind.SIGMOID, OpKind.HARD_SIGMOID,
-                       OpKind.HARD_SWISH})
+SUPPORTED: frozenset[OpKind] = frozenset(HANDLERS)  # the kinds a renderer exists for
 
 
 def emit_c(plan: Plan, graph: Graph, model_path: str | Path, out_dir: str | Path,
@@ -90,7 +81,7 @@ def render_c(plan: Plan, graph: Graph, model_path: str | Path, target: str = "co
     check(plan, graph)  # never emit a plan that is not valid for this model
     if backend_default == "cmsis":
         check_target(plan, target)
-    params = load_params(model_path, graph)
+    params = graph_params(graph)
     em = _Emitter(plan, graph, params, TARGETS[target], backend_default == "cmsis",
                   Path(model_path).name, target)
     files = em.run()
@@ -126,7 +117,7 @@ def check_supported(graph: Graph) -> None:
     for op in graph.ops:
         where = f"codegen: node '{comment(op.name)}' ({comment(op.onnx_type)})"
         if op.kind not in SUPPORTED or (op.kind == OpKind.OPAQUE
-                                        and op.onnx_type not in OPAQUE_SUPPORTED):
+                                        and op.onnx_type not in OPAQUE_RUNNABLE):
             raise PexError(f"{where}: operator kind '{op.kind.value}' is not supported by the C "
                            "emitter")
         ts = [graph.tensors[t] for t in (*op.inputs, *op.outputs)]

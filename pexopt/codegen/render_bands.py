@@ -23,10 +23,10 @@ import dataclasses
 from pexopt.codegen.views import View, contig, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import ConvAttrs, Op, PoolAttrs, Tensor
+from pexopt.graph.params import OpParams
 from pexopt.graph.rows import input_rows, row_bytes
 from pexopt.ops import SPECS, OpKind, Rows
 from pexopt.plan.format import Step
-from pexopt.simulate.params import OpParams
 
 BAND_STRUCT = "pex_band"
 

@@ -10,9 +10,9 @@ from pexopt.codegen.consts import OpConsts
 from pexopt.codegen.views import View, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Op
+from pexopt.graph.params import OpParams
 from pexopt.ops import OpKind
 from pexopt.plan.format import Step, is_kscratch
-from pexopt.simulate.params import OpParams
 
 
 class CmsisMixin:

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pexopt.codegen.views import View, contig, pad4
 from pexopt.errors import PexError
 from pexopt.graph.ir import Op, Tensor
+from pexopt.graph.params import OpParams
 from pexopt.graph.rows import input_rows
 from pexopt.ops import SPECS, Split
 from pexopt.plan.format import Step
-from pexopt.simulate.params import OpParams
 
 
 class HybridMixin:

@@ -112,6 +112,9 @@ class Graph:
     source_sha256: str = ""
     source_path: str = ""
     notes: tuple[str, ...] = field(default=())
+    # what the frontend kept of the model (kernel constants, its own index): the back ends
+    # read it, never the file (pexopt.graph.params.graph_params); None for synthetic graphs
+    source: Any = field(default=None, compare=False, repr=False)
 
     def __hash__(self) -> int:
         """Hashed once: graphs key per-segment caches (band schedules, costs), and hashing

@@ -1,2 +1,3 @@
 """Latency: target profiles (`profile`), kernel counts per plan step (`features`), the cost
-model (`cost`) and its calibration under QEMU (`micro`, `calibrate`, `nnls`)."""
+model (`cost`) and the least squares its calibration fits with (`nnls`; the calibration under
+QEMU is `pexopt.calibrate`)."""

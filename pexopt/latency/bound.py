@@ -46,7 +46,7 @@ def instructions_to_ms(instructions: float, profile: Profile) -> float:
 
 class ProfileCost:
     """A profile's estimates, rounded to whole instructions, for the CP-SAT latency constraint
-    (`pexopt.solver.cpsat_layout.CostModel`); memoised per graph, the model asks repeatedly."""
+    (`pexopt.schedule.CostModel`); memoised per graph, the model asks repeatedly."""
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile

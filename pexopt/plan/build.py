@@ -20,7 +20,7 @@ from pexopt.partial.candidates import (
 from pexopt.plan.build_hybrid import hybrid_buffers, hybrid_steps, hybrid_summary
 from pexopt.plan.build_rows import band_buffers, band_steps, band_summary
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, kscratch_name
-from pexopt.solver.cpsat_layout import Schedule, SolverParams, temp_bytes
+from pexopt.schedule import Schedule, SolverParams, temp_bytes
 
 
 def slice_name(tensor: str) -> str:

@@ -288,7 +288,7 @@ class _Analysis:
 
 
 def find_groups(model: onnx.ModelProto) -> Groups:
-    """Analyse a shape-inferred, topologically sorted model (pexopt.graph.onnx_load)."""
+    """Analyse a shape-inferred, topologically sorted model (pexopt.frontend.onnx_load)."""
     an = _Analysis(model)
     an.run()
     roots = {g: an.find(g) for g in an.parent}

@@ -25,7 +25,7 @@ import onnx
 from ortools.sat.python import cp_model
 
 from pexopt.errors import PexError
-from pexopt.graph.onnx_load import load_model
+from pexopt.frontend.onnx_load import load_model
 from pexopt.latency.cost import estimate, invoke_instructions, op_instructions
 from pexopt.latency.profile import Profile
 from pexopt.pipeline import ImportOptions, LatencyNotMet, SolveResult, solve_model
@@ -40,7 +40,7 @@ from pexopt.prune.importance import (
 from pexopt.prune.latency import LatencyModel
 from pexopt.prune.model import ExtraConstraints, choose_keep, step_sizes
 from pexopt.prune.onnx_prune import prune_onnx
-from pexopt.solver.cpsat_layout import SolverParams
+from pexopt.schedule import SolverParams
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def _check_simulation(c: Candidate) -> None:
 
     if not executable(c.result.graph):
         return  # a float model planned for int8 activations cannot execute as planned
-    if c.path is not None and not verify_plan(c.result.plan, c.result.graph, c.path,
+    if c.path is not None and not verify_plan(c.result.plan, c.result.graph,
                                               n_inputs=1, onnxruntime=False).ok:
         raise PexError("pruning: the pruned model's plan does not simulate exactly "
                        "(a bug; please report it)")

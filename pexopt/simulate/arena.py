@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pexopt.errors import PexError
+from pexopt.fixedpoint import dequantize, quantize_real
 from pexopt.graph.ir import DTYPE_BYTES, Graph, Op, Tensor
+from pexopt.graph.params import OpParams
 from pexopt.ops import SPECS, Split
 from pexopt.plan.format import Buffer, Plan, Step, is_kscratch
 from pexopt.simulate import bands, hybrid
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
-from pexopt.simulate.params import OpParams
-from pexopt.simulate.quant import dequantize, quantize_real
 from pexopt.simulate.reference import kernel_input, store_output, stored_int8
 
 

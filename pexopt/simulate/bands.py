@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pexopt.graph.ir import Op, Tensor
+from pexopt.graph.params import OpParams
 from pexopt.plan.format import Buffer, Plan, Step
 from pexopt.simulate.kernels import KERNELS
-from pexopt.simulate.params import OpParams
 from pexopt.simulate.reference import kernel_input, store_output
 
 if TYPE_CHECKING:

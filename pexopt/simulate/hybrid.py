@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pexopt.graph.ir import Op, Tensor
+from pexopt.graph.params import OpParams
 from pexopt.ops import SPECS, Split
 from pexopt.plan.format import Step
 from pexopt.simulate.bands import _band_rows, _full_from_band
 from pexopt.simulate.kernels import KERNELS, conv_accumulate, requantize
-from pexopt.simulate.params import OpParams
 from pexopt.simulate.reference import kernel_input
 
 if TYPE_CHECKING:

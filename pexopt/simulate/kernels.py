@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from pexopt.fixedpoint import dequantize, multiply_by_quantized_multiplier, quantize_real
 from pexopt.graph.ir import ConvAttrs, Op, PoolAttrs
+from pexopt.graph.params import OpParams
 from pexopt.ops import OpKind
-from pexopt.simulate.params import OpParams
-from pexopt.simulate.quant import dequantize, multiply_by_quantized_multiplier, quantize_real
 
 Kernel = Callable[..., np.ndarray]
 

@@ -10,16 +10,15 @@ int8 semantics (one step at most, rarely) from that accumulation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from pexopt.graph.ir import Graph
+from pexopt.graph.params import graph_params
 from pexopt.simulate.kernels import KERNELS
 from pexopt.simulate.onnxrt import ort_session
-from pexopt.simulate.params import load_params
-from pexopt.simulate.reference import kernel_input, onnx_index, store_output, stored_int8
+from pexopt.simulate.reference import kernel_input, store_output, stored_int8
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,11 @@ def _to_ir(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(shape)
 
 
-def layer_agreement(graph: Graph, model_path: str | Path,
-                    feed: dict[str, np.ndarray]) -> list[LayerAgreement]:
+def layer_agreement(graph: Graph, feed: dict[str, np.ndarray]) -> list[LayerAgreement]:
     """Every int8 operator whose inputs and output onnxruntime also quantises, run by our kernel
-    on onnxruntime's inputs and compared with onnxruntime's output."""
-    model = onnx.load(str(model_path))
+    on onnxruntime's inputs and compared with onnxruntime's output (the model as imported)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.source.model)
     q = _int8_names(model)
     wanted = {t.name: q.get(t.name, t.name) for t in graph.tensors if stored_int8(t)}
     names = sorted(set(wanted.values()) & {o for o in q.values()})
@@ -58,7 +57,7 @@ def layer_agreement(graph: Graph, model_path: str | Path,
                                                                      None))
     sess = ort_session(model.SerializeToString())
     theirs = dict(zip(names, sess.run(None, feed)))
-    params = load_params(onnx_index(model_path), graph)
+    params = graph_params(graph)
     out: list[LayerAgreement] = []
     for op in graph.ops:
         ins = [graph.tensors[t] for t in op.inputs]

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from pexopt.errors import ModelError
+from pexopt.fixedpoint import dequantize, quantize_real
+from pexopt.frontend.onnx_load import load_model
+from pexopt.frontend.onnx_params import NHWC, OnnxIndex, OpParams, perm_for
 from pexopt.graph.ir import Graph, QParams, Tensor
-from pexopt.graph.onnx_load import load_model
 from pexopt.simulate.kernels import KERNELS
-from pexopt.simulate.params import NHWC, OnnxIndex, OpParams, perm_for
-from pexopt.simulate.quant import dequantize, quantize_real
 
 
 def stored_int8(t: Tensor) -> bool:
@@ -106,7 +106,8 @@ def outputs_to_onnx(graph: Graph, values: dict[str, np.ndarray],
     including a trailing DequantizeLinear -> QuantizeLinear pair that requantises. int8 results
     are dequantised when the ONNX output is float (and `dequantize_outputs`).
     """
-    ox = model if isinstance(model, OnnxIndex) else onnx_index(model or graph.source_path)
+    ox = model if isinstance(model, OnnxIndex) else (
+        onnx_index(model) if model is not None else graph.source.index())
     names = {t.name: t for t in graph.tensors}
     res: dict[str, np.ndarray] = {}
     for name in ox.outputs:

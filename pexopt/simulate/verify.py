@@ -10,18 +10,17 @@ verification fails (`ok` is False, `failure()` says why).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from pexopt.frontend.onnx_params import OnnxIndex
 from pexopt.graph.ir import Graph
+from pexopt.graph.params import graph_params
 from pexopt.plan.format import Plan
 from pexopt.simulate.arena import run_plan
 from pexopt.simulate.onnxrt import ort_session
-from pexopt.simulate.params import OnnxIndex, load_params
 from pexopt.simulate.reference import (
     inputs_from_onnx,
-    onnx_index,
     outputs_to_onnx,
     run_reference,
 )
@@ -103,19 +102,20 @@ def _input_scale(graph: Graph, ref: dict[str, np.ndarray], name: str) -> float:
     return max((float(np.max(np.abs(x))) for x in xs if x.size), default=0.0)
 
 
-def verify_plan(plan: Plan, graph: Graph, model_path: str | Path, n_inputs: int = 2,
-                seed: int = 0, onnxruntime: bool = True,
-                input_shapes: dict[str, tuple[int, ...]] | None = None) -> VerifyReport:
-    """Run `plan` in a byte-exact arena on random inputs and compare with the references
-    (`input_shapes` fixes dynamic input dimensions, as at import)."""
+def verify_plan(plan: Plan, graph: Graph, n_inputs: int = 2, seed: int = 0,
+                onnxruntime: bool = True) -> VerifyReport:
+    """Run `plan` in a byte-exact arena on random inputs and compare with the references: the
+    unsplit reference run and onnxruntime on the model as imported (`graph.source`: the file is
+    not read again)."""
     if n_inputs < 1:  # zero runs compare nothing: never report that as bit-exact
         raise ValueError(f"verify_plan: n_inputs must be at least 1, not {n_inputs}")
-    ox = onnx_index(model_path, input_shapes or None)
-    params = load_params(ox, graph)
+    src = graph.source
+    params = graph_params(graph)
+    ox = src.index()
     feeds = random_feeds(graph, ox, n_inputs, seed)
     exact, worst = True, 0.0
     cmp = _OrtCompare(graph, ox) if onnxruntime else None
-    sess = ort_session(model_path) if cmp is not None and cmp.comparable else None
+    sess = ort_session(src.model_bytes()) if cmp is not None and cmp.comparable else None
     for i, feed in enumerate(feeds):
         ir_in = inputs_from_onnx(graph, feed)
         ref = run_reference(graph, params, ir_in)

@@ -10,6 +10,7 @@ import math
 from pexopt.deadline import check as check_deadline
 from pexopt.graph.ir import Graph, ancestor_masks, descendant_masks, mask_bits
 from pexopt.ops import SPECS
+from pexopt.schedule import temp_bytes
 
 # an op's ways to run whole: (input it overwrites or None, bytes added to the sum of its own
 # inputs and outputs while it runs: kernel scratch, minus what the overwritten input saves)
@@ -49,12 +50,6 @@ def dw_inplace_ok(graph: Graph, k: int, i: int) -> bool:
     t_in, t_out = graph.tensors[i], graph.tensors[op.outputs[0]]
     return (t_in.shape == t_out.shape and i not in graph.outputs and not t_in.external
             and not t_out.external and t_out.nbytes > 0)
-
-
-def temp_bytes(graph: Graph, k: int) -> int:
-    """The H x W temporary of an in-place depthwise conv (one channel of its output)."""
-    t = graph.tensors[graph.ops[k].outputs[0]]
-    return t.nbytes // max(1, t.shape[-1])
 
 
 def all_inplace_candidates(graph: Graph) -> dict[int, list[int]]:

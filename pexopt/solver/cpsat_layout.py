@@ -32,7 +32,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from ortools.sat.python import cp_model
 
@@ -43,9 +42,10 @@ from pexopt.graph.ir import Graph, ancestors, descendants
 from pexopt.partial.bands import find_row_segments, worth_trying
 from pexopt.partial.candidates import Segment, accumulator_bytes, find_segments, workspace_bytes
 from pexopt.partial.hybrid import find_hybrid_segments
+from pexopt.schedule import CostModel, Schedule, SolverParams, temp_bytes
 from pexopt.solver import interrupt
 from pexopt.solver.baselines import Lifetime, greedy_by_size
-from pexopt.solver.bounds import (  # dw_inplace_ok, temp_bytes: the model's, re-exported
+from pexopt.solver.bounds import (  # dw_inplace_ok: the model's, re-exported
     Reach,
     all_inplace_candidates,
     any_order_bound,
@@ -53,78 +53,12 @@ from pexopt.solver.bounds import (  # dw_inplace_ok, temp_bytes: the model's, re
     order_search_bound,
     segment_floor,
     split_bound,
-    temp_bytes,
 )
 from pexopt.solver.rows_model import StreamVars, add_streaming
 
 Progress = Callable[[str, int, int, float], None]  # (stage, best arena, bound, seconds)
 OUT_OF_TIME = "out of time before the search:"  # first stage of a deadline fallback
 TOO_SLOW = "LATENCY_NOT_MET"  # status of a schedule found only above the latency bound
-
-
-class CostModel(Protocol):
-    """Estimated cost (instructions, integers) of running an operator whole, a split segment
-    at one slice width, or a depthwise op in place; supplied by a target profile."""
-
-    def op(self, graph: Graph, k: int) -> int: ...
-
-    def segment(self, graph: Graph, seg: Segment, width: int) -> int: ...
-
-    def inplace(self, graph: Graph, k: int) -> int: ...
-
-
-@dataclass(frozen=True)
-class SolverParams:
-    """Every technique is a switch so tests can ablate it and check the optimum is unchanged."""
-
-    time_limit: float = 30.0
-    workers: int = 2
-    seed: int = 0
-    align: int = 4
-    reorder: bool = True
-    inplace: bool = True
-    cumulative: bool = True
-    hint: bool = True
-    use_bound: bool = True
-    split: bool = True
-    max_segment_len: int = 6
-    max_widths: int = 8
-    slice_widths: tuple[int, ...] | None = None
-    deterministic_time: float | None = None
-    cost: CostModel | None = field(default=None, compare=False)  # latency estimate per choice
-    latency: int | None = None  # hard bound on the estimated cost (needs `cost`)
-    target: str | None = None  # CMSIS-NN kernel scratch for this target; None: none
-    rows: bool = False  # row-band segments (with `split`)
-    channels: bool = True  # channel-slice segments (with `split`); off: row bands alone
-    stream: bool = True  # row segments may stream their output over their input
-    hybrid: bool = True  # with `rows` and `channels`: bands and channel slices at once
-    max_heights: int = 6
-
-
-@dataclass
-class Schedule:
-    """A solved schedule: order, offsets, in-place and split choices."""
-
-    order: list[int]
-    offsets: dict[int, int]
-    inplace: dict[int, int]  # output tensor id -> input tensor id it overwrites
-    arena: int
-    bound: int
-    status: str
-    seconds: float
-    params: SolverParams = field(default_factory=SolverParams)
-    segments: list[Segment] = field(default_factory=list)
-    splits: dict[int, int] = field(default_factory=dict)  # used segment id -> slice width
-    workspace: dict[int, int] = field(default_factory=dict)  # used segment id -> offset
-    temps: dict[int, int] = field(default_factory=dict)  # in-place depthwise op id -> offset
-    kscratch: dict[int, int] = field(default_factory=dict)  # whole op id -> its scratch offset
-    stages: list[str] = field(default_factory=list)
-    streams: set[int] = field(default_factory=set)  # row segment ids streaming in place
-    cost: int | None = None  # the model's latency expression at this schedule (cost model only)
-
-    @property
-    def gap(self) -> float:
-        return 0.0 if self.arena == 0 else max(0.0, (self.arena - self.bound) / self.arena)
 
 
 def _round(x: int, align: int) -> int:
@@ -176,6 +110,23 @@ class _Callback(cp_model.CpSolverSolutionCallback):
             self.progress(self.stage, int(self.ObjectiveValue()), bound, time.time() - self.t0)
 
 
+Box = tuple  # (time interval, offset interval, bytes, presence literal or None)
+
+
+def _admissible(segments: list[Segment], order: list[int] | None,
+                only: Schedule | None) -> list[Segment]:
+    """The segments the model may use: back to back in a fixed `order`, and within `only`'s
+    choices (its segments, no narrower slices)."""
+    if order is not None:
+        at = {op: i for i, op in enumerate(order)}
+        segments = [s for s in segments
+                    if all(at[b] == at[a] + 1 for a, b in zip(s.ops, s.ops[1:]))]
+    if only is not None:
+        segments = [replace(s, widths=tuple(w for w in s.widths if w >= only.splits[s.id]))
+                    for s in segments if s.id in only.splits]
+    return segments
+
+
 class _Model:
     """Builds the CP-SAT model; `order` fixes the positions (file-order stage) or not."""
 
@@ -183,49 +134,70 @@ class _Model:
                  segments: list[Segment], lb: int, ub: int | None,
                  only: Schedule | None = None) -> None:
         """`only`: restrict the options to a sub-set of that schedule's choices (its splits,
-        no narrower, and its in-place writes), to simplify it quickly."""
+        no narrower, and its in-place writes), to simplify it quickly.
+
+        The constraint families are added in a fixed order (variable indices, hence the
+        search and the canonical plans, depend on it)."""
         self.g, self.p, self.order, self.lb = graph, params, order, lb
-        self.m = m = cp_model.CpModel()
-        n = self.n = len(graph.ops)
+        self.m = cp_model.CpModel()
+        self.n = len(graph.ops)
         self.prod, self.cons = graph.producer(), graph.consumers()
-        outs = set(graph.outputs)
         self.bufs = buffer_tensors(graph)
-        size = self.size = {t: graph.tensors[t].nbytes for t in self.bufs}
-        horizon = n + 1
-        al = params.align
-        if order is not None:
-            at = {op: i for i, op in enumerate(order)}
-            segments = [s for s in segments
-                        if all(at[b] == at[a] + 1 for a, b in zip(s.ops, s.ops[1:]))]
-        if only is not None:
-            segments = [replace(s, widths=tuple(w for w in s.widths if w >= only.splits[s.id]))
-                        for s in segments if s.id in only.splits]
-        self.segments = segments
+        self.size = {t: graph.tensors[t].nbytes for t in self.bufs}
+        self.segments = _admissible(segments, order, only)
         self.kscr = op_scratch(graph, params.target)
-        cap = sum(_round(v, al) for v in size.values()) + sum(
-            _round(accumulator_bytes(graph.tensors[s.output]), al)
-            + _round(max(seg_workspace(graph, s, w, params) for w in s.widths), al)
-            for s in segments)
-        cap += sum(_round(temp_bytes(graph, k), al) for k in range(n))  # in-place temporaries
-        cap += sum(_round(v, al) for v in self.kscr.values())
-        self.cap = cap
+        self.cap = self._capacity()
+        self.pos = self._positions(order)
+        self._split_choices()
+        start, end = self._lifetimes()
+        self._offsets(ub)
+        boxes: list[Box] = []
+        shift, dw_inplace = self._inplace(order, only, boxes)
+        self._kernel_scratch(boxes, dw_inplace)
+        self.streams = add_streaming(self) if params.stream else StreamVars()
+        boxes += self.streams.boxes
+        self._buffer_boxes(start, end, shift, boxes)
+        self._segment_boxes(boxes)
+        self.latency = self._latency_expr()
+        if self.latency is not None and params.latency is not None:
+            self.m.add(self.latency <= params.latency)
+        self.m.add_no_overlap_2d([b[0] for b in boxes], [b[1] for b in boxes])
+        if params.cumulative:
+            self.m.add_cumulative([b[0] for b in boxes], [b[2] for b in boxes], self.top)
+        self.boxes = boxes
+
+    def _capacity(self) -> int:
+        """Every buffer the model may place, side by side: the offsets' upper bound."""
+        g, al = self.g, self.p.align
+        cap = sum(_round(v, al) for v in self.size.values()) + sum(
+            _round(accumulator_bytes(g.tensors[s.output]), al)
+            + _round(max(seg_workspace(g, s, w, self.p) for w in s.widths), al)
+            for s in self.segments)
+        cap += sum(_round(temp_bytes(g, k), al) for k in range(self.n))  # in-place temporaries
+        return cap + sum(_round(v, al) for v in self.kscr.values())
+
+    def _positions(self, order: list[int] | None) -> dict[int, cp_model.LinearExprT]:
+        """Op -> its step: fixed by `order`, else a permutation that respects the edges."""
         if order is not None:
-            self.pos = {op: i for i, op in enumerate(order)}
-        else:
-            succs = graph.succs()
-            anc, desc = ancestors(succs), descendants(succs)
-            self.pos = {k: m.new_int_var(len(anc[k]), n - 1 - len(desc[k]), f"pos{k}")
-                        for k in range(n)}
-            for k, ss in enumerate(succs):
-                for s in ss:
-                    m.add(self.pos[s] >= self.pos[k] + 1)
-            m.add_all_different(list(self.pos.values()))
-        pos = self.pos
-        # -- split choices ------------------------------------------------------------------
+            return {op: i for i, op in enumerate(order)}
+        m, n = self.m, self.n
+        succs = self.g.succs()
+        anc, desc = ancestors(succs), descendants(succs)
+        pos = {k: m.new_int_var(len(anc[k]), n - 1 - len(desc[k]), f"pos{k}") for k in range(n)}
+        for k, ss in enumerate(succs):
+            for s in ss:
+                m.add(pos[s] >= pos[k] + 1)
+        m.add_all_different(list(pos.values()))
+        return pos
+
+    def _split_choices(self) -> None:
+        """One bool per segment and per slice width; a used segment runs its ops back to
+        back, an op is in one used segment at most, its internal tensors then never exist."""
+        m, pos = self.m, self.pos
         self.use: dict[int, cp_model.IntVar] = {}
         self.width: dict[tuple[int, int], cp_model.IntVar] = {}
         by_op: dict[int, list[cp_model.IntVar]] = {}
-        for s in segments:
+        for s in self.segments:
             check_deadline()
             u = m.new_bool_var(f"seg{s.id}")
             self.use[s.id] = u
@@ -242,25 +214,31 @@ class _Model:
                 m.add_at_most_one(us)
         self.in_use = {k: sum(us) for k, us in by_op.items()}
         internal_of: dict[int, list[Segment]] = {}
-        for s in segments:
+        for s in self.segments:
             for t in s.internal:
                 internal_of.setdefault(t, []).append(s)
-        present: dict[int, cp_model.LinearExprT] = {}
+        self.present: dict[int, cp_model.LinearExprT] = {}
         for t in self.bufs:
             if t in internal_of:
                 pv = m.new_bool_var(f"present{t}")
                 m.add(pv + sum(self.use[s.id] for s in internal_of[t]) == 1)
-                present[t] = pv
-        self.present = present
-        # -- lifetimes ----------------------------------------------------------------------
+                self.present[t] = pv
+
+    def _lifetimes(self) -> tuple[dict[int, cp_model.LinearExprT],
+                                  dict[int, cp_model.LinearExprT]]:
+        """(first step, last step) of every buffer: from its writer (earlier when a segment
+        writes it slice by slice) to its last reader (later when a segment reads it)."""
+        m, pos, n = self.m, self.pos, self.n
+        outs = set(self.g.outputs)
         start: dict[int, cp_model.LinearExprT] = {}
         end: dict[int, cp_model.LinearExprT] = {}
-        extend: dict[int, list[tuple[Segment, int]]] = {}  # op -> (segment, steps to its end)
-        for s in segments:
+        # op -> (segment, steps to its end)
+        self.extend: dict[int, list[tuple[Segment, int]]] = {}
+        for s in self.segments:
             for idx, k in enumerate(s.ops[:-1]):
-                extend.setdefault(k, []).append((s, len(s.ops) - 1 - idx))
+                self.extend.setdefault(k, []).append((s, len(s.ops) - 1 - idx))
         writes: dict[int, list[Segment]] = {}  # tensor -> segments writing it (an index:
-        for s in segments:  # scanning every segment per tensor was quadratic)
+        for s in self.segments:  # scanning every segment per tensor was quadratic)
             writes.setdefault(s.output, []).append(s)
         for t in self.bufs:
             check_deadline()
@@ -271,7 +249,7 @@ class _Model:
                 self.use[s.id] for s in later) if (earlier or later) else base
             reads = []
             for c in self.cons[t]:
-                ext = [(s, d) for s, d in extend.get(c, []) if t in s.inputs]
+                ext = [(s, d) for s, d in self.extend.get(c, []) if t in s.inputs]
                 reads.append(pos[c] + sum(d * self.use[s.id] for s, d in ext) if ext
                              else pos[c])
             if t in outs:
@@ -284,68 +262,82 @@ class _Model:
                 e = m.new_int_var(0, n, f"end{t}")
                 m.add_max_equality(e, [self._var(r, f"r{t}_{j}") for j, r in enumerate(reads)])
                 end[t] = e
+        return start, end
+
+    def _offsets(self, ub: int | None) -> None:
+        """Every buffer's offset in units of the alignment, and the arena's top."""
+        m, al, cap = self.m, self.p.align, self.cap
         self.units = {t: m.new_int_var(0, (cap + al - 1) // al, f"u{t}") for t in self.bufs}
-        off = {t: self.units[t] * al for t in self.bufs}
-        self.top = top = m.new_int_var(lb if params.use_bound else 0, cap + al * 4, "top")
+        self.off = {t: self.units[t] * al for t in self.bufs}
+        self.top = m.new_int_var(self.lb if self.p.use_bound else 0, cap + al * 4, "top")
         if ub is not None:
-            m.add(top <= ub)
-        # -- in place -----------------------------------------------------------------------
+            m.add(self.top <= ub)
+
+    def _inplace(self, order: list[int] | None, only: Schedule | None, boxes: list[Box]
+                 ) -> tuple[dict[int, list[cp_model.IntVar]], dict[int, list[cp_model.IntVar]]]:
+        """In-place writes: an output shares its input's offset once the input's other readers
+        ran (an in-place depthwise also gets its one-channel temporary). Returns (output ->
+        its in-place bools, which move its start a step later; op -> its depthwise bools)."""
+        m, g, pos, al, cap = self.m, self.g, self.pos, self.p.align, self.cap
         self.choice: dict[tuple[int, int], cp_model.IntVar] = {}
         self.temp_units: dict[int, cp_model.IntVar] = {}
-        dw_inplace: dict[int, list[cp_model.IntVar]] = {}  # op -> its in-place depthwise bools
+        dw_inplace: dict[int, list[cp_model.IntVar]] = {}
         shift: dict[int, list[cp_model.IntVar]] = {}
-        boxes: list[tuple[object, object, object, cp_model.IntVar | None]] = []
-        if params.inplace:
-            for k, cands in all_inplace_candidates(self.g).items():
-                o = graph.ops[k].outputs[0]
-                if o not in self.units:
+        if not self.p.inplace:
+            return shift, dw_inplace
+        for k, cands in all_inplace_candidates(g).items():
+            o = g.ops[k].outputs[0]
+            if o not in self.units:
+                continue
+            bs = []
+            for i in cands:
+                others = [c for c in self.cons[i] if c != k]
+                if order is not None and any(pos[c] > pos[k] for c in others):
                     continue
-                bs = []
-                for i in cands:
-                    others = [c for c in self.cons[i] if c != k]
-                    if order is not None and any(pos[c] > pos[k] for c in others):
-                        continue
-                    if only is not None and only.inplace.get(o) != i:
-                        continue
-                    b = m.new_bool_var(f"inpl{k}_{i}")
-                    for c in others:
-                        self._before(pos[c], pos[k], b)
-                    m.add(self.units[o] == self.units[i]).only_enforce_if(b)
-                    if k in self.in_use:
-                        m.add(b + self.in_use[k] <= 1)
-                    for t in (i, o):
-                        if t in present:
-                            m.add(b <= present[t])
-                    # a full input still read by a split segment later must not be overwritten
-                    for c in others:
-                        for s, d in extend.get(c, []):
-                            if i in s.inputs:
-                                self._before(pos[c] + d * self.use[s.id], pos[k], b)
-                    if dw_inplace_ok(graph, k, i):
-                        tu = m.new_int_var(0, (cap + al - 1) // al, f"tmp{k}")
-                        x = m.new_optional_fixed_size_interval_var(pos[k], 1, b, f"tx{k}")
-                        y = m.new_optional_fixed_size_interval_var(tu * al, temp_bytes(graph, k),
-                                                                   b, f"ty{k}")
-                        m.add(top >= tu * al + temp_bytes(graph, k)).only_enforce_if(b)
-                        self.temp_units[k] = tu
-                        boxes.append((x, y, temp_bytes(graph, k), b))
-                        dw_inplace.setdefault(k, []).append(b)
-                    self.choice[(o, i)] = b
-                    bs.append(b)
-                if bs:
-                    m.add_at_most_one(bs)
-                    shift.setdefault(o, []).extend(bs)
-        self._kernel_scratch(boxes, dw_inplace)
-        # -- streaming in place (row segments) ---------------------------------------------
-        self.streams = add_streaming(self) if params.stream else StreamVars()
-        boxes += self.streams.boxes
-        # -- rectangles ---------------------------------------------------------------------
+                if only is not None and only.inplace.get(o) != i:
+                    continue
+                b = m.new_bool_var(f"inpl{k}_{i}")
+                for c in others:
+                    self._before(pos[c], pos[k], b)
+                m.add(self.units[o] == self.units[i]).only_enforce_if(b)
+                if k in self.in_use:
+                    m.add(b + self.in_use[k] <= 1)
+                for t in (i, o):
+                    if t in self.present:
+                        m.add(b <= self.present[t])
+                # a full input still read by a split segment later must not be overwritten
+                for c in others:
+                    for s, d in self.extend.get(c, []):
+                        if i in s.inputs:
+                            self._before(pos[c] + d * self.use[s.id], pos[k], b)
+                if dw_inplace_ok(g, k, i):
+                    tu = m.new_int_var(0, (cap + al - 1) // al, f"tmp{k}")
+                    x = m.new_optional_fixed_size_interval_var(pos[k], 1, b, f"tx{k}")
+                    y = m.new_optional_fixed_size_interval_var(tu * al, temp_bytes(g, k),
+                                                               b, f"ty{k}")
+                    m.add(self.top >= tu * al + temp_bytes(g, k)).only_enforce_if(b)
+                    self.temp_units[k] = tu
+                    boxes.append((x, y, temp_bytes(g, k), b))
+                    dw_inplace.setdefault(k, []).append(b)
+                self.choice[(o, i)] = b
+                bs.append(b)
+            if bs:
+                m.add_at_most_one(bs)
+                shift.setdefault(o, []).extend(bs)
+        return shift, dw_inplace
+
+    def _buffer_boxes(self, start: dict[int, cp_model.LinearExprT],
+                      end: dict[int, cp_model.LinearExprT],
+                      shift: dict[int, list[cp_model.IntVar]], boxes: list[Box]) -> None:
+        """One rectangle per buffer: its lifetime (cut by streaming and in-place writes) x
+        its bytes at its offset, optional when a segment may make it internal."""
+        m, horizon = self.m, self.n + 1
         for t in self.bufs:
             check_deadline()
             s_expr = start[t] + sum(shift[t]) if t in shift else start[t]
             s_expr = s_expr + self.streams.shift(self.streams.start_cut, t)
             e_expr = end[t] + 1 - self.streams.shift(self.streams.end_cut, t)
-            pv = present.get(t)
+            pv = self.present.get(t)
             if isinstance(s_expr, int) and isinstance(e_expr, int):
                 x = (m.new_optional_fixed_size_interval_var(s_expr, e_expr - s_expr, pv, f"x{t}")
                      if pv is not None else
@@ -358,20 +350,26 @@ class _Model:
                 ln = m.new_int_var(0, horizon + 1, f"len{t}")
                 x = (m.new_optional_interval_var(sv, ln, ev, pv, f"x{t}") if pv is not None
                      else m.new_interval_var(sv, ln, ev, f"x{t}"))
-            y = (m.new_optional_fixed_size_interval_var(off[t], size[t], pv, f"y{t}")
-                 if pv is not None else m.new_fixed_size_interval_var(off[t], size[t], f"y{t}"))
-            ct = m.add(top >= off[t] + size[t])
+            off, size = self.off[t], self.size[t]
+            y = (m.new_optional_fixed_size_interval_var(off, size, pv, f"y{t}")
+                 if pv is not None else m.new_fixed_size_interval_var(off, size, f"y{t}"))
+            ct = m.add(self.top >= off + size)
             if pv is not None:
                 ct.only_enforce_if(pv)
-            boxes.append((x, y, size[t], pv))
+            boxes.append((x, y, size, pv))
+
+    def _segment_boxes(self, boxes: list[Box]) -> None:
+        """A used segment's workspace (sized by its slice width) and, when it accumulates
+        over input slices, its output's int32 accumulator, over the segment's steps."""
+        m, g, al, cap = self.m, self.g, self.p.align, self.cap
         self.ws_units: dict[int, cp_model.IntVar] = {}
-        for s in segments:
+        for s in self.segments:
             u = self.use[s.id]
             check_deadline()
-            first = pos[s.ops[0]]
+            first = self.pos[s.ops[0]]
             span = len(s.ops)
             x = m.new_optional_fixed_size_interval_var(first, span, u, f"gx{s.id}")
-            sizes = {w: seg_workspace(graph, s, w, self.p) for w in s.widths}
+            sizes = {w: seg_workspace(g, s, w, self.p) for w in s.widths}
             sz = m.new_int_var(0, max(sizes.values()), f"gsz{s.id}")
             m.add(sz == sum(sizes[w] * self.width[(s.id, w)] for w in s.widths))
             wu = m.new_int_var(0, (cap + al - 1) // al, f"gu{s.id}")
@@ -379,21 +377,15 @@ class _Model:
             gend = m.new_int_var(0, cap + al * 4, f"gend{s.id}")
             m.add(gend == wu * al + sz)
             y = m.new_optional_interval_var(wu * al, sz, gend, u, f"gy{s.id}")
-            m.add(top >= gend).only_enforce_if(u)
+            m.add(self.top >= gend).only_enforce_if(u)
             boxes.append((x, y, sz, u))
             if s.accumulate:
-                acc = accumulator_bytes(graph.tensors[s.output])
+                acc = accumulator_bytes(g.tensors[s.output])
                 x = m.new_optional_fixed_size_interval_var(first, span, u, f"ax{s.id}")
-                y = m.new_optional_fixed_size_interval_var(off[s.output], acc, u, f"ay{s.id}")
-                m.add(top >= off[s.output] + acc).only_enforce_if(u)
+                y = m.new_optional_fixed_size_interval_var(self.off[s.output], acc, u,
+                                                           f"ay{s.id}")
+                m.add(self.top >= self.off[s.output] + acc).only_enforce_if(u)
                 boxes.append((x, y, acc, u))
-        self.latency = self._latency_expr()
-        if self.latency is not None and params.latency is not None:
-            m.add(self.latency <= params.latency)
-        m.add_no_overlap_2d([b[0] for b in boxes], [b[1] for b in boxes])
-        if params.cumulative:
-            m.add_cumulative([b[0] for b in boxes], [b[2] for b in boxes], top)
-        self.boxes = boxes
 
     def _latency_expr(self) -> cp_model.LinearExprT | None:
         """Estimated cost of the schedule as a linear expression of the choices."""

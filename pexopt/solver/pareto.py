@@ -7,13 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pexopt.graph.ir import Graph
-from pexopt.solver.cpsat_layout import (
-    TOO_SLOW,
-    Schedule,
-    SolverParams,
-    schedule_cost,
-    solve_layout,
-)
+from pexopt.schedule import Schedule, SolverParams
+from pexopt.solver.cpsat_layout import TOO_SLOW, schedule_cost, solve_layout
 
 
 @dataclass

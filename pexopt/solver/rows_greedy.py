@@ -30,10 +30,9 @@ from pexopt.deadline import check as check_deadline
 from pexopt.graph.ir import Graph
 from pexopt.partial.bands import stream_input, stream_union
 from pexopt.partial.candidates import Segment, accumulator_bytes
+from pexopt.schedule import Schedule, SolverParams, temp_bytes
 from pexopt.solver.cpsat_layout import (
     Progress,
-    Schedule,
-    SolverParams,
     _Model,
     all_inplace_candidates,
     buffer_tensors,
@@ -41,7 +40,6 @@ from pexopt.solver.cpsat_layout import (
     extent,
     op_scratch,
     seg_workspace,
-    temp_bytes,
 )
 
 Key = tuple[str, int]  # ("t", tensor) | ("ws", seg) | ("acc", seg) | ("tmp", op) | ("ks", op)

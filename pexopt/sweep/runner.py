@@ -26,7 +26,7 @@ from typing import Any
 
 from pexopt import __version__
 from pexopt.errors import PexError
-from pexopt.graph.onnx_load import sha256_file
+from pexopt.frontend.onnx_load import sha256_file
 from pexopt.limits import MAX_WORKERS, check_int, dumps
 from pexopt.sweep.config import Point, SolverSettings, Sweep, load_sweep, res_text
 
@@ -162,7 +162,7 @@ def run_point(task: Task) -> dict[str, Any]:
 
 def _solve_point(task: Task, row: dict[str, Any]) -> None:
     from pexopt.pipeline import ImportOptions, solve_model
-    from pexopt.solver.cpsat_layout import SolverParams
+    from pexopt.schedule import SolverParams
 
     p, out = task.point, Path(task.out_dir)
     path, opts = Path(p.model), ImportOptions()
@@ -201,7 +201,7 @@ def _solve_point(task: Task, row: dict[str, Any]) -> None:
     if task.simulate:
         from pexopt.simulate.verify import verify_plan
 
-        rep = verify_plan(plan, res.graph, path)
+        rep = verify_plan(plan, res.graph)
         if not rep.ok:
             row["verify"] = f"MISMATCH (max error {rep.max_error:.3g})"
             row["error"] = f"simulation: {rep.failure()}; plan not written"

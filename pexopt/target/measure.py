@@ -26,12 +26,11 @@ class Measured:
     exact: bool  # the output equals the simulator's, bit for bit
 
 
-def measure_plan(plan: Plan, graph: Graph, model_path: str | Path, target: str,
-                 seed: int = 0) -> Measured:
+def measure_plan(plan: Plan, graph: Graph, target: str, seed: int = 0) -> Measured:
     """Generate C for `plan`, run it once under QEMU and check it against the simulator."""
     from pexopt.codegen.emit import emit_c
+    from pexopt.graph.params import graph_params
     from pexopt.simulate.arena import run_plan
-    from pexopt.simulate.params import load_params
     from pexopt.target.qemu import run_on_qemu
 
     board = BOARDS.get(target)
@@ -41,10 +40,10 @@ def measure_plan(plan: Plan, graph: Graph, model_path: str | Path, target: str,
     x = np.random.default_rng(seed).integers(-128, 128, t.shape, dtype=np.int8)
     with tempfile.TemporaryDirectory(prefix="pexopt-qemu-") as tmp:
         d = Path(tmp)
-        emit_c(plan, graph, model_path, d / "pex_out", target=target,
+        emit_c(plan, graph, graph.source_path, d / "pex_out", target=target,
                backend_default="portable")
         fw, run = run_on_qemu(d / "pex_out", x.tobytes(), board, d / "fw", timeout=900)
-    want = next(iter(run_plan(plan, graph, load_params(model_path, graph),
+    want = next(iter(run_plan(plan, graph, graph_params(graph),
                               {t.name: x}).values()))
     got = np.frombuffer(run.output, dtype=np.int8)
     return Measured(instructions=run.insns, flash_bytes=fw.text + fw.data,

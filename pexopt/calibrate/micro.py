@@ -88,7 +88,7 @@ class _Net:
             [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(self.shapes[out]))],
             self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="pexopt.latency.micro")
+                              producer_name="pexopt.calibrate.micro")
         m.ir_version = 8
         onnx.checker.check_model(m)
         return m

@@ -1,6 +1,6 @@
 """`pexopt calibrate`: measure micro models under QEMU and fit a profile's cost coefficients.
 
-Every micro model (`latency.micro`) is quantised, solved (layer by layer, or with one slice
+Every micro model (`calibrate.micro`) is quantised, solved (layer by layer, or with one slice
 width so its split steps are measured), compiled with the portable kernels and run once under
 QEMU; the exact instruction count of pex_invoke is one equation `sum(coefficient x count) =
 measured` over the kernel counts of all its steps (`latency.features`). One non-negative least
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pexopt.calibrate.micro import MICRO_MODELS, Micro, probes, write_micro
 from pexopt.errors import PexError
 from pexopt.latency.cost import work_instructions
 from pexopt.latency.features import (
@@ -29,7 +30,6 @@ from pexopt.latency.features import (
     step_work,
     unit_key,
 )
-from pexopt.latency.micro import MICRO_MODELS, Micro, probes, write_micro
 from pexopt.latency.nnls import nnls
 from pexopt.latency.profile import Profile, SolverSettings, load_profile, profile_yaml
 
@@ -81,7 +81,7 @@ def _columns() -> list[tuple[str, str]]:
 def measure_micro(m: Micro, folder: Path, core: str) -> Sample:
     """Build, solve and run one micro model under QEMU (core: cortex-m4 or cortex-m7)."""
     from pexopt.pipeline import ImportOptions, solve_model
-    from pexopt.solver.cpsat_layout import SolverParams
+    from pexopt.schedule import SolverParams
     from pexopt.target.measure import measure_plan
 
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def measure_micro(m: Micro, folder: Path, core: str) -> Sample:
     params = SolverParams(time_limit=10.0, workers=1, split=m.split is not None,
                           slice_widths=(m.split,) if m.split else None)
     res = solve_model(path, ImportOptions(), params, None)
-    meas = measure_plan(res.plan, res.graph, path, core)
+    meas = measure_plan(res.plan, res.graph, core)
     if not meas.exact:
         raise PexError(f"calibration model {m.name}: the firmware's output differs from the "
                        "simulator's")

@@ -26,7 +26,7 @@ between the IR tensor and the node's input.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +35,14 @@ import onnx
 from onnx import numpy_helper
 
 from pexopt.errors import ModelError
-from pexopt.graph.ir import Graph, Op, QParams, Tensor
-from pexopt.graph.onnx_load import load_model
-from pexopt.ops import ALIAS_ONNX_OPS, OpKind
-from pexopt.simulate.quant import activation_range_int8, quantize_multiplier, round_half_away
+from pexopt.fixedpoint import activation_range_int8, quantize_multiplier, round_half_away
+from pexopt.frontend.onnx_load import load_model
+from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.graph.params import OpParams
+from pexopt.ops import ALIAS_ONNX_OPS, OPAQUE_RUNNABLE, OpKind
 
 NHWC = (0, 2, 3, 1)
 MAX_MULTIPLIER = float(1 << 31)  # a larger real multiplier needs a left shift beyond int32
-OPAQUE_SUPPORTED = frozenset({"LogSoftmax"})  # OPAQUE ops the kernels can run (in float)
-
-
-@dataclass
-class OpParams:
-    """Everything a kernel needs for one IR op (see the module docstring for layouts)."""
-
-    op_id: int
-    name: str
-    kind: OpKind
-    int8: bool
-    in_shapes: tuple[tuple[int, ...], ...] = ()
-    out_shape: tuple[int, ...] = ()
-    in_index: tuple[np.ndarray | None, ...] = ()
-    out_index: np.ndarray | None = None
-    in_qparams: tuple[QParams | None, ...] = ()
-    out_qparams: QParams | None = None
-    weights: np.ndarray | None = None
-    bias: np.ndarray | None = None
-    w_scales: np.ndarray | None = None
-    multiplier: np.ndarray | None = None
-    shift: np.ndarray | None = None
-    act_min: float = -math.inf
-    act_max: float = math.inf
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def in_zp(self) -> int:
-        q = self.in_qparams[0] if self.in_qparams else None
-        return q.zero_point if q is not None else 0
-
-    @property
-    def out_zp(self) -> int:
-        return self.out_qparams.zero_point if self.out_qparams is not None else 0
 
 
 def load_params(model_path: str | Path | OnnxIndex, graph: Graph,
@@ -318,7 +285,7 @@ def _build(ox: OnnxIndex, graph: Graph, op: Op) -> OpParams:
     if len(outs) != 1:
         raise ModelError(f"{ox.where(op)}: operators with {len(outs)} outputs are not supported "
                          "by the simulator")
-    if op.kind == OpKind.OPAQUE and op.onnx_type not in OPAQUE_SUPPORTED:
+    if op.kind == OpKind.OPAQUE and op.onnx_type not in OPAQUE_RUNNABLE:
         raise ModelError(f"{ox.where(op)}: operator {op.onnx_type} is not supported by the "
                          "simulator")
     builder = _BUILDERS.get(op.kind)

@@ -14,6 +14,13 @@ import onnx
 from onnx import numpy_helper
 
 from pexopt.errors import ModelError
+from pexopt.frontend.onnx_load import (
+    MAX_ACTIVATION_BYTES,
+    MAX_ELEMENTS,
+    load_model,
+    sha256_file,
+)
+from pexopt.frontend.onnx_source import OnnxSource
 from pexopt.graph.ir import (
     DTYPE_BYTES,
     Activation,
@@ -23,12 +30,6 @@ from pexopt.graph.ir import (
     PoolAttrs,
     QParams,
     Tensor,
-)
-from pexopt.graph.onnx_load import (
-    MAX_ACTIVATION_BYTES,
-    MAX_ELEMENTS,
-    load_model,
-    sha256_file,
 )
 from pexopt.ops import ALIAS_ONNX_OPS, LAYOUT_PERMS, ONNX_KIND, SPECS, OpKind
 
@@ -646,4 +647,5 @@ def import_onnx(path: str | Path, dtype: str = "int8", input_external: bool = Fa
         notes.append("graph input external (not in the arena)")
     return Graph(name=Path(path).stem, tensors=tuple(tensors), ops=tuple(ops),
                  inputs=tuple(inputs), outputs=tuple(outputs), dtype=dtype,
-                 source_sha256=sha256_file(path), source_path=str(path), notes=tuple(notes))
+                 source_sha256=sha256_file(path), source_path=str(path), notes=tuple(notes),
+                 source=OnnxSource(model, str(path)))
