@@ -16,12 +16,12 @@ import numpy as np
 
 from pexopt.codegen import emit_c
 from pexopt.graph.ir import Graph
+from pexopt.graph.params import graph_params
 from pexopt.latency.profile import resolve_target
 from pexopt.pipeline import ImportOptions, SolveResult, solve_model
 from pexopt.plan.format import Plan, plan_from_dict
+from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import run_plan
-from pexopt.simulate.params import load_params
-from pexopt.solver.cpsat_layout import SolverParams
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -113,7 +113,7 @@ def fixed_input(graph: Graph) -> np.ndarray:
 def sim_output(plan: Plan, graph: Graph, path: Path) -> bytes:
     """The simulator's output bytes for the fixed input."""
     t = graph.tensors[graph.inputs[0]]
-    out = run_plan(plan, graph, load_params(path, graph), {t.name: fixed_input(graph)})
+    out = run_plan(plan, graph, graph_params(graph), {t.name: fixed_input(graph)})
     return np.ascontiguousarray(next(iter(out.values()))).tobytes()
 
 
