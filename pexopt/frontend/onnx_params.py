@@ -28,20 +28,30 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from pexopt.errors import ModelError
 from pexopt.fixedpoint import activation_range_int8, quantize_multiplier, round_half_away
+from pexopt.frontend.onnx_index import (
+    NHWC,
+    OnnxIndex,
+    expand_rank,
+    is_identity,
+    nhwc_shape,
+    node_attrs,
+    perm_for,
+    to4d_nchw,
+)
 from pexopt.frontend.onnx_load import load_model
 from pexopt.graph.ir import Graph, Op, Tensor
 from pexopt.graph.params import OpParams
-from pexopt.ops import ALIAS_ONNX_OPS, OPAQUE_RUNNABLE, OpKind
+from pexopt.ops import OPAQUE_RUNNABLE, OpKind
 
-NHWC = (0, 2, 3, 1)
+# re-exported: callers and tests import these from here
+__all__ = ["NHWC", "OnnxIndex", "OpParams", "load_params", "nhwc_shape", "perm_for"]
+
 MAX_MULTIPLIER = float(1 << 31)  # a larger real multiplier needs a left shift beyond int32
 
 
@@ -54,209 +64,6 @@ def load_params(model_path: str | Path | OnnxIndex, graph: Graph,
     ox = model_path if isinstance(model_path, OnnxIndex) else OnnxIndex(
         load_model(model_path, input_shapes), str(model_path))
     return {op.id: _build(ox, graph, op) for op in graph.ops}
-
-
-# -- the ONNX side ----------------------------------------------------------------------------
-
-def nhwc_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
-
-
-class OnnxIndex:
-    """Index over a shape-inferred ONNX model: nodes, producers, shapes and constant values."""
-
-    def __init__(self, model: onnx.ModelProto, path: str) -> None:
-        g = model.graph
-        self.path = path
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                          13)
-        self.inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-        self.shapes: dict[str, tuple[int, ...]] = {n: tuple(v.shape) for n, v in self.inits.items()}
-        self.elem: dict[str, int] = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            tt = vi.type.tensor_type
-            self.elem[vi.name] = tt.elem_type
-            if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-                self.shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
-        self.producer: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output if o}
-        self.by_name: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            self.by_name.setdefault(n.name or n.output[0], []).append(n)
-        self.consts: set[str] = set(self.inits)
-        for n in g.node:
-            if n.op_type == "Constant" or (n.input and all(not i or i in self.consts
-                                                           for i in n.input)):
-                self.consts.update(o for o in n.output if o)
-        self.outputs = [o.name for o in g.output]
-        self._cache: dict[str, np.ndarray | None] = {}
-
-    def where(self, op: Op) -> str:
-        return f"{self.path}: node '{op.name}' ({op.onnx_type})"
-
-    def node(self, name: str, op_type: str | None = None) -> onnx.NodeProto:
-        cands = [n for n in self.by_name.get(name, []) if op_type is None or n.op_type == op_type]
-        if not cands:
-            raise ModelError(f"{self.path}: node '{name}' not found in the ONNX model")
-        return cands[0]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if name not in self.shapes:
-            raise ModelError(f"{self.path}: value '{name}' has no static shape")
-        return self.shapes[name]
-
-    def act_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and i not in self.consts]
-
-    def const_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and i in self.consts]
-
-    # -- constants -------------------------------------------------------------------------
-    def const(self, name: str) -> np.ndarray | None:
-        """Value of a constant (initializer, Constant, folded DQ/Reshape/... of constants)."""
-        if name not in self._cache:
-            self._cache[name] = self._const(name)
-        return self._cache[name]
-
-    def _const(self, name: str) -> np.ndarray | None:
-        if name in self.inits:
-            return self.inits[name]
-        n = self.producer.get(name)
-        if n is None or name not in self.consts:
-            return None
-        if n.op_type == "Constant":
-            a = n.attribute[0]
-            v = onnx.helper.get_attribute_value(a)
-            return numpy_helper.to_array(v) if a.name == "value" else np.asarray(v)
-        ins = [self.const(i) if i else None for i in n.input]
-        if ins[0] is None:
-            return None
-        if n.op_type == "DequantizeLinear":
-            return _dequant(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
-                            _attrs(n).get("axis", 1))
-        if n.op_type in ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"):
-            shp = self.shapes.get(n.output[0])
-            return ins[0].reshape(shp) if shp is not None else ins[0]
-        if n.op_type == "Transpose":
-            perm = _attrs(n).get("perm")
-            return np.transpose(ins[0], perm)
-        return None
-
-    def quantized(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-        """(raw ints, scale, zero point, axis) if `name` is a DequantizeLinear of constants."""
-        n = self.producer.get(name)
-        if n is None or n.op_type != "DequantizeLinear":
-            return None
-        raw, scale = self.const(n.input[0]), self.const(n.input[1])
-        if raw is None or scale is None or raw.dtype.kind not in "iu":
-            return None
-        zp = self.const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        zp = np.zeros_like(scale, dtype=np.int64) if zp is None else zp.astype(np.int64)
-        axis = int(_attrs(n).get("axis", 1))
-        return raw, scale.astype(np.float64), zp, axis % max(raw.ndim, 1)
-
-    # -- layout ----------------------------------------------------------------------------
-    def root_index(self, t: Tensor) -> np.ndarray:
-        """Memory offset of every element of tensor `t`'s ONNX value (ONNX shape)."""
-        return _mem_to_onnx(t.shape, self.shape(t.name), self.path, t.name)
-
-    def index_of(self, t: Tensor, value: str, skip: set[str]) -> np.ndarray:
-        """Memory offsets (in `t`'s buffer) of the elements of ONNX value `value`.
-
-        `value` is reached from `t` through aliased nodes; Pads named in `skip` (folded into a
-        conv) are passed over: the result then has the unpadded shape.
-        """
-        path: list[onnx.NodeProto] = []
-        v = value
-        while v != t.name:
-            n = self.producer.get(v)
-            if n is None or not n.input:
-                raise ModelError(f"{self.path}: value '{value}' is not a view of '{t.name}'")
-            path.append(n)
-            v = n.input[0]
-        idx = self.root_index(t)
-        padded = False
-        for n in reversed(path):
-            idx, padded = self._replay(n, idx, skip, padded)
-        return idx
-
-    def _replay(self, n: onnx.NodeProto, idx: np.ndarray, skip: set[str],
-                padded: bool) -> tuple[np.ndarray, bool]:
-        key = n.name or n.output[0]
-        if n.op_type == "Pad" and key in skip:
-            return idx, True
-        if n.op_type == "Transpose":
-            perm = _attrs(n).get("perm")
-            return np.transpose(idx, perm), padded
-        if n.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-            if padded:
-                raise ModelError(f"{self.path}: node '{key}': a {n.op_type} after a folded Pad "
-                                 "is not supported by the simulator")
-            return idx.reshape(self.shape(n.output[0])), padded
-        if n.op_type in ALIAS_ONNX_OPS:
-            return idx, padded
-        raise ModelError(f"{self.path}: node '{key}' ({n.op_type}) is not a view")
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
-def _dequant(x: np.ndarray, s: np.ndarray | None, zp: np.ndarray | None, axis: int) -> np.ndarray:
-    s = np.asarray(s, dtype=np.float64)
-    z = np.zeros(1) if zp is None else np.asarray(zp, dtype=np.float64)
-    if s.ndim == 1 and s.size > 1 and x.ndim > 0:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        s = s.reshape(shape)
-        z = z.reshape(shape) if z.size > 1 else z
-    return (x.astype(np.float64) - z) * s
-
-
-def _mem_to_onnx(ir_shape: tuple[int, ...], onnx_shape: tuple[int, ...], path: str,
-                 name: str) -> np.ndarray:
-    n = int(np.prod(ir_shape, dtype=np.int64))
-    if n != int(np.prod(onnx_shape, dtype=np.int64)):
-        raise ModelError(f"{path}: tensor '{name}': IR shape {ir_shape} does not match its "
-                         f"ONNX shape {onnx_shape}")
-    ar = np.arange(n, dtype=np.int64).reshape(ir_shape)
-    if perm_for(ir_shape, onnx_shape) == NHWC:
-        return ar.transpose(0, 3, 1, 2)
-    return ar.reshape(onnx_shape)
-
-
-def _is_identity(idx: np.ndarray, t: Tensor) -> bool:
-    return idx.size == t.elements and bool(
-        np.array_equal(idx.reshape(-1), np.arange(idx.size, dtype=np.int64)))
-
-
-def perm_for(ir_shape: tuple[int, ...], onnx_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """NHWC when the IR stores this 4-D ONNX value channels-last, else the ONNX order.
-
-    A shape with C == H == W is ambiguous; it is taken as NHWC (the IR's convention). Either
-    choice computes the same values, since readers and writers use the same convention.
-    """
-    if len(onnx_shape) == 4 and tuple(ir_shape) == nhwc_shape(onnx_shape) \
-            and (tuple(ir_shape) != tuple(onnx_shape) or len(set(onnx_shape[1:])) == 1):
-        return NHWC
-    return tuple(range(len(onnx_shape)))
-
-
-def _expand(idx: np.ndarray, rank: int) -> np.ndarray:
-    """Left-pad with size-1 dims (ONNX broadcasting)."""
-    return idx.reshape((1,) * (rank - idx.ndim) + idx.shape)
-
-
-def _to4d_nchw(idx: np.ndarray, where: str) -> np.ndarray:
-    """(N, C, L) 1-D layouts become (N, C, 1, L)."""
-    if idx.ndim == 3:
-        return idx.reshape(idx.shape[0], idx.shape[1], 1, idx.shape[2])
-    if idx.ndim != 4:
-        raise ModelError(f"{where}: expected a 3-D or 4-D input, got rank {idx.ndim}")
-    return idx
 
 
 # -- per-op construction ----------------------------------------------------------------------
@@ -326,15 +133,15 @@ def _set_layout(ctx: _Ctx, p: OpParams, perm: tuple[int, ...], in_fix, out_fix) 
     for t, v in zip(ctx.ins, values):
         idx = np.transpose(in_fix(ctx.ox.index_of(t, v, skip)), perm)
         shapes.append(tuple(idx.shape))
-        index.append(None if _is_identity(idx, t) else idx)
+        index.append(None if is_identity(idx, t) else idx)
     oidx = np.transpose(out_fix(ctx.ox.root_index(ctx.out)), perm)
     p.in_shapes, p.in_index = tuple(shapes), tuple(index)
     p.out_shape = tuple(oidx.shape)
-    p.out_index = None if _is_identity(oidx, ctx.out) else oidx
+    p.out_index = None if is_identity(oidx, ctx.out) else oidx
 
 
 def _layout_nchw(ctx: _Ctx, p: OpParams) -> None:
-    fix = lambda i: _to4d_nchw(i, ctx.where)  # noqa: E731
+    fix = lambda i: to4d_nchw(i, ctx.where)  # noqa: E731
     _set_layout(ctx, p, NHWC, fix, fix)
 
 
@@ -343,7 +150,7 @@ def _layout_follow(ctx: _Ctx, p: OpParams, out_fix=None) -> tuple[int, ...]:
     oshape = ctx.ox.shape(ctx.out.name)
     rank = len(oshape)
     perm = perm_for(ctx.out.shape, oshape)
-    _set_layout(ctx, p, perm, lambda i: _expand(i, rank), out_fix or (lambda i: i))
+    _set_layout(ctx, p, perm, lambda i: expand_rank(i, rank), out_fix or (lambda i: i))
     return perm
 
 
@@ -408,7 +215,7 @@ def _bn_affine(ctx: _Ctx, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     if any(v is None for v in vals):
         raise ModelError(f"{ctx.where}: BatchNormalization parameters are not constant")
     g, beta, mean, var = (np.asarray(v, dtype=np.float64).reshape(-1) for v in vals)
-    eps = float(_attrs(bn).get("epsilon", 1e-5))
+    eps = float(node_attrs(bn).get("epsilon", 1e-5))
     scale = g / np.sqrt(var + eps)
     return scale, beta - mean * scale
 
@@ -497,7 +304,7 @@ def checked_multiplier(where: str, real: float) -> tuple[int, int]:
 
 def _build_fc(ctx: _Ctx, p: OpParams) -> None:
     main, t = ctx.main, ctx.ins[0]
-    a = _attrs(main)
+    a = node_attrs(main)
     a_name = ctx.ox.act_inputs(main)[0]
     if main.input[0] != a_name or a.get("transA", 0):
         raise ModelError(f"{ctx.where}: the activation must be the first, untransposed operand")
@@ -525,7 +332,7 @@ def _build_fc(ctx: _Ctx, p: OpParams) -> None:
     k = w.shape[1]
     idx2 = idx.reshape(-1, k)
     rows = idx2.shape[0]
-    if _is_identity(idx2, t):
+    if is_identity(idx2, t):
         p.weights = np.ascontiguousarray(w).astype(p.weights.dtype if p.int8 else np.float32)
     elif rows == 1 and idx2.size == t.elements:
         wm = np.empty_like(w)
@@ -541,7 +348,7 @@ def _build_fc(ctx: _Ctx, p: OpParams) -> None:
     if oidx is None:
         raise ModelError(f"{ctx.where}: unexpected output shape {oshape}")
     p.out_shape = (rows, cout)
-    p.out_index = None if _is_identity(oidx, ctx.out) else oidx
+    p.out_index = None if is_identity(oidx, ctx.out) else oidx
 
 
 def _fc_bias(ctx: _Ctx, cout: int, beta: float) -> tuple[str | None, np.ndarray]:
@@ -620,7 +427,7 @@ def _build_unary(ctx: _Ctx, p: OpParams) -> None:
     if kind == OpKind.RELU:
         lo = 0.0
     elif kind == OpKind.CLIP:
-        a = _attrs(main)
+        a = node_attrs(main)
         lo, hi = a.get("min"), a.get("max")
         for k, attr in ((1, "lo"), (2, "hi")):
             if len(main.input) > k and main.input[k]:
@@ -632,7 +439,7 @@ def _build_unary(ctx: _Ctx, p: OpParams) -> None:
                 else:
                     hi = float(v.reshape(-1)[0])
     elif kind == OpKind.HARD_SIGMOID:
-        a = _attrs(main)
+        a = node_attrs(main)
         p.extra["alpha"] = float(a.get("alpha", 0.2))
         p.extra["beta"] = float(a.get("beta", 0.5))
     p.extra["lo"], p.extra["hi"] = lo, hi
@@ -653,14 +460,14 @@ def _build_concat(ctx: _Ctx, p: OpParams) -> None:
         raise ModelError(f"{ctx.where}: Concat with constant inputs is not supported by the "
                          "simulator")
     perm = _layout_follow(ctx, p)
-    axis = int(_attrs(ctx.main).get("axis", 1)) % len(perm)
+    axis = int(node_attrs(ctx.main).get("axis", 1)) % len(perm)
     p.extra["axis"] = perm.index(axis)
 
 
 def _build_pad(ctx: _Ctx, p: OpParams) -> None:
     perm = _layout_follow(ctx, p)
     main = ctx.main
-    a = _attrs(main)
+    a = node_attrs(main)
     pads = a.get("pads")
     if len(main.input) > 1 and main.input[1]:
         pads = ctx.ox.const(main.input[1])
@@ -693,7 +500,7 @@ def _build_pad(ctx: _Ctx, p: OpParams) -> None:
 
 def _build_resize(ctx: _Ctx, p: OpParams) -> None:
     perm = _layout_follow(ctx, p)
-    a = _attrs(ctx.main)
+    a = node_attrs(ctx.main)
     if a.get("mode", "nearest") != "nearest":
         raise ModelError(f"{ctx.where}: only nearest Resize is supported by the simulator")
     ishape = ctx.ox.shape(ctx.ox.act_inputs(ctx.main)[0])
@@ -740,7 +547,7 @@ def _nearest_map(n_in: int, n_out: int, scale: float, ctm: str, nmode: str,
 
 def _build_transpose(ctx: _Ctx, p: OpParams) -> None:
     _layout_onnx(ctx, p)
-    perm = _attrs(ctx.main).get("perm")
+    perm = node_attrs(ctx.main).get("perm")
     p.extra["perm"] = tuple(perm) if perm else tuple(reversed(range(len(p.in_shapes[0]))))
     _set_requant(ctx, p)
 
@@ -749,7 +556,7 @@ def _build_softmax(ctx: _Ctx, p: OpParams) -> None:
     _layout_onnx(ctx, p)
     rank = len(p.in_shapes[0])
     default = -1 if ctx.ox.opset >= 13 else 1
-    p.extra["axis"] = int(_attrs(ctx.main).get("axis", default)) % rank
+    p.extra["axis"] = int(node_attrs(ctx.main).get("axis", default)) % rank
     p.extra["flatten"] = ctx.ox.opset < 13
 
 
@@ -760,7 +567,7 @@ def _build_opaque(ctx: _Ctx, p: OpParams) -> None:
 
 def _build_pool(ctx: _Ctx, p: OpParams) -> None:
     _layout_nchw(ctx, p)
-    a = _attrs(ctx.main)
+    a = node_attrs(ctx.main)
     if any(d != 1 for d in a.get("dilations", [1])):
         raise ModelError(f"{ctx.where}: dilated pooling is not supported by the simulator")
     p.extra["count_include_pad"] = bool(a.get("count_include_pad", 0))
@@ -786,7 +593,7 @@ def _build_gap(ctx: _Ctx, p: OpParams) -> None:
 
 def _build_reduce_mean(ctx: _Ctx, p: OpParams) -> None:
     main = ctx.main
-    a = _attrs(main)
+    a = node_attrs(main)
     ishape = ctx.ox.shape(ctx.ox.act_inputs(main)[0])
     rank = len(ishape)
     axes = a.get("axes")
