@@ -26,33 +26,37 @@ between the IR tensor and the node's input.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from pexopt.errors import ModelError
-from pexopt.fixedpoint import activation_range_int8, quantize_multiplier, round_half_away
+from pexopt.fixedpoint import activation_range_int8, round_half_away
 from pexopt.frontend.onnx_index import (
     NHWC,
     OnnxIndex,
-    expand_rank,
     is_identity,
     nhwc_shape,
     node_attrs,
     perm_for,
-    to4d_nchw,
 )
 from pexopt.frontend.onnx_load import load_model
-from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.frontend.onnx_params_ctx import (
+    OpContext,
+    checked_multiplier,
+    layout_follow,
+    layout_nchw,
+    layout_onnx,
+    set_layout,
+    set_requant,
+)
+from pexopt.graph.ir import Graph, Op
 from pexopt.graph.params import OpParams
 from pexopt.ops import OPAQUE_RUNNABLE, OpKind
 
 # re-exported: callers and tests import these from here
 __all__ = ["NHWC", "OnnxIndex", "OpParams", "load_params", "nhwc_shape", "perm_for"]
-
-MAX_MULTIPLIER = float(1 << 31)  # a larger real multiplier needs a left shift beyond int32
 
 
 def load_params(model_path: str | Path | OnnxIndex, graph: Graph,
@@ -67,24 +71,6 @@ def load_params(model_path: str | Path | OnnxIndex, graph: Graph,
 
 
 # -- per-op construction ----------------------------------------------------------------------
-
-@dataclass
-class _Ctx:
-    ox: OnnxIndex
-    graph: Graph
-    op: Op
-    main: onnx.NodeProto
-    fused: list[onnx.NodeProto]
-    ins: list[Tensor]
-    out: Tensor
-
-    @property
-    def where(self) -> str:
-        return self.ox.where(self.op)
-
-    def fused_of(self, op_type: str) -> onnx.NodeProto | None:
-        return next((n for n in self.fused if n.op_type == op_type and n is not self.main), None)
-
 
 def _build(ox: OnnxIndex, graph: Graph, op: Op) -> OpParams:
     ins = [graph.tensors[t] for t in op.inputs]
@@ -104,13 +90,13 @@ def _build(ox: OnnxIndex, graph: Graph, op: Op) -> OpParams:
     int8 = graph.dtype == "int8" and all(t.qparams is not None for t in ins + outs)
     p = OpParams(op_id=op.id, name=op.name, kind=op.kind, int8=int8,
                  in_qparams=tuple(t.qparams for t in ins), out_qparams=outs[0].qparams)
-    ctx = _Ctx(ox, graph, op, main, fused, ins, outs[0])
+    ctx = OpContext(ox, graph, op, main, fused, ins, outs[0])
     _set_activation(ctx, p)
     builder(ctx, p)
     return p
 
 
-def _set_activation(ctx: _Ctx, p: OpParams) -> None:
+def _set_activation(ctx: OpContext, p: OpParams) -> None:
     act = ctx.op.activation
     lo = act.lo if act is not None else None
     hi = act.hi if act is not None else None
@@ -123,45 +109,10 @@ def _set_activation(ctx: _Ctx, p: OpParams) -> None:
         p.act_max = math.inf if hi is None else float(hi)
 
 
-def _set_layout(ctx: _Ctx, p: OpParams, perm: tuple[int, ...], in_fix, out_fix) -> None:
-    """Kernel views: ONNX index arrays, rank-fixed by `in_fix`/`out_fix`, permuted by `perm`."""
-    skip = {n.name or n.output[0] for n in ctx.fused if n.op_type == "Pad"}
-    values = ctx.ox.act_inputs(ctx.main)
-    if len(values) != len(ctx.ins):
-        raise ModelError(f"{ctx.where}: {len(values)} activation inputs, IR has {len(ctx.ins)}")
-    shapes, index = [], []
-    for t, v in zip(ctx.ins, values):
-        idx = np.transpose(in_fix(ctx.ox.index_of(t, v, skip)), perm)
-        shapes.append(tuple(idx.shape))
-        index.append(None if is_identity(idx, t) else idx)
-    oidx = np.transpose(out_fix(ctx.ox.root_index(ctx.out)), perm)
-    p.in_shapes, p.in_index = tuple(shapes), tuple(index)
-    p.out_shape = tuple(oidx.shape)
-    p.out_index = None if is_identity(oidx, ctx.out) else oidx
-
-
-def _layout_nchw(ctx: _Ctx, p: OpParams) -> None:
-    fix = lambda i: to4d_nchw(i, ctx.where)  # noqa: E731
-    _set_layout(ctx, p, NHWC, fix, fix)
-
-
-def _layout_follow(ctx: _Ctx, p: OpParams, out_fix=None) -> tuple[int, ...]:
-    """Element-wise kinds: the kernel works in the output's memory order; returns the perm."""
-    oshape = ctx.ox.shape(ctx.out.name)
-    rank = len(oshape)
-    perm = perm_for(ctx.out.shape, oshape)
-    _set_layout(ctx, p, perm, lambda i: expand_rank(i, rank), out_fix or (lambda i: i))
-    return perm
-
-
-def _layout_onnx(ctx: _Ctx, p: OpParams) -> None:
-    _set_layout(ctx, p, tuple(range(len(ctx.ox.shape(ctx.out.name)))), lambda i: i, lambda i: i)
-
-
 # -- conv / depthwise / grouped ---------------------------------------------------------------
 
-def _build_conv(ctx: _Ctx, p: OpParams) -> None:
-    _layout_nchw(ctx, p)
+def _build_conv(ctx: OpContext, p: OpParams) -> None:
+    layout_nchw(ctx, p)
     w_name = ctx.main.input[1]
     b_name = ctx.main.input[2] if len(ctx.main.input) > 2 and ctx.main.input[2] else None
     wf = ctx.ox.const(w_name)
@@ -193,7 +144,7 @@ def _build_conv(ctx: _Ctx, p: OpParams) -> None:
         p.extra["group"] = ctx.op.attrs.group if ctx.op.attrs else 1
 
 
-def _const_or_zeros(ctx: _Ctx, name: str | None, n: int) -> np.ndarray:
+def _const_or_zeros(ctx: OpContext, name: str | None, n: int) -> np.ndarray:
     if name is None:
         return np.zeros(n, dtype=np.float64)
     b = ctx.ox.const(name)
@@ -202,7 +153,7 @@ def _const_or_zeros(ctx: _Ctx, name: str | None, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (n,)).copy()
 
 
-def _fold_bn(ctx: _Ctx, bn: onnx.NodeProto | None, w: np.ndarray,
+def _fold_bn(ctx: OpContext, bn: onnx.NodeProto | None, w: np.ndarray,
              b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if bn is None:
         return w, b
@@ -210,7 +161,7 @@ def _fold_bn(ctx: _Ctx, bn: onnx.NodeProto | None, w: np.ndarray,
     return w * scale.reshape((-1,) + (1,) * (w.ndim - 1)), b * scale + shift
 
 
-def _bn_affine(ctx: _Ctx, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+def _bn_affine(ctx: OpContext, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     vals = [ctx.ox.const(i) for i in bn.input[1:5]]
     if any(v is None for v in vals):
         raise ModelError(f"{ctx.where}: BatchNormalization parameters are not constant")
@@ -220,7 +171,7 @@ def _bn_affine(ctx: _Ctx, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     return scale, beta - mean * scale
 
 
-def _int8_weights(ctx: _Ctx, name: str, wf: np.ndarray,
+def _int8_weights(ctx: OpContext, name: str, wf: np.ndarray,
                   out_axis: int) -> tuple[np.ndarray, np.ndarray]:
     """(int8 weights in ONNX order, per-output-channel scales) of a DQ'd (or float) weight."""
     cout = wf.shape[out_axis]
@@ -244,7 +195,7 @@ def _int8_weights(ctx: _Ctx, name: str, wf: np.ndarray,
     return _positive_scales(ctx, name, raw, sw, out_axis)
 
 
-def _positive_scales(ctx: _Ctx, name: str, raw: np.ndarray, sw: np.ndarray,
+def _positive_scales(ctx: OpContext, name: str, raw: np.ndarray, sw: np.ndarray,
                      out_axis: int) -> tuple[np.ndarray, np.ndarray]:
     """A channel with a negative scale (some converters write them) is negated: q * s =
     (-q) * (-s), so every requantisation multiplier stays positive, as CMSIS-NN requires."""
@@ -260,7 +211,7 @@ def _positive_scales(ctx: _Ctx, name: str, raw: np.ndarray, sw: np.ndarray,
     return np.moveaxis(w.astype(np.int8), 0, out_axis), np.abs(sw)
 
 
-def _set_int8_weights(ctx: _Ctx, p: OpParams, w_int: np.ndarray, sw: np.ndarray,
+def _set_int8_weights(ctx: OpContext, p: OpParams, w_int: np.ndarray, sw: np.ndarray,
                       b_name: str | None, bf: np.ndarray) -> None:
     sx = p.in_qparams[0].scale
     so = p.out_qparams.scale
@@ -272,7 +223,7 @@ def _set_int8_weights(ctx: _Ctx, p: OpParams, w_int: np.ndarray, sw: np.ndarray,
     p.shift = np.array([s for _, s in mults], dtype=np.int32)
 
 
-def _int32_bias(ctx: _Ctx, name: str | None, bf: np.ndarray, bscale: np.ndarray) -> np.ndarray:
+def _int32_bias(ctx: OpContext, name: str | None, bf: np.ndarray, bscale: np.ndarray) -> np.ndarray:
     """The DQ'd int32 bias when its scale is sx*sw[c], else round(b / (sx*sw[c])); a bias
     that does not fit int32 at that scale is refused (clipping it would be silently wrong)."""
     q = ctx.ox.quantized(name) if name else None
@@ -291,18 +242,9 @@ def _int32_bias(ctx: _Ctx, name: str | None, bf: np.ndarray, bscale: np.ndarray)
     return b.astype(np.int32)
 
 
-def checked_multiplier(where: str, real: float) -> tuple[int, int]:
-    """quantize_multiplier of a real rescale factor the int32 kernels can apply: finite,
-    positive and below 2^31 (scales are checked at import; their ratios can still overflow)."""
-    if not (math.isfinite(real) and 0 < real < MAX_MULTIPLIER):
-        raise ModelError(f"{where}: requantisation factor {real:g} (input x weight / output "
-                         f"scale) is outside (0, 2^31): the quantisation scales are unusable")
-    return quantize_multiplier(real)
-
-
 # -- fully connected ----------------------------------------------------------------------------
 
-def _build_fc(ctx: _Ctx, p: OpParams) -> None:
+def _build_fc(ctx: OpContext, p: OpParams) -> None:
     main, t = ctx.main, ctx.ins[0]
     a = node_attrs(main)
     a_name = ctx.ox.act_inputs(main)[0]
@@ -351,7 +293,7 @@ def _build_fc(ctx: _Ctx, p: OpParams) -> None:
     p.out_index = None if is_identity(oidx, ctx.out) else oidx
 
 
-def _fc_bias(ctx: _Ctx, cout: int, beta: float) -> tuple[str | None, np.ndarray]:
+def _fc_bias(ctx: OpContext, cout: int, beta: float) -> tuple[str | None, np.ndarray]:
     main = ctx.main
     name = main.input[2] if main.op_type == "Gemm" and len(main.input) > 2 and main.input[2] \
         else None
@@ -369,8 +311,8 @@ def _fc_bias(ctx: _Ctx, cout: int, beta: float) -> tuple[str | None, np.ndarray]
 
 # -- element-wise and the rest ---------------------------------------------------------------
 
-def _build_add_mul(ctx: _Ctx, p: OpParams) -> None:
-    _layout_follow(ctx, p)
+def _build_add_mul(ctx: OpContext, p: OpParams) -> None:
+    layout_follow(ctx, p)
     if len(ctx.ins) != 2:
         raise ModelError(f"{ctx.where}: expected two activation inputs")
     if not p.int8:
@@ -388,9 +330,9 @@ def _build_add_mul(ctx: _Ctx, p: OpParams) -> None:
         p.extra["out"] = checked_multiplier(ctx.where, s1 * s2 / so)
 
 
-def _build_affine(ctx: _Ctx, p: OpParams) -> None:
+def _build_affine(ctx: OpContext, p: OpParams) -> None:
     """x * a + b with constant a, b broadcast in the kernel layout (x*a+b of BN/Add/Mul)."""
-    perm = _layout_follow(ctx, p)
+    perm = layout_follow(ctx, p)
     rank = len(perm)
     main = ctx.main
     if main.op_type == "BatchNormalization":
@@ -418,9 +360,9 @@ def _const_view(c: np.ndarray, rank: int, perm: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(c.reshape((1,) * (rank - c.ndim) + c.shape), perm))
 
 
-def _build_unary(ctx: _Ctx, p: OpParams) -> None:
+def _build_unary(ctx: OpContext, p: OpParams) -> None:
     """Relu / Clip / Sigmoid / HardSigmoid / HardSwish (stand-alone)."""
-    _layout_follow(ctx, p)
+    layout_follow(ctx, p)
     kind, main = ctx.op.kind, ctx.main
     lo: float | None = None
     hi: float | None = None
@@ -455,17 +397,17 @@ def _build_unary(ctx: _Ctx, p: OpParams) -> None:
             p.act_max = min(p.act_max, math.inf if hi is None else hi)
 
 
-def _build_concat(ctx: _Ctx, p: OpParams) -> None:
+def _build_concat(ctx: OpContext, p: OpParams) -> None:
     if ctx.ox.const_inputs(ctx.main):
         raise ModelError(f"{ctx.where}: Concat with constant inputs is not supported by the "
                          "simulator")
-    perm = _layout_follow(ctx, p)
+    perm = layout_follow(ctx, p)
     axis = int(node_attrs(ctx.main).get("axis", 1)) % len(perm)
     p.extra["axis"] = perm.index(axis)
 
 
-def _build_pad(ctx: _Ctx, p: OpParams) -> None:
-    perm = _layout_follow(ctx, p)
+def _build_pad(ctx: OpContext, p: OpParams) -> None:
+    perm = layout_follow(ctx, p)
     main = ctx.main
     a = node_attrs(main)
     pads = a.get("pads")
@@ -498,8 +440,8 @@ def _build_pad(ctx: _Ctx, p: OpParams) -> None:
         p.extra["value"] = value if raw is None or q is None else (raw - q.zero_point) * q.scale
 
 
-def _build_resize(ctx: _Ctx, p: OpParams) -> None:
-    perm = _layout_follow(ctx, p)
+def _build_resize(ctx: OpContext, p: OpParams) -> None:
+    perm = layout_follow(ctx, p)
     a = node_attrs(ctx.main)
     if a.get("mode", "nearest") != "nearest":
         raise ModelError(f"{ctx.where}: only nearest Resize is supported by the simulator")
@@ -545,53 +487,44 @@ def _nearest_map(n_in: int, n_out: int, scale: float, ctm: str, nmode: str,
     return np.clip(i, 0, n_in - 1).astype(np.int64)
 
 
-def _build_transpose(ctx: _Ctx, p: OpParams) -> None:
-    _layout_onnx(ctx, p)
+def _build_transpose(ctx: OpContext, p: OpParams) -> None:
+    layout_onnx(ctx, p)
     perm = node_attrs(ctx.main).get("perm")
     p.extra["perm"] = tuple(perm) if perm else tuple(reversed(range(len(p.in_shapes[0]))))
-    _set_requant(ctx, p)
+    set_requant(ctx, p)
 
 
-def _build_softmax(ctx: _Ctx, p: OpParams) -> None:
-    _layout_onnx(ctx, p)
+def _build_softmax(ctx: OpContext, p: OpParams) -> None:
+    layout_onnx(ctx, p)
     rank = len(p.in_shapes[0])
     default = -1 if ctx.ox.opset >= 13 else 1
     p.extra["axis"] = int(node_attrs(ctx.main).get("axis", default)) % rank
     p.extra["flatten"] = ctx.ox.opset < 13
 
 
-def _build_opaque(ctx: _Ctx, p: OpParams) -> None:
+def _build_opaque(ctx: OpContext, p: OpParams) -> None:
     _build_softmax(ctx, p)
     p.extra["op_type"] = ctx.op.onnx_type
 
 
-def _build_pool(ctx: _Ctx, p: OpParams) -> None:
-    _layout_nchw(ctx, p)
+def _build_pool(ctx: OpContext, p: OpParams) -> None:
+    layout_nchw(ctx, p)
     a = node_attrs(ctx.main)
     if any(d != 1 for d in a.get("dilations", [1])):
         raise ModelError(f"{ctx.where}: dilated pooling is not supported by the simulator")
     p.extra["count_include_pad"] = bool(a.get("count_include_pad", 0))
     if p.int8:
-        _set_requant(ctx, p)
+        set_requant(ctx, p)
 
 
-def _set_requant(ctx: _Ctx, p: OpParams) -> None:
-    """Whether an int8 data-movement op must rescale (input and output qparams differ)."""
-    if not p.int8:
-        return
-    qi, qo = p.in_qparams[0], p.out_qparams
-    p.extra["same_q"] = qi == qo
-    p.extra["out"] = checked_multiplier(ctx.where, float(qi.scale) / float(qo.scale))
-
-
-def _build_gap(ctx: _Ctx, p: OpParams) -> None:
-    _layout_nchw(ctx, p)
+def _build_gap(ctx: OpContext, p: OpParams) -> None:
+    layout_nchw(ctx, p)
     p.extra["axes"] = (1, 2)
     if p.int8:
-        _set_requant(ctx, p)
+        set_requant(ctx, p)
 
 
-def _build_reduce_mean(ctx: _Ctx, p: OpParams) -> None:
+def _build_reduce_mean(ctx: OpContext, p: OpParams) -> None:
     main = ctx.main
     a = node_attrs(main)
     ishape = ctx.ox.shape(ctx.ox.act_inputs(main)[0])
@@ -612,10 +545,10 @@ def _build_reduce_mean(ctx: _Ctx, p: OpParams) -> None:
         kshape = tuple(1 if k in axes else d for k, d in enumerate(ishape))
         return idx.reshape(kshape)
 
-    _set_layout(ctx, p, perm, lambda i: i, out_fix if not keep else (lambda i: i))
+    set_layout(ctx, p, perm, lambda i: i, out_fix if not keep else (lambda i: i))
     p.extra["axes"] = tuple(sorted(perm.index(x) for x in axes))
     if p.int8:
-        _set_requant(ctx, p)
+        set_requant(ctx, p)
 
 
 _BUILDERS = {
