@@ -150,7 +150,7 @@ def _int32_bias(ctx: OpContext, name: str | None, bf: np.ndarray, bscale: np.nda
 # -- fully connected ----------------------------------------------------------------------------
 
 def build_fc(ctx: OpContext, p: OpParams) -> None:
-    main, t = ctx.main, ctx.ins[0]
+    main = ctx.main
     a = node_attrs(main)
     a_name = ctx.ox.act_inputs(main)[0]
     if main.input[0] != a_name or a.get("transA", 0):
@@ -174,6 +174,12 @@ def build_fc(ctx: OpContext, p: OpParams) -> None:
     else:
         w = (wf if trans_b else wf.T).astype(np.float64) * alpha
         p.bias = bf.astype(np.float32)
+    _fc_layout(ctx, p, w, a_name, cout)
+
+
+def _fc_layout(ctx: OpContext, p: OpParams, w: np.ndarray, a_name: str, cout: int) -> None:
+    """Weights `w` (C_out, K) in ONNX column order -> p.weights, and the kernel views."""
+    t = ctx.ins[0]
     # column permutation: ONNX's A columns -> positions in the memory of the IR input tensor
     idx = ctx.ox.index_of(t, a_name, set())
     k = w.shape[1]

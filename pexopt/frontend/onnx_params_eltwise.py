@@ -76,17 +76,7 @@ def build_unary(ctx: OpContext, p: OpParams) -> None:
     if kind == OpKind.RELU:
         lo = 0.0
     elif kind == OpKind.CLIP:
-        a = node_attrs(main)
-        lo, hi = a.get("min"), a.get("max")
-        for k, attr in ((1, "lo"), (2, "hi")):
-            if len(main.input) > k and main.input[k]:
-                v = ctx.ox.const(main.input[k])
-                if v is None:
-                    raise ModelError(f"{ctx.where}: Clip bounds must be constant")
-                if attr == "lo":
-                    lo = float(v.reshape(-1)[0])
-                else:
-                    hi = float(v.reshape(-1)[0])
+        lo, hi = _clip_bounds(ctx)
     elif kind == OpKind.HARD_SIGMOID:
         a = node_attrs(main)
         p.extra["alpha"] = float(a.get("alpha", 0.2))
@@ -102,3 +92,20 @@ def build_unary(ctx: OpContext, p: OpParams) -> None:
         else:
             p.act_min = max(p.act_min, -math.inf if lo is None else lo)
             p.act_max = min(p.act_max, math.inf if hi is None else hi)
+
+
+def _clip_bounds(ctx: OpContext) -> tuple[float | None, float | None]:
+    """Clip's bounds: the min / max attributes (opset < 11), overridden by constant inputs 1, 2."""
+    main = ctx.main
+    a = node_attrs(main)
+    lo, hi = a.get("min"), a.get("max")
+    for k, attr in ((1, "lo"), (2, "hi")):
+        if len(main.input) > k and main.input[k]:
+            v = ctx.ox.const(main.input[k])
+            if v is None:
+                raise ModelError(f"{ctx.where}: Clip bounds must be constant")
+            if attr == "lo":
+                lo = float(v.reshape(-1)[0])
+            else:
+                hi = float(v.reshape(-1)[0])
+    return lo, hi

@@ -28,17 +28,7 @@ def build_pad(ctx: OpContext, p: OpParams) -> None:
     pads = a.get("pads")
     if len(main.input) > 1 and main.input[1]:
         pads = ctx.ox.const(main.input[1])
-    value, raw = float(a.get("value", 0.0)), None
-    if len(main.input) > 2 and main.input[2]:
-        vq = ctx.ox.quantized(main.input[2])
-        v = ctx.ox.const(main.input[2])
-        if vq is not None:
-            raw = int(vq[0].reshape(-1)[0])  # DQ'd int8 constant: its raw value
-        elif v is not None and v.size:
-            if v.dtype.kind in "iu":
-                raw = int(v.reshape(-1)[0])  # a Pad on int8 data pads with a raw int8 value
-            else:
-                value = float(v.reshape(-1)[0])
+    value, raw = _pad_value(ctx, a)
     if pads is None or (len(main.input) > 3 and main.input[3]):
         raise ModelError(f"{ctx.where}: Pad needs constant pads over all axes")
     pads = [int(x) for x in np.asarray(pads).reshape(-1)]
@@ -53,6 +43,23 @@ def build_pad(ctx: OpContext, p: OpParams) -> None:
             np.clip(q.zero_point + round_half_away(np.float64(value / q.scale)), -128, 127))
     else:
         p.extra["value"] = value if raw is None or q is None else (raw - q.zero_point) * q.scale
+
+
+def _pad_value(ctx: OpContext, a: dict) -> tuple[float, int | None]:
+    """(float value, raw int value or None) of a constant Pad: attribute or input 2."""
+    main = ctx.main
+    value, raw = float(a.get("value", 0.0)), None
+    if len(main.input) > 2 and main.input[2]:
+        vq = ctx.ox.quantized(main.input[2])
+        v = ctx.ox.const(main.input[2])
+        if vq is not None:
+            raw = int(vq[0].reshape(-1)[0])  # DQ'd int8 constant: its raw value
+        elif v is not None and v.size:
+            if v.dtype.kind in "iu":
+                raw = int(v.reshape(-1)[0])  # a Pad on int8 data pads with a raw int8 value
+            else:
+                value = float(v.reshape(-1)[0])
+    return value, raw
 
 
 def build_resize(ctx: OpContext, p: OpParams) -> None:
