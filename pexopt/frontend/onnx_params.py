@@ -21,28 +21,40 @@ memory offset of every view element (a layout copy; happens only where the impor
 disagree with the ONNX layout of the data, e.g. a tensor read both through and without a layout
 Transpose). Offsets come from replaying the aliased ONNX nodes (Reshape, Flatten, Transpose, Q/DQ)
 between the IR tensor and the node's input.
+
+This module holds `load_params` and `_BUILDERS`, one builder per operator kind; the ONNX index and
+the offsets are onnx_index.py, what the builders share onnx_params_ctx.py, the builders by family
+onnx_params_conv.py (conv, fully connected), onnx_params_eltwise.py, onnx_params_move.py (data
+movement, Softmax, opaque) and onnx_params_pool.py (pooling, mean).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from pexopt.errors import ModelError
-from pexopt.fixedpoint import activation_range_int8, quantize_multiplier, round_half_away
+from pexopt.fixedpoint import activation_range_int8
+from pexopt.frontend.onnx_index import NHWC, OnnxIndex, nhwc_shape, perm_for
 from pexopt.frontend.onnx_load import load_model
-from pexopt.graph.ir import Graph, Op, Tensor
+from pexopt.frontend.onnx_params_conv import build_conv, build_fc
+from pexopt.frontend.onnx_params_ctx import OpContext
+from pexopt.frontend.onnx_params_eltwise import build_add_mul, build_affine, build_unary
+from pexopt.frontend.onnx_params_move import (
+    build_concat,
+    build_opaque,
+    build_pad,
+    build_resize,
+    build_softmax,
+    build_transpose,
+)
+from pexopt.frontend.onnx_params_pool import build_gap, build_pool, build_reduce_mean
+from pexopt.graph.ir import Graph, Op
 from pexopt.graph.params import OpParams
-from pexopt.ops import ALIAS_ONNX_OPS, OPAQUE_RUNNABLE, OpKind
+from pexopt.ops import OPAQUE_RUNNABLE, OpKind
 
-NHWC = (0, 2, 3, 1)
-MAX_MULTIPLIER = float(1 << 31)  # a larger real multiplier needs a left shift beyond int32
+# re-exported: callers and tests import these from here
+__all__ = ["NHWC", "OnnxIndex", "OpParams", "load_params", "nhwc_shape", "perm_for"]
 
 
 def load_params(model_path: str | Path | OnnxIndex, graph: Graph,
@@ -56,228 +68,7 @@ def load_params(model_path: str | Path | OnnxIndex, graph: Graph,
     return {op.id: _build(ox, graph, op) for op in graph.ops}
 
 
-# -- the ONNX side ----------------------------------------------------------------------------
-
-def nhwc_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
-
-
-class OnnxIndex:
-    """Index over a shape-inferred ONNX model: nodes, producers, shapes and constant values."""
-
-    def __init__(self, model: onnx.ModelProto, path: str) -> None:
-        g = model.graph
-        self.path = path
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                          13)
-        self.inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-        self.shapes: dict[str, tuple[int, ...]] = {n: tuple(v.shape) for n, v in self.inits.items()}
-        self.elem: dict[str, int] = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            tt = vi.type.tensor_type
-            self.elem[vi.name] = tt.elem_type
-            if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-                self.shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
-        self.producer: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output if o}
-        self.by_name: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            self.by_name.setdefault(n.name or n.output[0], []).append(n)
-        self.consts: set[str] = set(self.inits)
-        for n in g.node:
-            if n.op_type == "Constant" or (n.input and all(not i or i in self.consts
-                                                           for i in n.input)):
-                self.consts.update(o for o in n.output if o)
-        self.outputs = [o.name for o in g.output]
-        self._cache: dict[str, np.ndarray | None] = {}
-
-    def where(self, op: Op) -> str:
-        return f"{self.path}: node '{op.name}' ({op.onnx_type})"
-
-    def node(self, name: str, op_type: str | None = None) -> onnx.NodeProto:
-        cands = [n for n in self.by_name.get(name, []) if op_type is None or n.op_type == op_type]
-        if not cands:
-            raise ModelError(f"{self.path}: node '{name}' not found in the ONNX model")
-        return cands[0]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if name not in self.shapes:
-            raise ModelError(f"{self.path}: value '{name}' has no static shape")
-        return self.shapes[name]
-
-    def act_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and i not in self.consts]
-
-    def const_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and i in self.consts]
-
-    # -- constants -------------------------------------------------------------------------
-    def const(self, name: str) -> np.ndarray | None:
-        """Value of a constant (initializer, Constant, folded DQ/Reshape/... of constants)."""
-        if name not in self._cache:
-            self._cache[name] = self._const(name)
-        return self._cache[name]
-
-    def _const(self, name: str) -> np.ndarray | None:
-        if name in self.inits:
-            return self.inits[name]
-        n = self.producer.get(name)
-        if n is None or name not in self.consts:
-            return None
-        if n.op_type == "Constant":
-            a = n.attribute[0]
-            v = onnx.helper.get_attribute_value(a)
-            return numpy_helper.to_array(v) if a.name == "value" else np.asarray(v)
-        ins = [self.const(i) if i else None for i in n.input]
-        if ins[0] is None:
-            return None
-        if n.op_type == "DequantizeLinear":
-            return _dequant(ins[0], ins[1], ins[2] if len(ins) > 2 else None,
-                            _attrs(n).get("axis", 1))
-        if n.op_type in ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"):
-            shp = self.shapes.get(n.output[0])
-            return ins[0].reshape(shp) if shp is not None else ins[0]
-        if n.op_type == "Transpose":
-            perm = _attrs(n).get("perm")
-            return np.transpose(ins[0], perm)
-        return None
-
-    def quantized(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-        """(raw ints, scale, zero point, axis) if `name` is a DequantizeLinear of constants."""
-        n = self.producer.get(name)
-        if n is None or n.op_type != "DequantizeLinear":
-            return None
-        raw, scale = self.const(n.input[0]), self.const(n.input[1])
-        if raw is None or scale is None or raw.dtype.kind not in "iu":
-            return None
-        zp = self.const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        zp = np.zeros_like(scale, dtype=np.int64) if zp is None else zp.astype(np.int64)
-        axis = int(_attrs(n).get("axis", 1))
-        return raw, scale.astype(np.float64), zp, axis % max(raw.ndim, 1)
-
-    # -- layout ----------------------------------------------------------------------------
-    def root_index(self, t: Tensor) -> np.ndarray:
-        """Memory offset of every element of tensor `t`'s ONNX value (ONNX shape)."""
-        return _mem_to_onnx(t.shape, self.shape(t.name), self.path, t.name)
-
-    def index_of(self, t: Tensor, value: str, skip: set[str]) -> np.ndarray:
-        """Memory offsets (in `t`'s buffer) of the elements of ONNX value `value`.
-
-        `value` is reached from `t` through aliased nodes; Pads named in `skip` (folded into a
-        conv) are passed over: the result then has the unpadded shape.
-        """
-        path: list[onnx.NodeProto] = []
-        v = value
-        while v != t.name:
-            n = self.producer.get(v)
-            if n is None or not n.input:
-                raise ModelError(f"{self.path}: value '{value}' is not a view of '{t.name}'")
-            path.append(n)
-            v = n.input[0]
-        idx = self.root_index(t)
-        padded = False
-        for n in reversed(path):
-            idx, padded = self._replay(n, idx, skip, padded)
-        return idx
-
-    def _replay(self, n: onnx.NodeProto, idx: np.ndarray, skip: set[str],
-                padded: bool) -> tuple[np.ndarray, bool]:
-        key = n.name or n.output[0]
-        if n.op_type == "Pad" and key in skip:
-            return idx, True
-        if n.op_type == "Transpose":
-            perm = _attrs(n).get("perm")
-            return np.transpose(idx, perm), padded
-        if n.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-            if padded:
-                raise ModelError(f"{self.path}: node '{key}': a {n.op_type} after a folded Pad "
-                                 "is not supported by the simulator")
-            return idx.reshape(self.shape(n.output[0])), padded
-        if n.op_type in ALIAS_ONNX_OPS:
-            return idx, padded
-        raise ModelError(f"{self.path}: node '{key}' ({n.op_type}) is not a view")
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
-def _dequant(x: np.ndarray, s: np.ndarray | None, zp: np.ndarray | None, axis: int) -> np.ndarray:
-    s = np.asarray(s, dtype=np.float64)
-    z = np.zeros(1) if zp is None else np.asarray(zp, dtype=np.float64)
-    if s.ndim == 1 and s.size > 1 and x.ndim > 0:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        s = s.reshape(shape)
-        z = z.reshape(shape) if z.size > 1 else z
-    return (x.astype(np.float64) - z) * s
-
-
-def _mem_to_onnx(ir_shape: tuple[int, ...], onnx_shape: tuple[int, ...], path: str,
-                 name: str) -> np.ndarray:
-    n = int(np.prod(ir_shape, dtype=np.int64))
-    if n != int(np.prod(onnx_shape, dtype=np.int64)):
-        raise ModelError(f"{path}: tensor '{name}': IR shape {ir_shape} does not match its "
-                         f"ONNX shape {onnx_shape}")
-    ar = np.arange(n, dtype=np.int64).reshape(ir_shape)
-    if perm_for(ir_shape, onnx_shape) == NHWC:
-        return ar.transpose(0, 3, 1, 2)
-    return ar.reshape(onnx_shape)
-
-
-def _is_identity(idx: np.ndarray, t: Tensor) -> bool:
-    return idx.size == t.elements and bool(
-        np.array_equal(idx.reshape(-1), np.arange(idx.size, dtype=np.int64)))
-
-
-def perm_for(ir_shape: tuple[int, ...], onnx_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """NHWC when the IR stores this 4-D ONNX value channels-last, else the ONNX order.
-
-    A shape with C == H == W is ambiguous; it is taken as NHWC (the IR's convention). Either
-    choice computes the same values, since readers and writers use the same convention.
-    """
-    if len(onnx_shape) == 4 and tuple(ir_shape) == nhwc_shape(onnx_shape) \
-            and (tuple(ir_shape) != tuple(onnx_shape) or len(set(onnx_shape[1:])) == 1):
-        return NHWC
-    return tuple(range(len(onnx_shape)))
-
-
-def _expand(idx: np.ndarray, rank: int) -> np.ndarray:
-    """Left-pad with size-1 dims (ONNX broadcasting)."""
-    return idx.reshape((1,) * (rank - idx.ndim) + idx.shape)
-
-
-def _to4d_nchw(idx: np.ndarray, where: str) -> np.ndarray:
-    """(N, C, L) 1-D layouts become (N, C, 1, L)."""
-    if idx.ndim == 3:
-        return idx.reshape(idx.shape[0], idx.shape[1], 1, idx.shape[2])
-    if idx.ndim != 4:
-        raise ModelError(f"{where}: expected a 3-D or 4-D input, got rank {idx.ndim}")
-    return idx
-
-
 # -- per-op construction ----------------------------------------------------------------------
-
-@dataclass
-class _Ctx:
-    ox: OnnxIndex
-    graph: Graph
-    op: Op
-    main: onnx.NodeProto
-    fused: list[onnx.NodeProto]
-    ins: list[Tensor]
-    out: Tensor
-
-    @property
-    def where(self) -> str:
-        return self.ox.where(self.op)
-
-    def fused_of(self, op_type: str) -> onnx.NodeProto | None:
-        return next((n for n in self.fused if n.op_type == op_type and n is not self.main), None)
-
 
 def _build(ox: OnnxIndex, graph: Graph, op: Op) -> OpParams:
     ins = [graph.tensors[t] for t in op.inputs]
@@ -297,13 +88,13 @@ def _build(ox: OnnxIndex, graph: Graph, op: Op) -> OpParams:
     int8 = graph.dtype == "int8" and all(t.qparams is not None for t in ins + outs)
     p = OpParams(op_id=op.id, name=op.name, kind=op.kind, int8=int8,
                  in_qparams=tuple(t.qparams for t in ins), out_qparams=outs[0].qparams)
-    ctx = _Ctx(ox, graph, op, main, fused, ins, outs[0])
+    ctx = OpContext(ox, graph, op, main, fused, ins, outs[0])
     _set_activation(ctx, p)
     builder(ctx, p)
     return p
 
 
-def _set_activation(ctx: _Ctx, p: OpParams) -> None:
+def _set_activation(ctx: OpContext, p: OpParams) -> None:
     act = ctx.op.activation
     lo = act.lo if act is not None else None
     hi = act.hi if act is not None else None
@@ -316,522 +107,29 @@ def _set_activation(ctx: _Ctx, p: OpParams) -> None:
         p.act_max = math.inf if hi is None else float(hi)
 
 
-def _set_layout(ctx: _Ctx, p: OpParams, perm: tuple[int, ...], in_fix, out_fix) -> None:
-    """Kernel views: ONNX index arrays, rank-fixed by `in_fix`/`out_fix`, permuted by `perm`."""
-    skip = {n.name or n.output[0] for n in ctx.fused if n.op_type == "Pad"}
-    values = ctx.ox.act_inputs(ctx.main)
-    if len(values) != len(ctx.ins):
-        raise ModelError(f"{ctx.where}: {len(values)} activation inputs, IR has {len(ctx.ins)}")
-    shapes, index = [], []
-    for t, v in zip(ctx.ins, values):
-        idx = np.transpose(in_fix(ctx.ox.index_of(t, v, skip)), perm)
-        shapes.append(tuple(idx.shape))
-        index.append(None if _is_identity(idx, t) else idx)
-    oidx = np.transpose(out_fix(ctx.ox.root_index(ctx.out)), perm)
-    p.in_shapes, p.in_index = tuple(shapes), tuple(index)
-    p.out_shape = tuple(oidx.shape)
-    p.out_index = None if _is_identity(oidx, ctx.out) else oidx
-
-
-def _layout_nchw(ctx: _Ctx, p: OpParams) -> None:
-    fix = lambda i: _to4d_nchw(i, ctx.where)  # noqa: E731
-    _set_layout(ctx, p, NHWC, fix, fix)
-
-
-def _layout_follow(ctx: _Ctx, p: OpParams, out_fix=None) -> tuple[int, ...]:
-    """Element-wise kinds: the kernel works in the output's memory order; returns the perm."""
-    oshape = ctx.ox.shape(ctx.out.name)
-    rank = len(oshape)
-    perm = perm_for(ctx.out.shape, oshape)
-    _set_layout(ctx, p, perm, lambda i: _expand(i, rank), out_fix or (lambda i: i))
-    return perm
-
-
-def _layout_onnx(ctx: _Ctx, p: OpParams) -> None:
-    _set_layout(ctx, p, tuple(range(len(ctx.ox.shape(ctx.out.name)))), lambda i: i, lambda i: i)
-
-
-# -- conv / depthwise / grouped ---------------------------------------------------------------
-
-def _build_conv(ctx: _Ctx, p: OpParams) -> None:
-    _layout_nchw(ctx, p)
-    w_name = ctx.main.input[1]
-    b_name = ctx.main.input[2] if len(ctx.main.input) > 2 and ctx.main.input[2] else None
-    wf = ctx.ox.const(w_name)
-    if wf is None:
-        raise ModelError(f"{ctx.where}: weights are not constant")
-    if wf.ndim == 3:  # 1-D conv: (O, I, K) -> (O, I, 1, K)
-        wf = wf[:, :, None, :]
-    cout = wf.shape[0]
-    bf = _const_or_zeros(ctx, b_name, cout)
-    bn = ctx.fused_of("BatchNormalization")
-    if p.int8:
-        if bn is not None:
-            raise ModelError(f"{ctx.where}: a BatchNormalization after a quantised conv is not "
-                             "supported by the simulator")
-        w_int, sw = _int8_weights(ctx, w_name, wf, out_axis=0)
-        if w_int.ndim == 3:
-            w_int = w_int[:, :, None, :]
-        _set_int8_weights(ctx, p, w_int, sw, b_name, bf)
-    else:
-        wf, bf = _fold_bn(ctx, bn, wf.astype(np.float64), bf)
-        p.weights, p.bias = wf.astype(np.float32), bf.astype(np.float32)
-    w = np.transpose(p.weights, (0, 2, 3, 1))  # OIHW -> OHWI
-    cin = p.in_shapes[0][3]
-    if ctx.op.kind == OpKind.DEPTHWISE:
-        p.weights = np.ascontiguousarray(w[:, :, :, 0].transpose(1, 2, 0))  # (KH, KW, C_out)
-        p.extra["ch_mult"] = cout // cin
-    else:
-        p.weights = np.ascontiguousarray(w)
-        p.extra["group"] = ctx.op.attrs.group if ctx.op.attrs else 1
-
-
-def _const_or_zeros(ctx: _Ctx, name: str | None, n: int) -> np.ndarray:
-    if name is None:
-        return np.zeros(n, dtype=np.float64)
-    b = ctx.ox.const(name)
-    if b is None:
-        raise ModelError(f"{ctx.where}: bias '{name}' is not constant")
-    return np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (n,)).copy()
-
-
-def _fold_bn(ctx: _Ctx, bn: onnx.NodeProto | None, w: np.ndarray,
-             b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if bn is None:
-        return w, b
-    scale, shift = _bn_affine(ctx, bn)
-    return w * scale.reshape((-1,) + (1,) * (w.ndim - 1)), b * scale + shift
-
-
-def _bn_affine(ctx: _Ctx, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
-    vals = [ctx.ox.const(i) for i in bn.input[1:5]]
-    if any(v is None for v in vals):
-        raise ModelError(f"{ctx.where}: BatchNormalization parameters are not constant")
-    g, beta, mean, var = (np.asarray(v, dtype=np.float64).reshape(-1) for v in vals)
-    eps = float(_attrs(bn).get("epsilon", 1e-5))
-    scale = g / np.sqrt(var + eps)
-    return scale, beta - mean * scale
-
-
-def _int8_weights(ctx: _Ctx, name: str, wf: np.ndarray,
-                  out_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 weights in ONNX order, per-output-channel scales) of a DQ'd (or float) weight."""
-    cout = wf.shape[out_axis]
-    q = ctx.ox.quantized(name)
-    if q is None:  # float weights in an int8 op: symmetric per-channel quantisation
-        wmax = np.max(np.abs(np.moveaxis(wf, out_axis, 0)).reshape(cout, -1), axis=1)
-        sw = np.where(wmax > 0, wmax / 127.0, 1.0)
-        shape = [1] * wf.ndim
-        shape[out_axis] = -1
-        return np.clip(np.rint(wf / sw.reshape(shape)), -127, 127).astype(np.int8), sw
-    raw, scale, zp, axis = q
-    if np.any(zp != 0):
-        raise ModelError(f"{ctx.where}: weights '{name}' have a non-zero zero point "
-                         "(CMSIS-NN needs symmetric weights)")
-    if raw.dtype != np.int8:
-        raise ModelError(f"{ctx.where}: weights '{name}' are {raw.dtype}, not int8")
-    if scale.size > 1 and axis != out_axis:
-        raise ModelError(f"{ctx.where}: weights '{name}' are quantised along axis {axis}, not "
-                         "the output-channel axis")
-    sw = np.broadcast_to(scale.reshape(-1), (cout,)).astype(np.float64)
-    return _positive_scales(ctx, name, raw, sw, out_axis)
-
-
-def _positive_scales(ctx: _Ctx, name: str, raw: np.ndarray, sw: np.ndarray,
-                     out_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """A channel with a negative scale (some converters write them) is negated: q * s =
-    (-q) * (-s), so every requantisation multiplier stays positive, as CMSIS-NN requires."""
-    neg = sw < 0
-    if not neg.any():
-        return raw, sw
-    w = np.moveaxis(raw, out_axis, 0).astype(np.int16)
-    if (w[neg] == -128).any():
-        c = int(np.flatnonzero(neg & (w.reshape(len(sw), -1) == -128).any(axis=1))[0])
-        raise ModelError(f"{ctx.where}: weights '{name}' channel {c} has a negative scale and "
-                         "the value -128, which has no int8 negation")
-    w[neg] = -w[neg]
-    return np.moveaxis(w.astype(np.int8), 0, out_axis), np.abs(sw)
-
-
-def _set_int8_weights(ctx: _Ctx, p: OpParams, w_int: np.ndarray, sw: np.ndarray,
-                      b_name: str | None, bf: np.ndarray) -> None:
-    sx = p.in_qparams[0].scale
-    so = p.out_qparams.scale
-    p.weights = w_int
-    p.w_scales = sw
-    p.bias = _int32_bias(ctx, b_name, bf, sx * sw)
-    mults = [checked_multiplier(ctx.where, float(sx) * float(s) / float(so)) for s in sw]
-    p.multiplier = np.array([m for m, _ in mults], dtype=np.int32)
-    p.shift = np.array([s for _, s in mults], dtype=np.int32)
-
-
-def _int32_bias(ctx: _Ctx, name: str | None, bf: np.ndarray, bscale: np.ndarray) -> np.ndarray:
-    """The DQ'd int32 bias when its scale is sx*sw[c], else round(b / (sx*sw[c])); a bias
-    that does not fit int32 at that scale is refused (clipping it would be silently wrong)."""
-    q = ctx.ox.quantized(name) if name else None
-    if q is not None:
-        raw, scale, zp, _ = q
-        s = np.broadcast_to(scale.reshape(-1), bscale.shape)
-        if np.all(zp == 0) and np.allclose(s, bscale, rtol=1e-5, atol=0) and raw.size == bf.size:
-            return raw.reshape(-1).astype(np.int32)
-    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN are refused just below
-        b = np.rint(bf / bscale)
-    bad = ~(np.abs(b) <= (1 << 31) - 1)
-    if bad.any():
-        c = int(np.argmax(bad))
-        raise ModelError(f"{ctx.where}: bias '{name}' channel {c} ({float(bf[c]):g}) does not "
-                         f"fit int32 at scale {float(bscale[c]):g} (input x weight scale)")
-    return b.astype(np.int32)
-
-
-def checked_multiplier(where: str, real: float) -> tuple[int, int]:
-    """quantize_multiplier of a real rescale factor the int32 kernels can apply: finite,
-    positive and below 2^31 (scales are checked at import; their ratios can still overflow)."""
-    if not (math.isfinite(real) and 0 < real < MAX_MULTIPLIER):
-        raise ModelError(f"{where}: requantisation factor {real:g} (input x weight / output "
-                         f"scale) is outside (0, 2^31): the quantisation scales are unusable")
-    return quantize_multiplier(real)
-
-
-# -- fully connected ----------------------------------------------------------------------------
-
-def _build_fc(ctx: _Ctx, p: OpParams) -> None:
-    main, t = ctx.main, ctx.ins[0]
-    a = _attrs(main)
-    a_name = ctx.ox.act_inputs(main)[0]
-    if main.input[0] != a_name or a.get("transA", 0):
-        raise ModelError(f"{ctx.where}: the activation must be the first, untransposed operand")
-    w_name = main.input[1]
-    wf = ctx.ox.const(w_name)
-    if wf is None or wf.ndim != 2:
-        raise ModelError(f"{ctx.where}: weights must be a constant 2-D matrix")
-    trans_b = bool(a.get("transB", 0)) if main.op_type == "Gemm" else False
-    out_axis = 0 if trans_b else 1
-    cout = wf.shape[out_axis]
-    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-    b_name, bf = _fc_bias(ctx, cout, beta)
-    if p.int8:
-        if alpha != 1.0 or beta != 1.0:
-            raise ModelError(f"{ctx.where}: int8 Gemm needs alpha = beta = 1")
-        w_int, sw = _int8_weights(ctx, w_name, wf, out_axis)
-        w_int = w_int if trans_b else w_int.T
-        _set_int8_weights(ctx, p, w_int, sw, b_name, bf)
-        w = p.weights
-    else:
-        w = (wf if trans_b else wf.T).astype(np.float64) * alpha
-        p.bias = bf.astype(np.float32)
-    # column permutation: ONNX's A columns -> positions in the memory of the IR input tensor
-    idx = ctx.ox.index_of(t, a_name, set())
-    k = w.shape[1]
-    idx2 = idx.reshape(-1, k)
-    rows = idx2.shape[0]
-    if _is_identity(idx2, t):
-        p.weights = np.ascontiguousarray(w).astype(p.weights.dtype if p.int8 else np.float32)
-    elif rows == 1 and idx2.size == t.elements:
-        wm = np.empty_like(w)
-        wm[:, idx2[0]] = w
-        p.weights = wm.astype(np.int8 if p.int8 else np.float32)
-    else:
-        raise ModelError(f"{ctx.where}: cannot map the input layout onto the weights")
-    p.in_shapes, p.in_index = ((rows, k),), (None,)
-    p.extra["in_last"] = t.shape[-1] if t.shape else 1
-    oshape = ctx.ox.shape(ctx.out.name)
-    oidx = ctx.ox.root_index(ctx.out).reshape(rows, -1) if int(np.prod(oshape)) == rows * cout \
-        else None
-    if oidx is None:
-        raise ModelError(f"{ctx.where}: unexpected output shape {oshape}")
-    p.out_shape = (rows, cout)
-    p.out_index = None if _is_identity(oidx, ctx.out) else oidx
-
-
-def _fc_bias(ctx: _Ctx, cout: int, beta: float) -> tuple[str | None, np.ndarray]:
-    main = ctx.main
-    name = main.input[2] if main.op_type == "Gemm" and len(main.input) > 2 and main.input[2] \
-        else None
-    bf = _const_or_zeros(ctx, name, cout) * beta
-    add = ctx.fused_of("Add")
-    if add is not None:
-        cn = ctx.ox.const_inputs(add)
-        if len(cn) != 1:
-            raise ModelError(f"{ctx.where}: fused bias Add has no constant operand")
-        if name is not None:
-            return None, bf + _const_or_zeros(ctx, cn[0], cout)
-        name, bf = cn[0], _const_or_zeros(ctx, cn[0], cout)
-    return name, bf
-
-
-# -- element-wise and the rest ---------------------------------------------------------------
-
-def _build_add_mul(ctx: _Ctx, p: OpParams) -> None:
-    _layout_follow(ctx, p)
-    if len(ctx.ins) != 2:
-        raise ModelError(f"{ctx.where}: expected two activation inputs")
-    if not p.int8:
-        return
-    s1, s2 = (float(q.scale) for q in p.in_qparams)
-    so = float(p.out_qparams.scale)
-    if ctx.op.kind == OpKind.ADD:
-        left_shift = 20
-        twice_max = 2.0 * max(s1, s2)
-        m1 = checked_multiplier(ctx.where, s1 / twice_max)
-        m2 = checked_multiplier(ctx.where, s2 / twice_max)
-        mo = checked_multiplier(ctx.where, twice_max / ((1 << left_shift) * so))
-        p.extra.update(left_shift=left_shift, in1=m1, in2=m2, out=mo)
-    else:
-        p.extra["out"] = checked_multiplier(ctx.where, s1 * s2 / so)
-
-
-def _build_affine(ctx: _Ctx, p: OpParams) -> None:
-    """x * a + b with constant a, b broadcast in the kernel layout (x*a+b of BN/Add/Mul)."""
-    perm = _layout_follow(ctx, p)
-    rank = len(perm)
-    main = ctx.main
-    if main.op_type == "BatchNormalization":
-        scale, shift = _bn_affine(ctx, main)
-        cshape = (1, -1) + (1,) * (rank - 2)
-        a, b = scale.reshape(cshape), shift.reshape(cshape)
-    else:
-        cn = ctx.ox.const_inputs(main)
-        c = ctx.ox.const(cn[0]) if len(cn) == 1 else None
-        if c is None:
-            raise ModelError(f"{ctx.where}: needs exactly one constant operand")
-        c = np.asarray(c, dtype=np.float64)
-        if main.op_type == "Add":
-            a, b = np.ones(()), c
-        elif main.op_type == "Mul":
-            a, b = c, np.zeros(())
-        else:
-            raise ModelError(f"{ctx.where}: unsupported channel-affine operator")
-    p.extra["a"] = _const_view(a, rank, perm)
-    p.extra["b"] = _const_view(b, rank, perm)
-
-
-def _const_view(c: np.ndarray, rank: int, perm: tuple[int, ...]) -> np.ndarray:
-    c = np.asarray(c, dtype=np.float64)
-    return np.ascontiguousarray(np.transpose(c.reshape((1,) * (rank - c.ndim) + c.shape), perm))
-
-
-def _build_unary(ctx: _Ctx, p: OpParams) -> None:
-    """Relu / Clip / Sigmoid / HardSigmoid / HardSwish (stand-alone)."""
-    _layout_follow(ctx, p)
-    kind, main = ctx.op.kind, ctx.main
-    lo: float | None = None
-    hi: float | None = None
-    if kind == OpKind.RELU:
-        lo = 0.0
-    elif kind == OpKind.CLIP:
-        a = _attrs(main)
-        lo, hi = a.get("min"), a.get("max")
-        for k, attr in ((1, "lo"), (2, "hi")):
-            if len(main.input) > k and main.input[k]:
-                v = ctx.ox.const(main.input[k])
-                if v is None:
-                    raise ModelError(f"{ctx.where}: Clip bounds must be constant")
-                if attr == "lo":
-                    lo = float(v.reshape(-1)[0])
-                else:
-                    hi = float(v.reshape(-1)[0])
-    elif kind == OpKind.HARD_SIGMOID:
-        a = _attrs(main)
-        p.extra["alpha"] = float(a.get("alpha", 0.2))
-        p.extra["beta"] = float(a.get("beta", 0.5))
-    p.extra["lo"], p.extra["hi"] = lo, hi
-    if kind in (OpKind.RELU, OpKind.CLIP):
-        if p.int8:
-            q = p.out_qparams
-            amin, amax = activation_range_int8(lo, hi, q.scale, q.zero_point)
-            p.act_min, p.act_max = max(p.act_min, amin), min(p.act_max, amax)
-            p.extra["out"] = checked_multiplier(ctx.where,
-                                                float(p.in_qparams[0].scale) / float(q.scale))
-        else:
-            p.act_min = max(p.act_min, -math.inf if lo is None else lo)
-            p.act_max = min(p.act_max, math.inf if hi is None else hi)
-
-
-def _build_concat(ctx: _Ctx, p: OpParams) -> None:
-    if ctx.ox.const_inputs(ctx.main):
-        raise ModelError(f"{ctx.where}: Concat with constant inputs is not supported by the "
-                         "simulator")
-    perm = _layout_follow(ctx, p)
-    axis = int(_attrs(ctx.main).get("axis", 1)) % len(perm)
-    p.extra["axis"] = perm.index(axis)
-
-
-def _build_pad(ctx: _Ctx, p: OpParams) -> None:
-    perm = _layout_follow(ctx, p)
-    main = ctx.main
-    a = _attrs(main)
-    pads = a.get("pads")
-    if len(main.input) > 1 and main.input[1]:
-        pads = ctx.ox.const(main.input[1])
-    value, raw = float(a.get("value", 0.0)), None
-    if len(main.input) > 2 and main.input[2]:
-        vq = ctx.ox.quantized(main.input[2])
-        v = ctx.ox.const(main.input[2])
-        if vq is not None:
-            raw = int(vq[0].reshape(-1)[0])  # DQ'd int8 constant: its raw value
-        elif v is not None and v.size:
-            if v.dtype.kind in "iu":
-                raw = int(v.reshape(-1)[0])  # a Pad on int8 data pads with a raw int8 value
-            else:
-                value = float(v.reshape(-1)[0])
-    if pads is None or (len(main.input) > 3 and main.input[3]):
-        raise ModelError(f"{ctx.where}: Pad needs constant pads over all axes")
-    pads = [int(x) for x in np.asarray(pads).reshape(-1)]
-    r = len(perm)
-    if any(x < 0 for x in pads):
-        raise ModelError(f"{ctx.where}: negative pads are not supported")
-    p.extra["pads"] = [(pads[perm[k]], pads[perm[k] + r]) for k in range(r)]
-    p.extra["mode"] = a.get("mode", "constant")
-    q = p.out_qparams
-    if p.int8:
-        p.extra["value"] = raw if raw is not None else int(
-            np.clip(q.zero_point + round_half_away(np.float64(value / q.scale)), -128, 127))
-    else:
-        p.extra["value"] = value if raw is None or q is None else (raw - q.zero_point) * q.scale
-
-
-def _build_resize(ctx: _Ctx, p: OpParams) -> None:
-    perm = _layout_follow(ctx, p)
-    a = _attrs(ctx.main)
-    if a.get("mode", "nearest") != "nearest":
-        raise ModelError(f"{ctx.where}: only nearest Resize is supported by the simulator")
-    ishape = ctx.ox.shape(ctx.ox.act_inputs(ctx.main)[0])
-    oshape = ctx.ox.shape(ctx.out.name)
-    scales = None
-    if len(ctx.main.input) > 2 and ctx.main.input[2]:
-        s = ctx.ox.const(ctx.main.input[2])
-        scales = [float(x) for x in s.reshape(-1)] if s is not None and s.size else None
-    ctm = a.get("coordinate_transformation_mode", "half_pixel")
-    nmode = a.get("nearest_mode", "round_prefer_floor")
-    maps = []
-    for ax in range(len(oshape)):
-        sc = scales[ax] if scales else oshape[ax] / ishape[ax]
-        maps.append(_nearest_map(ishape[ax], oshape[ax], sc, ctm, nmode, ctx.where))
-    p.extra["maps"] = [maps[perm[k]] for k in range(len(perm))]
-
-
-def _nearest_map(n_in: int, n_out: int, scale: float, ctm: str, nmode: str,
-                 where: str) -> np.ndarray:
-    """ONNX Resize (nearest) source index of every output index along one axis."""
-    o = np.arange(n_out, dtype=np.float64)
-    if ctm == "asymmetric":
-        x = o / scale
-    elif ctm == "half_pixel":
-        x = (o + 0.5) / scale - 0.5
-    elif ctm == "pytorch_half_pixel":
-        x = (o + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(o)
-    elif ctm == "align_corners":
-        x = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(o)
-    elif ctm == "tf_half_pixel_for_nn":
-        x = (o + 0.5) / scale
-    else:
-        raise ModelError(f"{where}: Resize coordinate_transformation_mode '{ctm}' unsupported")
-    if nmode == "floor":
-        i = np.floor(x)
-    elif nmode == "ceil":
-        i = np.ceil(x)
-    elif nmode == "round_prefer_ceil":
-        i = np.floor(x + 0.5)
-    else:  # round_prefer_floor
-        i = np.ceil(x - 0.5)
-    return np.clip(i, 0, n_in - 1).astype(np.int64)
-
-
-def _build_transpose(ctx: _Ctx, p: OpParams) -> None:
-    _layout_onnx(ctx, p)
-    perm = _attrs(ctx.main).get("perm")
-    p.extra["perm"] = tuple(perm) if perm else tuple(reversed(range(len(p.in_shapes[0]))))
-    _set_requant(ctx, p)
-
-
-def _build_softmax(ctx: _Ctx, p: OpParams) -> None:
-    _layout_onnx(ctx, p)
-    rank = len(p.in_shapes[0])
-    default = -1 if ctx.ox.opset >= 13 else 1
-    p.extra["axis"] = int(_attrs(ctx.main).get("axis", default)) % rank
-    p.extra["flatten"] = ctx.ox.opset < 13
-
-
-def _build_opaque(ctx: _Ctx, p: OpParams) -> None:
-    _build_softmax(ctx, p)
-    p.extra["op_type"] = ctx.op.onnx_type
-
-
-def _build_pool(ctx: _Ctx, p: OpParams) -> None:
-    _layout_nchw(ctx, p)
-    a = _attrs(ctx.main)
-    if any(d != 1 for d in a.get("dilations", [1])):
-        raise ModelError(f"{ctx.where}: dilated pooling is not supported by the simulator")
-    p.extra["count_include_pad"] = bool(a.get("count_include_pad", 0))
-    if p.int8:
-        _set_requant(ctx, p)
-
-
-def _set_requant(ctx: _Ctx, p: OpParams) -> None:
-    """Whether an int8 data-movement op must rescale (input and output qparams differ)."""
-    if not p.int8:
-        return
-    qi, qo = p.in_qparams[0], p.out_qparams
-    p.extra["same_q"] = qi == qo
-    p.extra["out"] = checked_multiplier(ctx.where, float(qi.scale) / float(qo.scale))
-
-
-def _build_gap(ctx: _Ctx, p: OpParams) -> None:
-    _layout_nchw(ctx, p)
-    p.extra["axes"] = (1, 2)
-    if p.int8:
-        _set_requant(ctx, p)
-
-
-def _build_reduce_mean(ctx: _Ctx, p: OpParams) -> None:
-    main = ctx.main
-    a = _attrs(main)
-    ishape = ctx.ox.shape(ctx.ox.act_inputs(main)[0])
-    rank = len(ishape)
-    axes = a.get("axes")
-    if len(main.input) > 1 and main.input[1]:
-        v = ctx.ox.const(main.input[1])
-        axes = None if v is None else [int(x) for x in v.reshape(-1)]
-    if axes is None or len(axes) == 0:
-        if a.get("noop_with_empty_axes", 0):
-            raise ModelError(f"{ctx.where}: ReduceMean without axes is not supported")
-        axes = list(range(rank))
-    axes = sorted({int(x) % rank for x in axes})
-    keep = bool(a.get("keepdims", 1))
-    perm = perm_for(ctx.ins[0].shape, ishape)
-
-    def out_fix(idx: np.ndarray) -> np.ndarray:
-        kshape = tuple(1 if k in axes else d for k, d in enumerate(ishape))
-        return idx.reshape(kshape)
-
-    _set_layout(ctx, p, perm, lambda i: i, out_fix if not keep else (lambda i: i))
-    p.extra["axes"] = tuple(sorted(perm.index(x) for x in axes))
-    if p.int8:
-        _set_requant(ctx, p)
-
+# -- one builder per operator kind (onnx_params_conv / _eltwise / _move / _pool.py) ------
 
 _BUILDERS = {
-    OpKind.CONV: _build_conv,
-    OpKind.DEPTHWISE: _build_conv,
-    OpKind.GROUPED_CONV: _build_conv,
-    OpKind.FULLY_CONNECTED: _build_fc,
-    OpKind.ADD: _build_add_mul,
-    OpKind.MUL: _build_add_mul,
-    OpKind.CHANNEL_AFFINE: _build_affine,
-    OpKind.RELU: _build_unary,
-    OpKind.CLIP: _build_unary,
-    OpKind.SIGMOID: _build_unary,
-    OpKind.HARD_SIGMOID: _build_unary,
-    OpKind.HARD_SWISH: _build_unary,
-    OpKind.CONCAT: _build_concat,
-    OpKind.PAD: _build_pad,
-    OpKind.RESIZE: _build_resize,
-    OpKind.TRANSPOSE: _build_transpose,
-    OpKind.SOFTMAX: _build_softmax,
-    OpKind.OPAQUE: _build_opaque,
-    OpKind.MAXPOOL: _build_pool,
-    OpKind.AVGPOOL: _build_pool,
-    OpKind.GLOBAL_AVGPOOL: _build_gap,
-    OpKind.REDUCE_MEAN: _build_reduce_mean,
+    OpKind.CONV: build_conv,
+    OpKind.DEPTHWISE: build_conv,
+    OpKind.GROUPED_CONV: build_conv,
+    OpKind.FULLY_CONNECTED: build_fc,
+    OpKind.ADD: build_add_mul,
+    OpKind.MUL: build_add_mul,
+    OpKind.CHANNEL_AFFINE: build_affine,
+    OpKind.RELU: build_unary,
+    OpKind.CLIP: build_unary,
+    OpKind.SIGMOID: build_unary,
+    OpKind.HARD_SIGMOID: build_unary,
+    OpKind.HARD_SWISH: build_unary,
+    OpKind.CONCAT: build_concat,
+    OpKind.PAD: build_pad,
+    OpKind.RESIZE: build_resize,
+    OpKind.TRANSPOSE: build_transpose,
+    OpKind.SOFTMAX: build_softmax,
+    OpKind.OPAQUE: build_opaque,
+    OpKind.MAXPOOL: build_pool,
+    OpKind.AVGPOOL: build_pool,
+    OpKind.GLOBAL_AVGPOOL: build_gap,
+    OpKind.REDUCE_MEAN: build_reduce_mean,
 }

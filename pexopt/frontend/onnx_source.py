@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from pexopt.frontend.onnx_params import OnnxIndex, load_params
+from pexopt.frontend.onnx_index import OnnxIndex
+from pexopt.frontend.onnx_params import load_params
 
 if TYPE_CHECKING:
     from pexopt.graph.ir import Graph

@@ -13,9 +13,10 @@ import numpy as np
 
 from pexopt.errors import ModelError
 from pexopt.fixedpoint import dequantize, quantize_real
+from pexopt.frontend.onnx_index import NHWC, OnnxIndex, perm_for
 from pexopt.frontend.onnx_load import load_model
-from pexopt.frontend.onnx_params import NHWC, OnnxIndex, OpParams, perm_for
 from pexopt.graph.ir import Graph, QParams, Tensor
+from pexopt.graph.params import OpParams
 from pexopt.simulate.kernels import KERNELS
 
 

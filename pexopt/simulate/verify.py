@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pexopt.frontend.onnx_params import OnnxIndex
+from pexopt.frontend.onnx_index import OnnxIndex
 from pexopt.graph.ir import Graph
 from pexopt.graph.params import graph_params
 from pexopt.plan.format import Plan
