@@ -34,8 +34,8 @@ from pexopt.plan.format import Plan, plan_from_dict
 from pexopt.plan.validator import validate
 from pexopt.schedule import SolverParams
 from pexopt.simulate.arena import run_plan
-from pexopt.simulate.reference import run_reference
-from pexopt.simulate.verify import inputs_from_onnx, onnx_index, random_feeds, verify_plan
+from pexopt.simulate.reference import inputs_from_onnx, onnx_index, run_reference
+from pexopt.simulate.verify import random_feeds, verify_plan
 from pexopt.solver.bounds import split_bound
 from pexopt.solver.cpsat_layout import solve_layout
 
