@@ -4,11 +4,13 @@ free order, canonical or simplest plan)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from pexopt.deadline import OutOfTime
 from pexopt.graph.ir import Graph
 from pexopt.partial.bands import worth_trying
+from pexopt.partial.candidates import Segment
 from pexopt.schedule import Schedule, SolverParams
 from pexopt.solver import interrupt
 from pexopt.solver.bounds import all_inplace_candidates, order_search_bound
@@ -70,146 +72,257 @@ def _out_of_time(graph: Graph, params: SolverParams, start: Schedule | None,
 
 def _solve_layout(graph: Graph, params: SolverParams, progress: Progress | None,
                   start: Schedule | None, found: _Found) -> Schedule:
-    """solve_layout's stages (see there)."""
-    t0 = time.time()
-    segments, rows = candidates(graph, params)
-    segments += rows
-    full_lb = lower_bound(graph, params, segments)
-    lb = full_lb if params.use_bound else 0
-    any_split = bool(segments)  # before the cut below: the order search assumes none at all
-    every = list(segments)
-    if rows:  # the bound above counts every row segment; the model gets the promising ones
-        keep = {s.id for s in worth_trying(graph, rows, full_lb)}
-        segments = [s for s in segments if s.dim == "channel" or s.id in keep]
-    file_order = list(range(len(graph.ops)))
+    """solve_layout's stages, one loop over each of two named lists, sharing one `_Search`.
 
-    def fast_enough(sc: Schedule) -> bool:
-        return params.cost is None or params.latency is None or \
-            schedule_cost(graph, sc, params.cost) <= params.latency
+    FIRST_STAGES find a plan (`best`; under a deadline there `solve_layout` falls back to
+    `_out_of_time` with `found`), IMPROVEMENTS improve it and its bound (past the deadline the
+    plan so far is kept, `_stopped`). Two lists because the deadline means different things in
+    each; the state is shared because later stages read much of what earlier ones found."""
+    s = _begin(graph, params, progress, start, found)
+    for stage in FIRST_STAGES:
+        stage(s)
+    try:
+        for stage in IMPROVEMENTS:
+            stage(s)
+    except OutOfTime:
+        _stopped(s)
+    return _result(s)
 
-    greedy = greedy_schedule(graph, file_order, params)
-    if (start is not None and start.order == file_order and not start.splits
-            and start.arena < greedy.arena and start.params.align == params.align
-            and fast_enough(start)):
-        greedy = start
-    stages = [f"greedy {greedy.arena}"]
-    found.plans.append(greedy)
-    found.bound = lb if params.use_bound else None
-    budget = params.time_limit
-    deadline = t0 + budget
 
-    def left(share: float = 1.0) -> float:
+@dataclass
+class _Search:
+    """What the stages share. Only `bound` is valid for this problem: best.bound may be a
+    sub-problem's (the channel splits alone, the file order) or the start schedule's."""
+
+    graph: Graph
+    params: SolverParams
+    progress: Progress | None
+    start: Schedule | None
+    found: _Found
+    t0: float
+    deadline: float
+    segments: list[Segment]  # the models' options: every candidate but unpromising row bands
+    every: list[Segment]  # every candidate (the bound counts them all)
+    rows: list[Segment]  # the row and hybrid candidates
+    lb: int  # the models' lower bound (0 without use_bound); the order search raises it
+    any_split: bool  # any candidate before the cut: the order search assumes none at all
+    file_order: list[int]
+    notes: list[str] = field(default_factory=list)  # the result's `stages`
+    greedy: Schedule | None = None  # set by _greedy
+    chan: Schedule | None = None  # the simpler sub-solve of _rows
+    built: list[Schedule] = field(default_factory=list)  # constructive row plans
+    fixed: Schedule | None = None  # the file-order model's plan and its proven bound
+    fbound: int = 0
+    best: Schedule | None = None  # the plan so far, from _file_order on
+    bound: int = 0
+    cut_checked: bool = False  # `bound` holds for every candidate, not only `segments`
+    canonical: bool = False  # _canonical_plan found the plan
+
+    def fast_enough(self, sc: Schedule) -> bool:
+        p = self.params
+        return p.cost is None or p.latency is None or \
+            schedule_cost(self.graph, sc, p.cost) <= p.latency
+
+    def left(self, share: float = 1.0) -> float:
         """Seconds for the next stage: a share of the budget, never past the deadline (none
         after a Ctrl-C)."""
         if interrupt.requested():
             return 0.0
-        return max(0.0, min(share * budget, 0.97 * (deadline - time.time())))
+        return max(0.0, min(share * self.params.time_limit, 0.97 * (self.deadline - time.time())))
 
-    chan = None
-    built: list[Schedule] = []  # constructive row plans: hints, and results if the model lags
-    if rows:
-        # with hybrid segments: row bands without them first (that solve builds the greedy row
-        # plans and solves channel splits alone), so hybrid is never worse; else a greedy row
-        # plan, then channel splits alone (small model, fast): the hints
-        hybrid = any(s.dim == "hybrid" for s in rows)
-        if not hybrid:
-            built = _row_plans(graph, params, segments, greedy, lb, left(0.5), progress)
-        simpler = replace(params, hybrid=False) if hybrid else replace(params, rows=False)
-        chan = solve_layout(graph, replace(simpler, time_limit=left(0.4)), progress, start)
-        stages.append(f"{'row bands' if hybrid else 'channel splits'} {chan.arena}")
-        found.plans.append(chan)
-        if not hybrid and chan.order != file_order:  # a row plan in the order found there
-            built += _row_plans(graph, params, segments, chan, lb, left(0.2), progress)
-        built = [b for b in built if fast_enough(b)]
-        found.plans += built
-        if built:
-            stages.append(f"rows greedy {min(b.arena for b in built)}")
+
+def _begin(graph: Graph, params: SolverParams, progress: Progress | None,
+           start: Schedule | None, found: _Found) -> _Search:
+    """The candidate segments and the lower bound; the row segments cut to the promising."""
+    t0 = time.time()
+    segments, rows = candidates(graph, params)
+    segments += rows
+    full_lb = lower_bound(graph, params, segments)
+    every = list(segments)
+    if rows:  # the bound above counts every row segment; the model gets the promising ones
+        keep = {s.id for s in worth_trying(graph, rows, full_lb)}
+        segments = [s for s in segments if s.dim == "channel" or s.id in keep]
+    return _Search(graph, params, progress, start, found, t0, t0 + params.time_limit,
+                   segments, every, rows, full_lb if params.use_bound else 0, bool(every),
+                   list(range(len(graph.ops))))
+
+
+def _greedy(s: _Search) -> None:
+    """The greedy layout in file order, or `start` when it is a smaller one."""
+    greedy = greedy_schedule(s.graph, s.file_order, s.params)
+    start = s.start
+    if (start is not None and start.order == s.file_order and not start.splits
+            and start.arena < greedy.arena and start.params.align == s.params.align
+            and s.fast_enough(start)):
+        greedy = start
+    s.greedy = greedy
+    s.notes.append(f"greedy {greedy.arena}")
+    s.found.plans.append(greedy)
+    s.found.bound = s.lb if s.params.use_bound else None
+
+
+def _rows(s: _Search) -> None:
+    """With row segments, the hints: with hybrid segments, row bands without them first (that
+    solve builds the greedy row plans and solves channel splits alone), so hybrid is never
+    worse; else a greedy row plan, then channel splits alone (small model, fast)."""
+    if not s.rows:
+        return
+    graph, params = s.graph, s.params
+    hybrid = any(sg.dim == "hybrid" for sg in s.rows)
+    built: list[Schedule] = []
+    if not hybrid:
+        built = _row_plans(graph, params, s.segments, s.greedy, s.lb, s.left(0.5), s.progress)
+    simpler = replace(params, hybrid=False) if hybrid else replace(params, rows=False)
+    chan = solve_layout(graph, replace(simpler, time_limit=s.left(0.4)), s.progress, s.start)
+    s.chan = chan
+    s.notes.append(f"{'row bands' if hybrid else 'channel splits'} {chan.arena}")
+    s.found.plans.append(chan)
+    if not hybrid and chan.order != s.file_order:  # a row plan in the order found there
+        built += _row_plans(graph, params, s.segments, chan, s.lb, s.left(0.2), s.progress)
+    s.built = [b for b in built if s.fast_enough(b)]
+    s.found.plans += s.built
+    if s.built:
+        s.notes.append(f"rows greedy {min(b.arena for b in s.built)}")
+
+
+def _file_order(s: _Search) -> None:
+    """The model in file order, hinted by the smallest file-order plan so far."""
+    graph, params, greedy = s.graph, s.params, s.greedy
     # the sub-solves cut with their own bound: keep the segments their plans use (hints)
-    used = {sid for sc in (chan, *built) if sc is not None for sid in sc.splits}
-    segments += [sg for sg in every if sg.id in used and sg not in segments]
-    fixed_model = _Model(graph, params, file_order, segments, lb,
-                         greedy.arena if fast_enough(greedy) else None)
+    used = {sid for sc in (s.chan, *s.built) if sc is not None for sid in sc.splits}
+    s.segments += [sg for sg in s.every if sg.id in used and sg not in s.segments]
+    model = _Model(graph, params, s.file_order, s.segments, s.lb,
+                   greedy.arena if s.fast_enough(greedy) else None)
     if params.hint:
-        hints = [s for s in (chan, *built) if s is not None and s.order == file_order]
-        fixed_model.hint(min(hints, key=lambda s: s.arena) if hints and
-                         min(s.arena for s in hints) < greedy.arena else greedy)
-    name, fixed, fbound = fixed_model.solve(left(0.6 if params.reorder else 1.0),
-                                            "file order", progress)
-    best = fixed if fixed is not None else greedy
-    best.segments = fixed_model.segments if fixed is not None else []
-    stages.append(f"file order {name} {best.arena}")
-    if chan is not None and chan.status != TOO_SLOW and (chan.arena < best.arena
-                                                         or not fast_enough(best)):
-        best = chan
-    for b in built:
-        if b.arena < best.arena:
-            best = b
-            stages.append(f"kept the rows greedy plan {b.arena}")
-    bound = lb
-    cut_checked = len(segments) >= len(every)  # else CP-SAT's bound is the cut model's
-    try:  # improvements of `best`: past the deadline, keep it (with a bound that holds)
-        if params.reorder and params.use_bound and not any_split and best.arena > lb:
-            # without splits no order keeps less than the least peak of live bytes (in-place
-            # pairs counted once): search the orders for it, up to a quarter of the time
-            cands = all_inplace_candidates(graph) if params.inplace else None
-            lb, good = order_search_bound(graph, lb, best.arena, cands, seconds=left(0.25),
-                                          scratch=op_scratch(graph, params.target))
-            bound = lb
-            stages.append(f"order search bound {lb}")
-            if good is not None and good != best.order:  # lay out the order the search found
-                model = _Model(graph, params, good, segments, lb, best.arena)
-                _, other, _ = model.solve(left(0.1), "searched order", progress)
-                if other is not None and (other.arena < best.arena or not fast_enough(best)):
-                    best = other
-                    stages.append(f"searched order {other.arena}")
-        if params.reorder and best.arena > lb and len(graph.ops) > 1:
-            best.bound = lb  # the file-order stage's bound holds for the file order only
-            free_model = _Model(graph, params, None, segments, lb,
-                                best.arena if fast_enough(best) else None)
-            if params.hint:
-                free_model.hint(best)
-            name, free, fbound2 = free_model.solve(0.8 * left(), "reorder", progress)
-            stages.append(f"reorder {name} {free.arena if free else '-'}")
-            if free is not None:
-                bound = max(lb, fbound2)
-                if free.arena <= best.arena or not fast_enough(best):
-                    best = free
-        elif not params.reorder or len(graph.ops) <= 1:  # the file order is the only order
-            bound = max(lb, fbound) if fixed is not None else lb
-        if start is not None and start.arena < best.arena and fast_enough(start):
-            best = replace(start, bound=best.bound, stages=[])
-            stages.append(f"kept the start schedule {best.arena}")
-        if len(segments) < len(every) and bound > lb:  # CP-SAT's bound is the cut model's
-            best, bound, note = _beyond_the_cut(graph, params, every, segments, best, bound, lb,
-                                                lambda: left(0.5), fast_enough)
-            stages.append(note)
-            cut_checked = True
-            if not set(best.splits) <= {sg.id for sg in segments}:
-                segments = every  # the plan uses a left-out segment: simplify among all of them
-        # only `bound` is valid for this problem: best.bound may be a sub-problem's (the channel
-        # splits alone, the file order) or the start schedule's
-        canon = None
-        if best.arena <= bound:
-            canon = _canonical(graph, params, best.arena, segments, lb, left(0.5))
-            if canon is not None:
-                canon.bound = best.bound
-                best = canon
-                stages.append(f"canonical {best.arena}")
-        if canon is None and (best.splits or best.inplace):
-            best = _simplest(graph, params, best, segments, lb, left(0.25))
-    except OutOfTime:
-        if start is not None and start.arena < best.arena and fast_enough(start):
-            best = replace(start, bound=best.bound, stages=[])
-        if not cut_checked:
-            bound = lb
-        stages.append(f"out of time: kept {best.arena}")
-    best.bound = min(bound, best.arena)
+        hints = [sc for sc in (s.chan, *s.built) if sc is not None and sc.order == s.file_order]
+        model.hint(min(hints, key=lambda sc: sc.arena) if hints and
+                   min(sc.arena for sc in hints) < greedy.arena else greedy)
+    name, s.fixed, s.fbound = model.solve(s.left(0.6 if params.reorder else 1.0),
+                                          "file order", s.progress)
+    best = s.fixed if s.fixed is not None else greedy
+    best.segments = model.segments if s.fixed is not None else []
+    s.notes.append(f"file order {name} {best.arena}")
+    s.best = best
+    s.bound = s.lb
+    s.cut_checked = len(s.segments) >= len(s.every)  # else CP-SAT's bound is the cut model's
+
+
+def _keep_sub_plans(s: _Search) -> None:
+    """The plans of _rows when they are smaller (or the file-order plan is too slow)."""
+    chan = s.chan
+    if chan is not None and chan.status != TOO_SLOW and (chan.arena < s.best.arena
+                                                         or not s.fast_enough(s.best)):
+        s.best = chan
+    for b in s.built:
+        if b.arena < s.best.arena:
+            s.best = b
+            s.notes.append(f"kept the rows greedy plan {b.arena}")
+
+
+def _order_search(s: _Search) -> None:
+    """Without splits no order keeps less than the least peak of live bytes (in-place pairs
+    counted once): search the orders for it, up to a quarter of the time, and lay out the
+    order found."""
+    graph, params = s.graph, s.params
+    if not (params.reorder and params.use_bound and not s.any_split and s.best.arena > s.lb):
+        return
+    cands = all_inplace_candidates(graph) if params.inplace else None
+    s.lb, good = order_search_bound(graph, s.lb, s.best.arena, cands, seconds=s.left(0.25),
+                                    scratch=op_scratch(graph, params.target))
+    s.bound = s.lb
+    s.notes.append(f"order search bound {s.lb}")
+    if good is not None and good != s.best.order:
+        model = _Model(graph, params, good, s.segments, s.lb, s.best.arena)
+        _, other, _ = model.solve(s.left(0.1), "searched order", s.progress)
+        if other is not None and (other.arena < s.best.arena or not s.fast_enough(s.best)):
+            s.best = other
+            s.notes.append(f"searched order {other.arena}")
+
+
+def _free_order(s: _Search) -> None:
+    """The model with a free order, hinted by the plan so far; its bound holds for every
+    order (with the file order the only order, the file-order stage's does)."""
+    graph, params, best = s.graph, s.params, s.best
+    if params.reorder and best.arena > s.lb and len(graph.ops) > 1:
+        best.bound = s.lb  # the file-order stage's bound holds for the file order only
+        model = _Model(graph, params, None, s.segments, s.lb,
+                       best.arena if s.fast_enough(best) else None)
+        if params.hint:
+            model.hint(best)
+        name, free, fbound = model.solve(0.8 * s.left(), "reorder", s.progress)
+        s.notes.append(f"reorder {name} {free.arena if free else '-'}")
+        if free is not None:
+            s.bound = max(s.lb, fbound)
+            if free.arena <= best.arena or not s.fast_enough(best):
+                s.best = free
+    elif not params.reorder or len(graph.ops) <= 1:  # the file order is the only order
+        s.bound = max(s.lb, s.fbound) if s.fixed is not None else s.lb
+
+
+def _keep_start(s: _Search) -> None:
+    """`start` when it is smaller than the plan so far."""
+    start = s.start
+    if start is not None and start.arena < s.best.arena and s.fast_enough(start):
+        s.best = replace(start, bound=s.best.bound, stages=[])
+        s.notes.append(f"kept the start schedule {s.best.arena}")
+
+
+def _beyond_cut(s: _Search) -> None:
+    """When the models had only the promising row segments, make the bound hold for all."""
+    if len(s.segments) < len(s.every) and s.bound > s.lb:  # CP-SAT's bound is the cut model's
+        s.best, s.bound, note = _beyond_the_cut(s.graph, s.params, s.every, s.segments, s.best,
+                                                s.bound, s.lb, lambda: s.left(0.5),
+                                                s.fast_enough)
+        s.notes.append(note)
+        s.cut_checked = True
+        if not set(s.best.splits) <= {sg.id for sg in s.segments}:
+            s.segments = s.every  # the plan uses a left-out segment: simplify among all of them
+
+
+def _canonical_plan(s: _Search) -> None:
+    """At a proven-optimal arena, the canonical plan (`substages._canonical`)."""
+    if s.best.arena <= s.bound:
+        canon = _canonical(s.graph, s.params, s.best.arena, s.segments, s.lb, s.left(0.5))
+        if canon is not None:
+            canon.bound = s.best.bound
+            s.best = canon
+            s.canonical = True
+            s.notes.append(f"canonical {s.best.arena}")
+
+
+def _simplest_plan(s: _Search) -> None:
+    """Else, with splits or in-place writes, the simplest plan at the arena found."""
+    if not s.canonical and (s.best.splits or s.best.inplace):
+        s.best = _simplest(s.graph, s.params, s.best, s.segments, s.lb, s.left(0.25))
+
+
+def _stopped(s: _Search) -> None:
+    """Past the deadline in IMPROVEMENTS: keep the plan so far (or `start`, when smaller),
+    with a bound that holds."""
+    start = s.start
+    if start is not None and start.arena < s.best.arena and s.fast_enough(start):
+        s.best = replace(start, bound=s.best.bound, stages=[])
+    if not s.cut_checked:
+        s.bound = s.lb
+    s.notes.append(f"out of time: kept {s.best.arena}")
+
+
+def _result(s: _Search) -> Schedule:
+    """The plan so far with its bound, status, time, stage notes and options."""
+    best = s.best
+    best.bound = min(s.bound, best.arena)
     best.status = "OPTIMAL" if best.arena <= best.bound else "FEASIBLE"
     if interrupt.requested():
-        stages.append("interrupted (Ctrl-C): the best plan so far")
-    if not fast_enough(best):
+        s.notes.append("interrupted (Ctrl-C): the best plan so far")
+    if not s.fast_enough(best):
         best.status = TOO_SLOW
-    best.seconds = time.time() - t0
-    best.stages = stages
-    best.params = params
+    best.seconds = time.time() - s.t0
+    best.stages = s.notes
+    best.params = s.params
     return best
+
+
+Stage = Callable[[_Search], None]
+FIRST_STAGES: tuple[Stage, ...] = (_greedy, _rows, _file_order, _keep_sub_plans)
+IMPROVEMENTS: tuple[Stage, ...] = (_order_search, _free_order, _keep_start, _beyond_cut,
+                                   _canonical_plan, _simplest_plan)
