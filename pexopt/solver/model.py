@@ -84,7 +84,28 @@ class _Model(LayoutConstraints):
     def solve(self, time_limit: float, stage: str, progress: Progress | None,
               objective: str = "arena", presolve: bool = True
               ) -> tuple[str, Schedule | None, int]:
-        m, p = self.m, self.p
+        """(status name, the schedule found or None, the bound proven) of one search, with
+        objective "arena", "latency" or "simple" (see `_objective`)."""
+        self._objective(objective)
+        solver = self._solver(time_limit, presolve)
+        t0 = time.time()
+        cb = _Callback(stage, self.lb, t0, progress if objective == "arena" else None)
+        status = interrupt.run_search(solver, lambda: solver.solve(self.m, cb))
+        if status is None:  # Ctrl-C before this stage: keep what the earlier stages found
+            return "INTERRUPTED", None, self.lb
+        self.work = solver.deterministic_time  # for callers that need reproducible stops
+        name = solver.status_name(status)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return name, None, self.lb
+        if objective == "arena":
+            bound = max(self.lb, int(solver.best_objective_bound)) \
+                if status == cp_model.FEASIBLE else solver.value(self.top)
+        else:
+            bound = self.lb
+        return name, self._schedule(solver, name, bound, t0), bound
+
+    def _objective(self, objective: str) -> None:
+        m = self.m
         if objective == "arena":
             m.minimize(self.top)
         elif objective == "latency":
@@ -99,6 +120,9 @@ class _Model(LayoutConstraints):
             else:
                 worst = sum(max(s.pieces(w) for w in s.widths) for s in self.segments)
                 m.minimize(self.latency * (worst + len(self.choice) + 1) + simple)
+
+    def _solver(self, time_limit: float, presolve: bool) -> cp_model.CpSolver:
+        p = self.p
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = p.workers
         solver.parameters.random_seed = p.seed
@@ -110,15 +134,12 @@ class _Model(LayoutConstraints):
             # probing the many band-height literals took most of the time (14 s of presolve on
             # MobileNetV2 with the input external) and pruned little
             solver.parameters.cp_model_probing_level = 0
-        t0 = time.time()
-        cb = _Callback(stage, self.lb, t0, progress if objective == "arena" else None)
-        status = interrupt.run_search(solver, lambda: solver.solve(m, cb))
-        if status is None:  # Ctrl-C before this stage: keep what the earlier stages found
-            return "INTERRUPTED", None, self.lb
-        self.work = solver.deterministic_time  # for callers that need reproducible stops
-        name = solver.status_name(status)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return name, None, self.lb
+        return solver
+
+    def _schedule(self, solver: cp_model.CpSolver, name: str, bound: int,
+                  t0: float) -> Schedule:
+        """The schedule of the solution found (its search started at t0)."""
+        p = self.p
         order = self.order if self.order is not None else sorted(
             range(self.n), key=lambda k: solver.value(self.pos[k]))
         splits = {s.id: w for s in self.segments for w in s.widths
@@ -131,14 +152,9 @@ class _Model(LayoutConstraints):
                  if any(self.g.ops[k].outputs[0] == o for o in inpl)}
         kscratch = {k: solver.value(self.ks_units[k]) * p.align for k, pv in
                      self.ks_present.items() if isinstance(pv, int) or solver.boolean_value(pv)}
-        if objective == "arena":
-            bound = max(self.lb, int(solver.best_objective_bound)) \
-                if status == cp_model.FEASIBLE else solver.value(self.top)
-        else:
-            bound = self.lb
         sched = Schedule(order, offsets, inpl, 0, bound, name, time.time() - t0, params=p,
                          segments=self.segments, splits=splits, workspace=ws, temps=temps,
                          kscratch=kscratch, streams=self.streams.used(solver),
                          cost=None if self.latency is None else int(solver.value(self.latency)))
         sched.arena = extent(self.g, sched)
-        return name, sched, bound
+        return sched
