@@ -185,7 +185,7 @@ def test_bound_of_a_cut_model_is_checked_beyond_the_cut(seed: int, tmp_path: Pat
     plans without them only. Given the channel-only optimum and its bound as if row bands had
     all been left out, `_beyond_the_cut` returns a bound below the optimum with row bands (and
     the better plan it finds)."""
-    from pexopt.solver.cpsat_layout import _beyond_the_cut
+    from pexopt.solver.substages import _beyond_the_cut
 
     g = graph_of(seed, tmp_path)
     p = SolverParams(split=True, rows=True, hybrid=False, align=1, **QUICK)

@@ -1,7 +1,7 @@
 """solve_layout against brute force, an independent schedule checker, ablations and bounds.
 
 The brute force and the checker import nothing from `pexopt.solver`: they recompute lifetimes,
-in-place legality and packings from the graph alone (semantics in cpsat_layout's docstring).
+in-place legality and packings from the graph alone (semantics in solver/model.py's docstring).
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
             add(acc_name(name[s.output]), name[s.output], "accumulator", sched.offsets[s.output],
                 accumulator_bytes(graph.tensors[s.output]))
         ks = segment_scratch_bytes(graph, s, w, sched.params.target)
-        if ks:  # at the end of the segment's workspace box (see cpsat_layout.seg_workspace)
+        if ks:  # at the end of the segment's workspace box (see solver.buffers.seg_workspace)
             add(kscratch_name(graph.ops[s.ops[0]].name), None, "scratch",
                 sched.workspace[s.id] + _round(workspace_bytes(graph, s, w, params.align),
                                                params.align), ks)

@@ -15,7 +15,7 @@ directly, for a fixed order:
    an option on the ops it gave up (one long streaming chain -> two short ones, say);
 4. repeat until nothing helps (the rank falls at every step, so this ends).
 
-The rectangles mirror `cpsat_layout._Model` exactly (lifetimes, in-place shifts, workspaces,
+The rectangles mirror `model._Model` exactly (lifetimes, in-place shifts, workspaces,
 accumulators, temporaries, kernel scratch, streaming cuts and union boxes), so the result is a
 complete hint; it is also checked by the plan validator before it is returned.
 """
@@ -31,16 +31,9 @@ from pexopt.graph.ir import Graph
 from pexopt.partial.bands import stream_input, stream_union
 from pexopt.partial.candidates import Segment, accumulator_bytes
 from pexopt.schedule import Schedule, SolverParams, temp_bytes
-from pexopt.solver.cpsat_layout import (
-    Progress,
-    _Model,
-    all_inplace_candidates,
-    buffer_tensors,
-    dw_inplace_ok,
-    extent,
-    op_scratch,
-    seg_workspace,
-)
+from pexopt.solver.bounds import all_inplace_candidates, dw_inplace_ok
+from pexopt.solver.buffers import buffer_tensors, extent, op_scratch, seg_workspace
+from pexopt.solver.model import Progress, _Model
 
 Key = tuple[str, int]  # ("t", tensor) | ("ws", seg) | ("acc", seg) | ("tmp", op) | ("ks", op)
 # | ("un", seg): the streaming union box

@@ -11,15 +11,34 @@ run before g (after g its rows are gone).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ortools.sat.python import cp_model
 
 from pexopt.deadline import check as check_deadline
+from pexopt.graph.ir import Graph
 from pexopt.partial.bands import stream_input, stream_union
+from pexopt.partial.candidates import Segment
+from pexopt.schedule import SolverParams
 
-if TYPE_CHECKING:
-    from pexopt.solver.cpsat_layout import _Model
+
+class ModelVars(Protocol):
+    """What streaming reads of the layout model under construction
+    (`constraints.LayoutConstraints`, which calls `add_streaming`: a protocol, not an import,
+    keeps the modules acyclic)."""
+
+    m: cp_model.CpModel
+    g: Graph
+    p: SolverParams
+    segments: list[Segment]
+    cons: dict[int, list[int]]
+    pos: dict[int, cp_model.LinearExprT]
+    units: dict[int, cp_model.IntVar]
+    width: dict[tuple[int, int], cp_model.IntVar]
+    top: cp_model.IntVar
+
+    def _before(self, a: cp_model.LinearExprT, b: cp_model.LinearExprT,
+                enforce: cp_model.IntVar) -> None: ...
 
 
 @dataclass
@@ -40,8 +59,8 @@ class StreamVars:
         return {g for (g, _), b in self.choice.items() if solver.boolean_value(b)}
 
 
-def add_streaming(md: _Model) -> StreamVars:
-    """Streaming options of every row segment of the `_Model` md (see the module docstring)."""
+def add_streaming(md: ModelVars) -> StreamVars:
+    """Streaming options of every row segment of the layout model md (module docstring)."""
     sv = StreamVars()
     m, g, al = md.m, md.g, md.p.align
     for s in md.segments:
