@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
 from rich.text import Text
 
-from pexopt import limits as lim
 from pexopt.cli import app
 from pexopt.cli.common import (
     EXIT_INVALID,
@@ -23,21 +21,21 @@ from pexopt.cli.common import (
     Quiet,
     Seed,
     Shapes,
-    _c_written,
     _command_start,
-    _opts,
-    _params,
     _print_table,
     _render,
-    _target_profile,
-    _verify_line,
     err,
     friendly,
-    out,
 )
+from pexopt.cli.solve_job import Solved, SolveJob, parse_options
+from pexopt.cli.solve_print import no_fit, print_results
 from pexopt.errors import PexError
-from pexopt.limits import check_int, dumps
+from pexopt.limits import dumps
 from pexopt.schedule import SolverParams
+
+if TYPE_CHECKING:
+    from pexopt.deadline import Deadline
+    from pexopt.pipeline import SolveResult
 
 
 class _LiveLine:
@@ -124,180 +122,111 @@ def solve(model: Path,
           as_json: Json = False, quiet: Quiet = False) -> None:
     """Find the smallest arena (order, splits, offsets) and write a validated plan."""
     started = _command_start()  # --time-limit: one deadline for the whole command
-    from pexopt.deadline import Deadline, active
-    from pexopt.pipeline import LatencyNotMet, parse_bytes, solve_model
-    from pexopt.report.tables import inplace_line, peak_line, solve_table, splits_table
+    from pexopt.deadline import Deadline
 
-    budget = parse_bytes(sram) if sram is not None else None
-    opts = _opts(dtype, input_external, input_shape)
-    if prune and pareto is not None:
-        raise PexError("--prune with --pareto: the frontier is of one model; prune with "
-                       "--write-pruned first, then run --pareto on the pruned model")
-    profile, core = _target_profile(target)
-    defaults = profile.solver if profile is not None else SolverParams()
-    params = _params(defaults.time_limit if time_limit is None else time_limit,
-                     defaults.workers if workers is None else workers, seed, align,
-                     not no_reorder, not no_inplace, not no_split, core, rows, not no_stream,
-                     not no_hybrid)
-    if profile is not None and profile.solver.slice_widths is not None:
-        params = replace(params, slice_widths=profile.solver.slice_widths)
-    popts = _prune_opts(prune, budget, min_keep, prune_step, write_pruned,
-                        output or emit_c)
-    bound = _latency_bound(latency, pareto, pareto_points, profile, target)
-    outs = _solve_outputs(model, target, output, emit_c, write_pruned, pareto)
+    job = parse_options(model, sram, output, dtype, input_external, input_shape, time_limit,
+                        workers, seed, align, no_reorder, no_split, no_inplace, rows, no_stream,
+                        no_hybrid, verify, emit_c, target, latency, pareto, pareto_points, prune,
+                        min_keep, prune_step, write_pruned, as_json, quiet)
+    deadline = Deadline(job.params.time_limit, started)
+    s = _prune_or_hint(job, _search(job, deadline))
+    _estimate_latency(job, s)
+    _verify(job, s)
+    _put_c(job, s)
+    if job.pareto is not None:
+        s.front = _pareto(job.model, job.opts, job.params, job.profile, job.budget, job.pareto,
+                          job.pareto_points, job.quiet or job.as_json, job.outs)
+    _put_files(job, s)
+    job.outs.commit()  # every output or none (issue #13 item 9)
+    for note in deadline.notes:  # the deadline cut the search short: say so, once (after
+        err.print(note, highlight=False, soft_wrap=True, markup=False)  # a failure: not at all)
+    print_results(job, s)
+    if not s.plan.fits:
+        no_fit(job, s)
+
+
+def _search(job: SolveJob, deadline: Deadline) -> SolveResult:
+    """The smallest arena within the deadline, a live line on a terminal; the first Ctrl-C
+    ends the search with the best plan so far (validated and simulated like any other)."""
+    from pexopt.deadline import active
+    from pexopt.pipeline import LatencyNotMet, solve_model
     from pexopt.solver.interrupt import keep_best_on_sigint
 
-    deadline = Deadline(params.time_limit, started)
-    with _LiveLine(not quiet and not as_json and err.is_terminal) as live, \
+    with _LiveLine(not job.quiet and not job.as_json and err.is_terminal) as live, \
             keep_best_on_sigint() as stop, active(deadline):
         try:
             # pruning starts from the unpruned smallest arena; its search applies the bound
-            res = solve_model(model, opts, params, budget, progress=live, profile=profile,
-                              latency=None if popts is not None else bound)
+            res = solve_model(job.model, job.opts, job.params, job.budget, progress=live,
+                              profile=job.profile,
+                              latency=None if job.popts is not None else job.bound)
         except LatencyNotMet as e:
             err.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_NO_FIT) from None
     if stop.hit:  # the first Ctrl-C: this plan is validated and simulated like any other
-        if popts is not None or pareto is not None:
+        if job.popts is not None or job.pareto is not None:
             raise KeyboardInterrupt
-        if not quiet:
+        if not job.quiet:
             err.print("interrupted (Ctrl-C): finishing with the best plan found so far; "
                       "Ctrl-C again to abort without writing anything")
-    pruning, hint = None, None
-    if popts is not None:  # the plan becomes the pruned model's plan
-        from pexopt.prune.report import fail_line, summarize
-        from pexopt.prune.solve import prune_to_budget
+    return res
 
-        outcome = prune_to_budget(model, opts, params, budget or 0,
-                                  replace(popts, profile=profile, latency=bound), base=res)
-        pruning = summarize(outcome)
-        if outcome.chosen is None:
-            _prune_fail(pruning, as_json, fail_line(pruning))
-        res = outcome.chosen.result
-        res.plan.model["path"] = str(write_pruned) if write_pruned else res.plan.model["path"]
-    elif not res.plan.fits:
-        hint = _prune_hint(model, opts, params, budget or 0, res)
-    plan = res.plan
-    if profile is not None:
+
+def _prune_or_hint(job: SolveJob, res: SolveResult) -> Solved:
+    """With --prune the plan becomes the pruned model's plan (exit 3 when no pruning fits);
+    without, a plan that does not fit gets a hint of what pruning would do."""
+    if job.popts is None:
+        return Solved(res, hint=None if res.plan.fits else
+                      _prune_hint(job.model, job.opts, job.params, job.budget or 0, res))
+    from pexopt.prune.report import fail_line, summarize
+    from pexopt.prune.solve import prune_to_budget
+
+    outcome = prune_to_budget(job.model, job.opts, job.params, job.budget or 0,
+                              replace(job.popts, profile=job.profile, latency=job.bound),
+                              base=res)
+    pruning = summarize(outcome)
+    if outcome.chosen is None:
+        _prune_fail(pruning, job.as_json, fail_line(pruning))
+    res = outcome.chosen.result
+    res.plan.model["path"] = str(job.write_pruned) if job.write_pruned else res.plan.model["path"]
+    return Solved(res, pruning=pruning, pruned=outcome.chosen.model_bytes)
+
+
+def _estimate_latency(job: SolveJob, s: Solved) -> None:
+    """The plan's estimated latency on the --target profile (none without a profile)."""
+    if job.profile is not None:
         from pexopt.latency.cost import estimate, latency_record
 
-        plan.latency = latency_record(profile, estimate(profile, res.graph, plan))
-    report = None
+        s.plan.latency = latency_record(job.profile, estimate(job.profile, s.res.graph, s.plan))
+
+
+def _verify(job: SolveJob, s: Solved) -> None:
+    """Simulate the plan (--verify); a mismatch stops before anything is written."""
     from pexopt.simulate.arena import executable
 
-    unverified = None
-    if verify and not executable(res.graph):
+    verify = job.verify
+    if verify and not executable(s.res.graph):
         verify = False
-        unverified = ("not simulated: a float model planned with int8 activations computes "
-                      "values its buffers are not sized for; `pexopt quantize` it to simulate "
-                      "and generate C")
+        s.unverified = ("not simulated: a float model planned with int8 activations computes "
+                        "values its buffers are not sized for; `pexopt quantize` it to "
+                        "simulate and generate C")
     if verify:  # a pruned graph carries the pruned model's own constants
-        report = _simulate(plan, res.graph, model)
-    pruned = outcome.chosen.model_bytes if pruning is not None else None
-    if emit_c is not None:  # a pruned plan's weights are those of the pruned model
-        outs.put_folder(emit_c, _render(plan, res.graph, write_pruned if pruned else model,
-                                        core, "cmsis"))
-    front = None
-    if pareto is not None:
-        front = _pareto(model, opts, params, profile, budget, pareto, pareto_points,
-                        quiet or as_json, outs)
-    if pruned is not None and write_pruned is not None:
-        outs.put(write_pruned, pruned)
-    if output is not None:
-        outs.put(output, plan.to_json())
-    outs.commit()  # every output or none (issue #13 item 9)
-    for note in deadline.notes:  # the deadline cut the search short: say so, once (after
-        err.print(note, highlight=False, soft_wrap=True, markup=False)  # a failure: not at all)
-    if emit_c is not None and not as_json:
-        _c_written(emit_c, plan)
-    if pareto is not None and not quiet and not as_json:
-        out.print(f"frontier written to {pareto} and {pareto.with_suffix('.png')}",
-                  highlight=False, soft_wrap=True, markup=False)
-    if as_json:
-        print(dumps({"model": str(model), "arena_bytes": plan.arena_bytes,
-                          "tflm_arena_bytes": res.tflm, "budget_bytes": budget,
-                          "fits": plan.fits, "solver": asdict(plan.solver),
-                          "layerwise_arena_bytes": res.layerwise, "splits": plan.splits,
-                          "peak": asdict(res.peak), "plan": str(output) if output else None,
-                          "verify": asdict(report) if report else unverified,
-                          "prune": pruning.to_dict() if pruning else None,
-                          "prune_hint": hint, "latency": plan.latency,
-                          "latency_bound_instructions": bound,
-                          "pareto": None if front is None else [
-                              {"latency_bound_instructions": r.bound, "arena_bytes": r.arena,
-                               "instructions": r.instructions, "ms": r.ms,
-                               "splits": r.splits, "status": r.status,
-                               "simulated_exact": r.exact} for r in front]}))
-    elif not quiet:
-        _print_table(solve_table(res))
-        st = splits_table(res)
-        if st is not None:
-            _print_table(st)
-        ip = inplace_line(res)
-        if ip is not None:
-            _print_table(Text(ip))
-        _print_table(Text(peak_line(res)))
-        if plan.latency is not None:
-            _print_table(Text(_latency_line(plan.latency)))
-        if report is not None:
-            _print_table(Text(_verify_line(report)))
-        if unverified is not None:
-            _print_table(Text(unverified))
-        if pruning is not None:
-            from pexopt.prune.report import prune_table, summary_line
-
-            _print_table(prune_table(pruning))
-            out.print(summary_line(pruning), highlight=False, soft_wrap=True, markup=False)
-            if write_pruned is not None:
-                out.print(f"pruned model written to {write_pruned}", highlight=False,
-                          soft_wrap=True, markup=False)
-        if output is not None:
-            out.print(f"plan written to {output}", highlight=False, soft_wrap=True, markup=False)
-    if not plan.fits:
-        err.print(f"does not fit: the smallest arena found is {plan.arena_bytes:,} B, "
-                  f"budget {budget:,} B ({peak_line(res)})"
-                  + (f"; {hint}" if hint else ""), highlight=False, soft_wrap=True,
-                  markup=False)
-        raise typer.Exit(EXIT_NO_FIT)
+        s.report = _simulate(s.plan, s.res.graph, job.model)
 
 
-def _solve_outputs(model: Path, target: str, output: Path | None, emit_c: Path | None,
-                   write_pruned: Path | None, pareto: Path | None):  # noqa: ANN202
-    """Declare and check every output of `solve` before any work (issue #13 items 7-10)."""
-    from pexopt.outputs import Outputs, model_inputs
-
-    outs = Outputs(inputs=[*model_inputs(model), target if os.path.isfile(target) else None])
-    outs.file(output, "-o")
-    outs.file(write_pruned, "--write-pruned")
-    if emit_c is not None:  # the emitter is imported only when asked for
-        from pexopt.codegen.emit import GENERATED
-
-        outs.folder(emit_c, "--emit-c", GENERATED)
-    if pareto is not None:
-        outs.file(pareto, "--pareto")
-        outs.file(pareto.with_suffix(".png"), "--pareto")
-    outs.check()
-    return outs
+def _put_c(job: SolveJob, s: Solved) -> None:
+    """--emit-c: the C, rendered in memory into the outputs."""
+    if job.emit_c is not None:  # a pruned plan's weights are those of the pruned model
+        job.outs.put_folder(job.emit_c, _render(s.plan, s.res.graph,
+                                                job.write_pruned if s.pruned else job.model,
+                                                job.core, "cmsis"))
 
 
-def _prune_opts(prune: bool, budget: int | None, min_keep: float, step: int,
-                write_pruned: Path | None, writes: Path | None):  # noqa: ANN202
-    """Check the --prune options together; None when not pruning."""
-    from pexopt.prune.solve import PruneOptions
-
-    if not 0 < min_keep <= 1:  # checked with or without --prune: no value passes unseen
-        raise PexError(f"--min-keep: {min_keep} is not a fraction in (0, 1]")
-    check_int("--prune-step", step, 1, lim.MAX_PRUNE_STEP)
-    if not prune:
-        if write_pruned is not None:
-            raise PexError("--write-pruned needs --prune")
-        return None
-    if budget is None:
-        raise PexError("--prune needs --sram (the budget to prune for)")
-    if writes is not None and write_pruned is None:
-        raise PexError("--prune with -o or --emit-c needs --write-pruned (the plan is for the "
-                       "pruned model)")
-    return PruneOptions(min_keep=min_keep, step=step)
+def _put_files(job: SolveJob, s: Solved) -> None:
+    """The pruned model and the plan, in memory into the outputs."""
+    if s.pruned is not None and job.write_pruned is not None:
+        job.outs.put(job.write_pruned, s.pruned)
+    if job.output is not None:
+        job.outs.put(job.output, s.plan.to_json())
 
 
 def _prune_fail(summary, as_json: bool, line: str) -> None:  # noqa: ANN001
@@ -321,20 +250,6 @@ def _prune_hint(model: Path, opts, params: SolverParams, budget: int, res) -> st
         return f"no pruning suggestion ({e})"
 
 
-def _latency_bound(latency: str | None, pareto: Path | None, points: int, profile,  # noqa: ANN001
-                   target: str) -> int | None:
-    """--latency in estimated instructions (None without one); --pareto's options checked."""
-    from pexopt.latency.bound import parse_latency
-
-    if (latency is not None or pareto is not None) and profile is None:
-        raise PexError(f"--latency/--pareto need a target profile with costs; '{target}' has "
-                       "none (use cortex-m4, cortex-m7, cortex-m55 or a profile .yaml)")
-    check_int("--pareto-points", points, 2, lim.MAX_PARETO_POINTS)
-    if pareto is not None and pareto.suffix.lower() != ".csv":
-        raise PexError(f"--pareto: '{pareto}' must name a .csv file (the PNG goes beside it)")
-    return None if latency is None else parse_latency(latency, profile)
-
-
 def _pareto(model: Path, opts, params, profile, budget, csv_path: Path, points: int,  # noqa: ANN001, ANN202
             quiet: bool, outs):
     """Sweep the latency bound, print the frontier and put it (CSV + PNG) into `outs`."""
@@ -353,15 +268,6 @@ def _pareto(model: Path, opts, params, profile, budget, csv_path: Path, points: 
     if not quiet:
         _print_table(pareto_table(rows, profile.name))
     return rows
-
-
-def _latency_line(lat: dict) -> str:
-    core = f" ({lat['core']})" if lat['core'] != lat['target'] else ""
-    return (f"estimated latency on {lat['target']}{core}: "
-            f"{lat['instructions'] / 1e6:,.2f} M instructions inside pex_invoke, "
-            f"{lat['cycles'] / 1e6:,.2f} M cycles, {lat['ms']:,.2f} ms at "
-            f"{lat['clock_hz'] / 1e6:g} MHz (assuming {lat['cycles_per_instruction']:g} "
-            "cycles per instruction; portable kernels)")
 
 
 def _simulate(plan, graph, model: Path):  # noqa: ANN001, ANN202
