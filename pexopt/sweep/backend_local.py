@@ -10,7 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from pexopt.sweep.runner import MODELS_DIR, PLANS_DIR, Task, failed_row, run_point
+from pexopt.sweep.task import MODELS_DIR, PLANS_DIR, Task, failed_row, run_point
 
 
 def _ignore_sigint() -> None:

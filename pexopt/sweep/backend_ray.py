@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pexopt.errors import PexError
-from pexopt.sweep.runner import Task, failed_row, run_point
+from pexopt.sweep.task import Task, failed_row, run_point
 
 INSTALL_HINT = "pip install 'pexopt[ray]' (or pip install ray)"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

@@ -19,14 +19,14 @@ stand for a list of one. In `points`, a missing key takes the top-level value wh
 exactly one (mode defaults to hybrid, as `solve` does). `resolutions` apply to models whose single
 image input can be resized and whose shapes re-infer (see rescale.py); other models fail that
 point, with the reason, when the sweep runs.
+
+The YAML node access and its errors are in config_yaml.py, the value parsers in config_values.py.
 """
 
 from __future__ import annotations
 
-import glob
 import itertools
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,27 @@ import yaml
 
 from pexopt import limits as lim
 from pexopt.errors import PexError
-from pexopt.sweep.safe_glob import safe_glob
+from pexopt.sweep.config_values import (
+    _LIST_KEYS,
+    _PARSERS,
+    FUTURE_MODES,
+    MODES,
+    _is_int,
+    _is_num,
+    _model,
+    parse_resolution,
+)
+from pexopt.sweep.config_yaml import _Errors, _kind, _NotScalar, _Reader
 
-MODES = ("layerwise", "split", "rows", "hybrid")  # split = channel splits; hybrid = + rows
-FUTURE_MODES = ("prune",)  # accepted by the schema once pexopt implements them
+__all__ = [  # the sweep file's public names (the parsers live in config_values.py)
+    "FUTURE_MODES", "MODES", "POINT_KEYS", "SOLVER_KEYS", "TOP_KEYS", "Point", "SolverSettings",
+    "Sweep", "load_sweep", "parse_resolution", "res_text",
+]
+
 TOP_KEYS = ("models", "resolutions", "budgets", "latency", "targets", "modes", "solver",
             "simulate", "codegen", "points")
 SOLVER_KEYS = ("time_limit", "workers", "seed")
 POINT_KEYS = ("model", "resolution", "budget", "mode", "latency", "target")
-_LATENCY_RE = re.compile(r"\s*([0-9]*\.?[0-9]+(e[+-]?[0-9]+)?)\s*(us|ms|s|cycles)?\s*", re.I)
 
 
 @dataclass(frozen=True)
@@ -104,175 +116,7 @@ def res_text(res: tuple[int, int] | None) -> str | None:
     return None if res is None else f"{res[0]}x{res[1]}"
 
 
-# -- validation -------------------------------------------------------------------------------
 
-class _Errors:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: list[tuple[int, str]] = []
-
-    def add(self, node: yaml.Node | None, where: str, msg: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 1
-        self.items.append((line, f"{self.path}:{line}: {where}: {msg}"))
-
-    def raise_any(self) -> None:
-        texts = [t for _, t in sorted(self.items, key=lambda x: x[0])]  # stable: by line
-        if len(texts) == 1:
-            raise PexError(texts[0])
-        if texts:
-            raise PexError(f"{len(texts)} errors: " + "; ".join(texts))
-
-
-class _Reader:
-    """Typed access to a composed YAML node tree (which keeps line numbers)."""
-
-    def __init__(self, loader: yaml.SafeLoader, errors: _Errors) -> None:
-        self.loader, self.err = loader, errors
-
-    def scalar(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return _NotScalar
-        return self.loader.construct_object(node, deep=True)
-
-    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...]
-                ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.err.add(node, where or "(top level)",
-                         f"expected a mapping of {', '.join(allowed)}, got {_kind(node)}")
-            return None
-        res: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for k, v in node.value:
-            key = self.scalar(k)
-            name = f"{where}.{key}" if where else str(key)
-            if not isinstance(key, str):
-                self.err.add(k, where or "(top level)", f"key {_show(k)} is not a name")
-            elif key not in allowed:
-                self.err.add(k, name, f"unknown key '{key}' (known: {', '.join(allowed)})")
-            elif key in res:
-                self.err.add(k, name, f"duplicate key '{key}'")
-            else:
-                res[key] = (k, v)
-        return res
-
-    def items(self, node: yaml.Node, where: str) -> list[tuple[yaml.Node, str]]:
-        """A list (or a single scalar, taken as a list of one) -> (node, field) pairs."""
-        if isinstance(node, yaml.SequenceNode):
-            return [(n, f"{where}[{i}]") for i, n in enumerate(node.value)]
-        if isinstance(node, yaml.ScalarNode) and self.scalar(node) is not None:
-            return [(node, where)]
-        self.err.add(node, where, f"expected a list, got {_kind(node)}")
-        return []
-
-
-class _NotScalarType:
-    pass
-
-
-_NotScalar = _NotScalarType()
-
-
-def _kind(node: yaml.Node | None) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if node is None or node.tag.endswith(":null"):
-        return "nothing"
-    value = str(node.value) if len(str(node.value)) <= 40 else f"{str(node.value)[:37]}..."
-    return f"{node.tag.rsplit(':', 1)[-1]} '{value}'"
-
-
-def _show(node: yaml.Node) -> str:
-    return f"'{node.value}'" if isinstance(node, yaml.ScalarNode) else _kind(node)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, int | float)) and not isinstance(v, bool)
-
-
-def parse_resolution(v: Any) -> tuple[int, int]:
-    """96 -> (96, 96); '96x128' -> (96, 128) (height x width), each 1..MAX_RESOLUTION."""
-    top = lim.MAX_RESOLUTION
-    if _is_int(v) and 0 < v <= top:
-        return (v, v)
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9]{1,9})\s*(?:[xX]\s*([0-9]{1,9}))?\s*", v)
-        if m:
-            h = int(m.group(1))
-            w = int(m.group(2)) if m.group(2) else h
-            if 0 < h <= top and 0 < w <= top:
-                return (h, w)
-    raise ValueError(f"'{str(v)[:40]}' is not an input size like 96 or 96x128 (each side "
-                     f"1..{top})")
-
-
-def _budget(v: Any) -> int:
-    from pexopt.pipeline import parse_bytes
-
-    if _is_int(v):
-        if not 0 < v <= lim.MAX_BYTES:
-            raise ValueError(f"'{str(v)[:40]}' is not a number of bytes in 1..{lim.MAX_BYTES:,}")
-        return v
-    if isinstance(v, str | float) and not isinstance(v, bool):
-        try:
-            return parse_bytes(str(v), "budget")
-        except PexError:
-            raise ValueError(f"'{str(v)[:40]}' is not a size like 131072, 128k, 128KiB or 0.5M "
-                             f"(at most {lim.MAX_BYTES:,} bytes)") from None
-    raise ValueError(f"expected a size like 128k, got {type(v).__name__} '{v}'")
-
-
-def _mode(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"expected a mode ({', '.join(MODES)}), got {type(v).__name__} '{v}'")
-    if v in FUTURE_MODES:
-        raise ValueError(f"mode '{v}' is not available yet")
-    if v not in MODES:
-        raise ValueError(f"unknown mode '{v}' (modes: {', '.join(MODES)})")
-    return v
-
-
-def _latency(v: Any) -> str:
-    if _is_num(v) and 0 < v < math.inf:
-        return f"{v}ms"
-    m = _LATENCY_RE.fullmatch(v) if isinstance(v, str) else None
-    if m and 0 < float(m.group(1)) < math.inf:  # the profile's caps apply when it runs
-        return v.strip()
-    raise ValueError(f"'{v}' is not a latency like 50ms, 2s, 800us or 1e6cycles "
-                     "(a bare number is milliseconds)")
-
-
-def _target(v: Any) -> str:
-    if isinstance(v, str) and v.strip():
-        return v.strip()
-    raise ValueError(f"expected a target name, got {type(v).__name__} '{v}'")
-
-
-def _model(v: Any, base: Path) -> list[str]:
-    if not isinstance(v, str) or not v.strip():
-        raise ValueError(f"expected a model path or glob, got {type(v).__name__} '{v}'")
-    p = Path(v).expanduser()
-    full = p if p.is_absolute() else base / p
-    if glob.has_magic(v):
-        found = safe_glob(str(full))  # never follows symlinked folders; capped
-        if not found:
-            raise ValueError(f"no file matches '{v}' (looked for {full})")
-        return found
-    if not full.exists():
-        raise ValueError(f"model '{v}' not found (looked for {full})")
-    if not full.is_file():
-        raise ValueError(f"model '{v}' is not a file ({full})")
-    return [str(full.resolve())]
-
-
-_PARSERS = {"budget": _budget, "mode": _mode, "latency": _latency, "target": _target,
-            "resolution": parse_resolution}
-_LIST_KEYS = {"budgets": "budget", "modes": "mode", "latency": "latency", "targets": "target",
-              "resolutions": "resolution"}
 
 
 def load_sweep(path: str | Path) -> Sweep:
