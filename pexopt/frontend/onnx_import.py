@@ -2,18 +2,24 @@
 
 A QDQ model and its float original give the same IR: Quantize/DequantizeLinear are views of the
 int8 tensor they describe, and every activation is sized in the deployment dtype.
+
+The importer's state and lookups are in onnx_import_base.py, its Q/DQ checks in
+onnx_import_quant.py, its constants in onnx_import_consts.py, its views and NCHW/NHWC tracking
+in onnx_import_layout.py, each class built on the one before.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from pexopt.errors import ModelError
+from pexopt.frontend.onnx_import_base import ONNX_DTYPES, QUANTISED, _Op
+from pexopt.frontend.onnx_import_layout import LayoutTracking
+from pexopt.frontend.onnx_import_quant import check_scale
 from pexopt.frontend.onnx_load import (
     MAX_ACTIVATION_BYTES,
     MAX_ELEMENTS,
@@ -28,126 +34,14 @@ from pexopt.graph.ir import (
     Graph,
     Op,
     PoolAttrs,
-    QParams,
     Tensor,
 )
-from pexopt.ops import ALIAS_ONNX_OPS, LAYOUT_PERMS, ONNX_KIND, SPECS, OpKind
+from pexopt.ops import ALIAS_ONNX_OPS, ONNX_KIND, SPECS, OpKind
 
-ONNX_DTYPES: dict[int, str] = {
-    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT8: "int8",
-    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT16: "int16",
-    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BOOL: "bool",
-}
-QUANTISED = {"int8", "float32", "float16"}
-# integer types a Q/DQ node may not quantise activations to: pexopt deploys int8 activations
-# (int8 weights, int32 biases); everything else would be emitted as int8 and silently wrong
-INT_TYPES = {getattr(onnx.TensorProto, n) for n in (
-    "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64", "INT4", "UINT4")}
-FLOAT32_MIN_NORMAL = float(np.finfo(np.float32).tiny)  # 1.1754944e-38
+__all__ = ["check_scale", "import_onnx"]
 
 
-@dataclass
-class _Op:
-    """Mutable op while fusing; frozen into `ir.Op` at the end."""
-
-    node: onnx.NodeProto
-    kind: OpKind
-    inputs: list[str]
-    outputs: list[str]
-    consts: list[str]
-    attrs: ConvAttrs | PoolAttrs | None = None
-    activation: Activation | None = None
-    fused: list[str] = field(default_factory=list)
-    dead: bool = False
-    raw_inputs: list[str] = field(default_factory=list)  # the ONNX values read, per input
-
-
-class _Importer:
-    def __init__(self, model: onnx.ModelProto, path: str, dtype: str, fold_pad: bool) -> None:
-        self.model = model
-        self.g = model.graph
-        self.path = path
-        self.dtype = dtype
-        self.fold_pad = fold_pad
-        self.values: dict[str, onnx.ValueInfoProto] = {}
-        for vi in list(self.g.input) + list(self.g.value_info) + list(self.g.output):
-            self.values[vi.name] = vi
-        self.const_vals: dict[str, np.ndarray] = {
-            i.name: numpy_helper.to_array(i) for i in self.g.initializer}
-        self.consts: set[str] = set(self.const_vals)
-        self.root: dict[str, str] = {}
-        self.qparams: dict[str, QParams] = {}
-        self.channels_last: set[str] = set()
-        self.view_perm: dict[str, tuple[int, ...] | None] = {}
-        self.ops: list[_Op] = []
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _where(self, node: onnx.NodeProto) -> str:
-        return f"{self.path}: node '{node.name or node.output[0]}' ({node.op_type})"
-
-    def shape(self, name: str) -> tuple[int, ...] | None:
-        vi = self.values.get(name)
-        if vi is None or not vi.type.tensor_type.HasField("shape"):
-            if name in self.const_vals:
-                return tuple(self.const_vals[name].shape)
-            return None
-        dims = vi.type.tensor_type.shape.dim
-        if any(not d.HasField("dim_value") for d in dims):
-            return None
-        return tuple(int(d.dim_value) for d in dims)
-
-    def elem_type(self, name: str) -> int:
-        vi = self.values.get(name)
-        return vi.type.tensor_type.elem_type if vi is not None else 0
-
-    def const(self, name: str) -> np.ndarray | None:
-        """Value of a constant input: an initializer, a Constant node, or a DQ of one."""
-        return self.const_vals.get(name)
-
-    def r(self, name: str) -> str:
-        return self.root.get(name, name)
-
-    # -- passes ----------------------------------------------------------------------------
-    def find_constants(self) -> None:
-        for node in self.g.node:
-            if node.op_type == "Constant":
-                self.consts.update(node.output)
-                self.const_vals[node.output[0]] = numpy_helper.to_array(
-                    onnx.helper.get_attribute_value(node.attribute[0])) if node.attribute[
-                    0].name == "value" else np.asarray(
-                    onnx.helper.get_attribute_value(node.attribute[0]))
-            elif node.input and all(not i or i in self.consts for i in node.input):
-                self.consts.update(node.output)
-                if node.op_type == "DequantizeLinear":
-                    self._check_qdq(node)  # before its values are used
-                    self._fold_dequant(node)
-                elif node.op_type in ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Cast"):
-                    v = self.const_vals.get(node.input[0])
-                    shp = self.shape(node.output[0])
-                    if v is not None and shp is not None and int(np.prod(shp)) == v.size:
-                        self.const_vals[node.output[0]] = v.reshape(shp)
-
-    def _fold_dequant(self, node: onnx.NodeProto) -> None:
-        x = self.const_vals.get(node.input[0])
-        s = self.const_vals.get(node.input[1])
-        if x is None or s is None:
-            return
-        zp = self.const_vals.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        if s.size > 1 or (zp is not None and zp.size > 1):  # per-axis
-            if not -x.ndim <= axis < x.ndim or x.shape[axis] != s.size:
-                axis = 0 if x.ndim == 1 else axis  # a rank-1 tensor has only axis 0
-            if not -x.ndim <= axis < x.ndim or x.shape[axis] != s.size:
-                raise ModelError(f"{self._where(node)}: {s.size} scales do not match axis "
-                                 f"{axis} of a {x.shape} tensor")
-            shape = [1] * x.ndim
-            shape[axis] = -1
-            s = s.reshape(shape)
-            zp = zp.reshape(shape) if zp is not None and zp.size > 1 else zp
-        zp = np.asarray(zp if zp is not None else 0).astype(np.float64)
-        self.const_vals[node.output[0]] = (x.astype(np.float64) - zp) * s.astype(np.float64)
-
+class _Importer(LayoutTracking):
     def alias_and_collect(self) -> None:
         for node in self.g.node:
             if all(o in self.consts for o in node.output if o):
@@ -168,124 +62,6 @@ class _Importer:
             self.ops.append(self._make_op(node))
         self._propagate_channels_last()
         self._graph_inputs_layout()
-
-    def _graph_inputs_layout(self) -> None:
-        """A 4-D graph input is NCHW only if an operator reads it with its own shape (not
-        through a Reshape or a layout Transpose, as converters from NHWC frameworks emit)."""
-        init = {i.name for i in self.g.initializer}
-        for inp in self.g.input:
-            shape = self.shape(inp.name)
-            if inp.name in init or shape is None or len(shape) != 4:
-                continue
-            direct = any(self.r(i) == inp.name and self.shape(i) == shape
-                         for op in self.ops for i in op.node.input if i)
-            if not direct:
-                self.channels_last.add(inp.name)
-
-    def _propagate_channels_last(self) -> None:
-        """A layout-free op (pad, element-wise) before an NHWC->NCHW transpose is NHWC too."""
-        prod = {t: op for op in self.ops for t in op.outputs}
-        work = list(self.channels_last)
-        while work:
-            p = prod.get(work.pop())
-            if p is None or not (SPECS[p.kind].elementwise or p.kind == OpKind.PAD):
-                continue
-            for raw in p.node.input:
-                if not raw or raw in self.consts:
-                    continue
-                t = self.r(raw)
-                perm = self.view_perm.get(raw)
-                direct = raw == t or perm == tuple(range(len(perm or ())))
-                if direct and t not in self.channels_last and len(self.shape(t) or ()) == 4:
-                    self.channels_last.add(t)
-                    work.append(t)
-
-    def _compose(self, node: onnx.NodeProto) -> tuple[int, ...] | None:
-        """Axes of this view in terms of its root's axes (None after a reshape)."""
-        src = node.input[0]
-        base = self.view_perm.get(src, tuple(range(len(self.shape(src) or ()))))
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Identity", "Dropout"):
-            return base
-        if node.op_type == "Transpose" and base is not None:
-            return tuple(base[i] for i in self._perm(node))
-        return None
-
-    def _perm(self, node: onnx.NodeProto) -> tuple[int, ...]:
-        for a in node.attribute:
-            if a.name == "perm":
-                return tuple(a.ints)
-        return ()
-
-    def _is_layout_transpose(self, node: onnx.NodeProto) -> bool:
-        return node.op_type == "Transpose" and self._perm(node) in LAYOUT_PERMS
-
-    def _record_qparams(self, node: onnx.NodeProto, root: str) -> None:
-        scale = self.const(node.input[1])
-        zp = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if scale is None or scale.size != 1:
-            raise ModelError(f"{self._where(node)}: activation scale must be one constant "
-                             "(per-tensor quantisation)")
-        z = int(zp.reshape(-1)[0]) if zp is not None else 0
-        self.qparams.setdefault(root, QParams(float(scale.reshape(-1)[0]), z))
-
-    # -- quantisation parameters -----------------------------------------------------------
-    def check_quantisation(self) -> None:
-        """Every Q/DQ node: int8 activations, int8 weights / int32 biases, scales that are
-        finite, positive float32 normals, zero points of the data's dtype, per-axis vectors
-        that match their axis. Run after find_constants (constants known)."""
-        for node in self.g.node:
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-                self._check_qdq(node)
-
-    def _check_qdq(self, node: onnx.NodeProto) -> None:
-        where = self._where(node)
-        if any(a.name == "block_size" and a.i for a in node.attribute):
-            raise ModelError(f"{where}: blocked quantisation (block_size) is not supported")
-        quant = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
-        et = self.elem_type(quant)
-        if not et and quant in self.const_vals:
-            et = onnx.helper.np_dtype_to_tensor_dtype(self.const_vals[quant].dtype)
-        activation = node.input[0] not in self.consts
-        allowed = {onnx.TensorProto.INT8} if activation else {
-            onnx.TensorProto.INT8, onnx.TensorProto.INT32}
-        if et not in allowed:
-            name = onnx.TensorProto.DataType.Name(et) if et else "unknown"
-            what = "activations" if activation else "constants"
-            raise ModelError(f"{where}: quantises {what} to {name}; pexopt deploys int8 "
-                             "activations, int8 weights and int32 biases")
-        scale = self._qdq_const(node, 1, "scale")
-        check_scale(where, node.input[1], scale, signed=not activation)
-        zp = self._qdq_const(node, 2, "zero point") if len(node.input) > 2 and node.input[2] \
-            else None
-        if zp is not None:
-            if onnx.helper.np_dtype_to_tensor_dtype(zp.dtype) != et:
-                raise ModelError(f"{where}: zero point '{node.input[2]}' is {zp.dtype}, the "
-                                 "quantised data is "
-                                 f"{onnx.TensorProto.DataType.Name(et)}")
-            if zp.size != scale.size or (scale.size > 1 and zp.shape != scale.shape):
-                raise ModelError(f"{where}: zero point '{node.input[2]}' has shape "
-                                 f"{list(zp.shape)}, its scale {list(scale.shape)}")
-        if scale.size > 1 or scale.ndim > 1:  # one value, scalar or [1]: per-tensor
-            self._check_axis(node, where, scale)
-
-    def _qdq_const(self, node: onnx.NodeProto, k: int, what: str) -> np.ndarray:
-        v = self.const(node.input[k]) if len(node.input) > k else None
-        if v is None:
-            raise ModelError(f"{self._where(node)}: the {what} must be a constant")
-        return np.asarray(v)
-
-    def _check_axis(self, node: onnx.NodeProto, where: str, scale: np.ndarray) -> None:
-        """A per-axis scale is a vector as long as the data's quantised axis."""
-        shape = self.shape(node.input[0])
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        if scale.ndim != 1 or shape is None:
-            raise ModelError(f"{where}: scale '{node.input[1]}' has shape "
-                             f"{list(scale.shape)}; per-axis scales are a vector")
-        if len(shape) == 1 and shape[0] == scale.size:
-            return  # a bias vector (quantisers write axis 0 or leave the default)
-        if not -len(shape) <= axis < len(shape) or shape[axis] != scale.size:
-            raise ModelError(f"{where}: {scale.size} scales do not match axis {axis} of "
-                             f"shape {list(shape)}")
 
     def _conv_attrs(self, node: onnx.NodeProto, wshape: tuple[int, ...] | None) -> ConvAttrs:
         a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
@@ -374,7 +150,6 @@ class _Importer:
         return _Op(node=node, kind=kind, inputs=act_in, outputs=outputs, consts=consts,
                    attrs=attrs, fused=[node.name or node.output[0]], raw_inputs=raw)
 
-    # -- fusion ----------------------------------------------------------------------------
     def _consumers(self) -> dict[str, list[_Op]]:
         cons: dict[str, list[_Op]] = {}
         for op in self.ops:
@@ -497,23 +272,6 @@ class _Importer:
         # begins (N, C, H, W) then ends (N, C, H, W); ours: top, left, bottom, right
         return (p[2], p[3], p[6], p[7])
 
-    def _plain_view(self, raw: str, root: str) -> bool:
-        """The op reads the tensor as stored (NHWC), not through a reshape that moves the
-        channel axis, so a channel slice of the tensor is a channel slice of what it reads."""
-        if raw == root or self.view_perm.get(raw) is not None:
-            return True
-        rs, vs = self.shape(root), self.shape(raw)
-        if rs is None or vs is None or not vs:
-            return False
-        c = self.nhwc(root, rs)[-1]
-        return int(np.prod(vs)) == c and vs[-1] == c  # e.g. (1, 1, 1, C) viewed as (1, C)
-
-    # -- freeze ----------------------------------------------------------------------------
-    def nhwc(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(shape) == 4 and name not in self.channels_last:
-            return (shape[0], shape[2], shape[3], shape[1])
-        return shape
-
     def tensor_dtype(self, name: str) -> str:
         et = self.elem_type(name)
         dt = ONNX_DTYPES.get(et)
@@ -586,23 +344,6 @@ class _Importer:
                                              for r, t in zip(op.raw_inputs, op.inputs))))
         return tensors, ops, [tid[t] for t in dict.fromkeys(graph_inputs)], [
             tid[t] for t in dict.fromkeys(graph_outputs)]
-
-
-def check_scale(where: str, name: str, scale: np.ndarray, signed: bool = False) -> None:
-    """Scales of 0, NaN, inf or below float32's smallest normal make multipliers that saturate
-    or overflow in the int8 kernels; a negative one is refused too, except for constants
-    (`signed`: weights and biases, whose values the kernels' loader negates with it)."""
-    if scale.dtype.kind != "f" or scale.size == 0:
-        raise ModelError(f"{where}: scale '{name}' is {scale.dtype}, not a float")
-    s = scale.astype(np.float64).reshape(-1)
-    mag = np.abs(s) if signed else s
-    bad = ~np.isfinite(s) | ~(mag >= FLOAT32_MIN_NORMAL)
-    if bad.any():
-        v = float(s[np.argmax(bad)])
-        why = "not finite" if not np.isfinite(v) else "zero" if v == 0 else \
-            "negative" if v < 0 and not signed else \
-            "a denormal (below float32's smallest normal)"
-        raise ModelError(f"{where}: scale '{name}' is {v:g}: {why}")
 
 
 def _macs(kind: OpKind, attrs: object, ins: list[Tensor], outs: list[Tensor],
