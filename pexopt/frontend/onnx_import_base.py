@@ -1,8 +1,8 @@
 """The ONNX importer's state (onnx_import.py runs its passes): the dtype tables, the mutable op
 while fusing, and the lookups every pass shares (shapes, element types, constants, roots of
 views). Each pass is a class in its own module, each built on the one before:
-onnx_import_quant.py, onnx_import_consts.py, onnx_import_layout.py, then onnx_import.py's
-_Importer (collection, fusion, freeze).
+onnx_import_quant.py, onnx_import_consts.py, onnx_import_layout.py, onnx_import_ops.py,
+onnx_import_fuse.py, onnx_import_freeze.py.
 """
 
 from __future__ import annotations
