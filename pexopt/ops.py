@@ -177,7 +177,7 @@ ALIAS_ONNX_OPS: frozenset[str] = frozenset(
 )
 
 # ONNX op type -> IR kind for operators recognised directly. Conv is refined by its group count
-# and Gemm/MatMul/Add/Mul by whether an operand is constant (see graph.onnx_import).
+# and Gemm/MatMul/Add/Mul by whether an operand is constant (see frontend/onnx_import_ops.py).
 ONNX_KIND: dict[str, OpKind] = {
     "Conv": OpKind.CONV,
     "Gemm": OpKind.FULLY_CONNECTED,
