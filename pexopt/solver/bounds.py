@@ -6,6 +6,7 @@ alignment only adds bytes)."""
 from __future__ import annotations
 
 import math
+import time
 
 from pexopt.deadline import check as check_deadline
 from pexopt.graph.ir import Graph, ancestor_masks, descendant_masks, mask_bits
@@ -205,43 +206,39 @@ def split_bound(graph: Graph, segments: list, inplace: bool = True,
     return max(floors, default=0)
 
 
-def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[int]] | None,
-                       max_states: int = 200_000, seconds: float = 10.0,
-                       scratch: dict[int, int] | None = None
-                       ) -> tuple[int, list[int] | None]:
-    """Raise the lower bound `lo` by proving that no operator order keeps the sum of live
-    bytes at or below some X < hi, each op run its cheapest way (`whole_options`: in-place
-    pairs `inplace` counted once, an in-place depthwise with its temporary, kernel scratch
-    `scratch`). Valid when no op can run inside a split segment.
+class _OrderSearch:
+    """What every probe of `order_search_bound` shares: per op its predecessors as a bit mask,
+    the bytes it adds and makes, its cheapest ways to run; the bytes live before the first."""
 
-    Binary search on X; each probe is a depth-first search over executed-op sets that never
-    exceeds X. A probe that would visit more than `max_states` sets stops the search; every
-    X proven impossible so far still gives a valid bound X + 1 (likewise past `seconds`).
-    Returns the bound and an order that reaches the smallest X found feasible (or None).
-    """
-    import time
+    def __init__(self, graph: Graph, inplace: dict[int, list[int]] | None,
+                 scratch: dict[int, int] | None, max_states: int, deadline: float) -> None:
+        n = len(graph.ops)
+        size = [0 if t.external else t.nbytes for t in graph.tensors]
+        cons = graph.consumers()
+        outs = set(graph.outputs)
+        cons_mask = {t: sum(1 << c for c in cs) for t, cs in cons.items()}
+        preds = [0] * n
+        for k, ps in enumerate(graph.preds()):
+            for p in ps:
+                preds[k] |= 1 << p
+        ops = graph.ops
+        add = [sum(size[t] for t in op.outputs if t in outs or cons[t]) for op in ops]
+        born = [sum(size[t] for t in op.outputs) for op in ops]
+        options = whole_options(graph, inplace, scratch)
+        # a graph input nobody reads is live at the first step only: leave it out (a weaker bound)
+        start = sum(size[t] for t in graph.inputs if t in outs or cons[t])
+        full = (1 << n) - 1
+        self.n, self.size, self.outs, self.cons_mask, self.preds = n, size, outs, cons_mask, preds
+        self.ops, self.add, self.born, self.options = ops, add, born, options
+        self.start, self.full = start, full
+        self.max_states, self.deadline = max_states, deadline
 
-    deadline = time.time() + seconds
-    n = len(graph.ops)
-    if n == 0 or lo >= hi:
-        return lo, None
-    size = [0 if t.external else t.nbytes for t in graph.tensors]
-    cons = graph.consumers()
-    outs = set(graph.outputs)
-    cons_mask = {t: sum(1 << c for c in cs) for t, cs in cons.items()}
-    preds = [0] * n
-    for k, ps in enumerate(graph.preds()):
-        for p in ps:
-            preds[k] |= 1 << p
-    ops = graph.ops
-    add = [sum(size[t] for t in op.outputs if t in outs or cons[t]) for op in ops]
-    born = [sum(size[t] for t in op.outputs) for op in ops]
-    options = whole_options(graph, inplace, scratch)
-    # a graph input nobody reads is live at the first step only: leave it out (a weaker bound)
-    start = sum(size[t] for t in graph.inputs if t in outs or cons[t])
-    full = (1 << n) - 1
-
-    def feasible(x: int) -> list[int] | bool | None:
+    def feasible(self, x: int) -> list[int] | bool | None:
+        """An order whose sum of live bytes never exceeds x, False if none, None if the search
+        would visit more than `max_states` sets or ran past the deadline."""
+        n, size, outs, cons_mask, preds = self.n, self.size, self.outs, self.cons_mask, self.preds
+        ops, add, born, options = self.ops, self.add, self.born, self.options
+        start, full, max_states, deadline = self.start, self.full, self.max_states, self.deadline
         if start > x:
             return False
         parent = {0: (0, -1)}
@@ -272,6 +269,29 @@ def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[i
                     return None
                 stack.append((after, live + add[k] - dying))
         return False
+
+
+def order_search_bound(graph: Graph, lo: int, hi: int, inplace: dict[int, list[int]] | None,
+                       max_states: int = 200_000, seconds: float = 10.0,
+                       scratch: dict[int, int] | None = None
+                       ) -> tuple[int, list[int] | None]:
+    """Raise the lower bound `lo` by proving that no operator order keeps the sum of live
+    bytes at or below some X < hi, each op run its cheapest way (`whole_options`: in-place
+    pairs `inplace` counted once, an in-place depthwise with its temporary, kernel scratch
+    `scratch`). Valid when no op can run inside a split segment.
+
+    Binary search on X; each probe (`_OrderSearch.feasible`) is a depth-first search over
+    executed-op sets that never exceeds X. A probe that would visit more than `max_states` sets
+    stops the search; every X proven impossible so far still gives a valid bound X + 1
+    (likewise past `seconds`). Returns the bound and an order that reaches the smallest X found
+    feasible (or None).
+    """
+    deadline = time.time() + seconds
+    n = len(graph.ops)
+    if n == 0 or lo >= hi:
+        return lo, None
+    search = _OrderSearch(graph, inplace, scratch, max_states, deadline)
+    feasible, size, options = search.feasible, search.size, search.options
 
     # every sum of live bytes (with in-place savings and scratch) is a multiple of g
     parts = [x for x in size if x] + [abs(d) for v in options.values() for _, d in v if d]
