@@ -82,27 +82,32 @@ def tflm_arena(graph: Graph) -> int:
     return max((offs[r.index] + r.size for r in reqs), default=0)
 
 
-def reorder_peak(graph: Graph, max_states: int = 200_000,
-                 inplace: dict[int, list[int]] | None = None) -> tuple[int, list[int]] | None:
-    """Exact minimum over topological orders of the peak sum of live bytes.
+class _Reorder:
+    """The memoised search of `reorder_peak`: the graph's facts as bit masks and byte sizes, and
+    per set of executed ops the least peak of the rest and the op that reaches it."""
 
-    inplace: op -> inputs its output may overwrite when they die there (then the pair counts
-    once while the op runs). Returns (peak, order) or None when the search exceeds
-    `max_states` memo entries.
-    """
-    n = len(graph.ops)
-    size = [0 if t.external else t.nbytes for t in graph.tensors]
-    producer = graph.producer()
-    consumers = graph.consumers()
-    outputs = set(graph.outputs)
-    preds_mask = [0] * n
-    for k, ps in enumerate(graph.preds()):
-        for p in ps:
-            preds_mask[k] |= 1 << p
-    cons_mask = {t: sum(1 << c for c in cs) for t, cs in consumers.items()}
-    base_live = sum(size[t] for t in graph.inputs)
+    def __init__(self, graph: Graph, max_states: int,
+                 inplace: dict[int, list[int]] | None) -> None:
+        n = len(graph.ops)
+        size = [0 if t.external else t.nbytes for t in graph.tensors]
+        producer = graph.producer()
+        consumers = graph.consumers()
+        outputs = set(graph.outputs)
+        preds_mask = [0] * n
+        for k, ps in enumerate(graph.preds()):
+            for p in ps:
+                preds_mask[k] |= 1 << p
+        cons_mask = {t: sum(1 << c for c in cs) for t, cs in consumers.items()}
+        base_live = sum(size[t] for t in graph.inputs)
+        self.graph, self.max_states, self.inplace = graph, max_states, inplace
+        self.n, self.size, self.producer, self.outputs = n, size, producer, outputs
+        self.preds_mask, self.cons_mask, self.base_live = preds_mask, cons_mask, base_live
+        self.memo: dict[int, tuple[int, int]] = {}
+        self.full = (1 << n) - 1
+        self.stack_limit = [0]
 
-    def live_after(done: int) -> int:
+    def live_after(self, done: int) -> int:
+        size, producer, cons_mask, outputs = self.size, self.producer, self.cons_mask, self.outputs
         total = 0
         for t in range(len(size)):
             made = t not in producer or (done >> producer[t]) & 1
@@ -113,9 +118,11 @@ def reorder_peak(graph: Graph, max_states: int = 200_000,
                 total += size[t]
         return total
 
-    def step_peak(done: int, k: int) -> int:
+    def step_peak(self, done: int, k: int) -> int:
+        graph, size, cons_mask, outputs = self.graph, self.size, self.cons_mask, self.outputs
+        inplace = self.inplace
         # while op k runs: everything live before it, plus its outputs
-        live = live_after(done)
+        live = self.live_after(done)
         for t in graph.ops[k].outputs:
             live += size[t]
         # inputs of k that die now are still live during k (counted in live_after(done)),
@@ -125,28 +132,38 @@ def reorder_peak(graph: Graph, max_states: int = 200_000,
                  if not cons_mask[i] & ~after and i not in outputs]
         return live - max(share, default=0)
 
-    memo: dict[int, tuple[int, int]] = {}
-    full = (1 << n) - 1
-    stack_limit = [0]
-
-    def best(done: int) -> int:
-        if done == full:
+    def best(self, done: int) -> int:
+        memo, n, preds_mask = self.memo, self.n, self.preds_mask
+        if done == self.full:
             return 0
         hit = memo.get(done)
         if hit is not None:
             return hit[0]
-        if len(memo) >= max_states:
-            stack_limit[0] = 1
+        if len(memo) >= self.max_states:
+            self.stack_limit[0] = 1
             return 0
         res, choice = None, -1
         for k in range(n):
             if (done >> k) & 1 or preds_mask[k] & ~done:
                 continue
-            v = max(step_peak(done, k), best(done | (1 << k)))
+            v = max(self.step_peak(done, k), self.best(done | (1 << k)))
             if res is None or v < res:
                 res, choice = v, k
         memo[done] = (res if res is not None else 0, choice)
         return memo[done][0]
+
+
+def reorder_peak(graph: Graph, max_states: int = 200_000,
+                 inplace: dict[int, list[int]] | None = None) -> tuple[int, list[int]] | None:
+    """Exact minimum over topological orders of the peak sum of live bytes.
+
+    inplace: op -> inputs its output may overwrite when they die there (then the pair counts
+    once while the op runs). Returns (peak, order) or None when the search exceeds
+    `max_states` memo entries.
+    """
+    search = _Reorder(graph, max_states, inplace)
+    n, base_live = search.n, search.base_live
+    memo, full, stack_limit, best = search.memo, search.full, search.stack_limit, search.best
 
     import sys
 
