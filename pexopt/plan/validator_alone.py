@@ -12,17 +12,19 @@ computes, whether streamed rows are read before they are overwritten) is `valida
 from __future__ import annotations
 
 from pexopt.plan.format import Buffer, Plan
-from pexopt.plan.validator import (
+from pexopt.plan.validator_core import (
     BUFFER_KINDS,
     MODES,
     PlanInvalid,
     Violation,
+    desc,
+    step_name,
+)
+from pexopt.plan.validator_layout import (
     check_arena_bytes,
     check_fits,
     check_offsets,
     check_overlap,
-    desc,
-    step_name,
 )
 from pexopt.plan.validator_rows import streaming_pairs
 

@@ -28,13 +28,13 @@ from __future__ import annotations
 from pexopt.cmsis_scratch import TARGETS, kernel_scratch_bytes
 from pexopt.graph.ir import Op, Tensor
 from pexopt.plan.format import Buffer, Step, is_kscratch
-from pexopt.plan.validator import ACC_BYTES, PlanIndex, Violation, channels
+from pexopt.plan.validator_core import ACC_BYTES, PlanIndex, Violation, channels
 
 MAX_ALIGN = 4096  # bytes; no MCU cache line or DMA needs more
 
 
 def _fmt_step(i: int, s: Step) -> str:
-    """The step without its (possibly absurd) ranges: `validator.step_name` prints them."""
+    """The step without its (possibly absurd) ranges: `validator_core.step_name` prints them."""
     return f"step {i} ('{s.op}' {s.mode})"
 
 
@@ -77,7 +77,7 @@ def _step_extents(ix: PlanIndex, i: int, s: Step, op: Op) -> list[Violation]:
 
 def _partial_cap(ix: PlanIndex, b: Buffer) -> int | None:
     """Largest size of a slice, band, tile or accumulator buffer (None: another kind, or no
-    IR tensor, which `validator.check_buffers` reports)."""
+    IR tensor, which `validator_buffers.check_buffers` reports)."""
     t = ix.tensor_of(b)
     if t is None:
         return None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from pexopt.graph.ir import Op
 from pexopt.graph.rows import input_rows, row_capable
-from pexopt.plan.validator import PlanIndex, Violation, channels, step_name
+from pexopt.plan.validator_core import PlanIndex, Violation, channels, step_name
 from pexopt.plan.validator_rows import row_coverage
 from pexopt.plan.validator_slices import _coverage, _mode_problem, covers
 

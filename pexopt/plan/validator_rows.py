@@ -18,7 +18,7 @@ from __future__ import annotations
 from pexopt.graph.ir import Op
 from pexopt.graph.rows import Range, input_rows, row_capable
 from pexopt.plan.format import Buffer, Plan
-from pexopt.plan.validator import PlanIndex, Violation, overlaps, step_name
+from pexopt.plan.validator_core import PlanIndex, Violation, overlaps, step_name
 
 ROW_MODES = ("band", "halo")
 

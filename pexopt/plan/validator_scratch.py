@@ -9,7 +9,7 @@ from __future__ import annotations
 from pexopt.cmsis_scratch import TARGETS, kernel_scratch_bytes
 from pexopt.ops import SPECS
 from pexopt.plan.format import is_kscratch
-from pexopt.plan.validator import PlanIndex, Violation, step_name
+from pexopt.plan.validator_core import PlanIndex, Violation, step_name
 
 
 def _runs_in_place_temp(ix: PlanIndex, i: int) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pexopt.graph.ir import Op, Tensor
 from pexopt.ops import SPECS, OpKind, Split
-from pexopt.plan.validator import (
+from pexopt.plan.validator_core import (
     MODES,
     PlanIndex,
     Violation,
