@@ -26,16 +26,31 @@ float64 (exact for int8: every partial sum is an integer below 2^53).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
-from pexopt.fixedpoint import dequantize, multiply_by_quantized_multiplier, quantize_real
+from pexopt.fixedpoint import dequantize, multiply_by_quantized_multiplier
 from pexopt.graph.ir import ConvAttrs, Op, PoolAttrs
 from pexopt.graph.params import OpParams
 from pexopt.ops import OpKind
+from pexopt.simulate.kernels_common import (
+    Kernel,
+    centered,
+    clamp8,
+    f64,
+    finish,
+    pad_hw,
+    requant_real,
+    rescale,
+    round_div,
+    taps,
+    whole_only,
+)
 
-Kernel = Callable[..., np.ndarray]
+__all__ = [  # the names callers import (the kernels live in kernels_{conv,eltwise,pool,move}.py)
+    "KERNELS", "Kernel", "channel_affine", "conv_accumulate", "requantize", "rescale",
+]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -44,91 +59,12 @@ def _sl(s: slice | None) -> slice:
     return slice(None) if s is None else s
 
 
-def _whole_only(op: Op, *slices: slice | None) -> None:
-    if any(s is not None for s in slices):
-        raise ValueError(f"op '{op.name}' ({op.kind.value}) runs on whole tensors only")
-
-
-def _f64(p: OpParams) -> np.ndarray:
-    """The weights as float64 (cached)."""
-    w = p.extra.get("_w64")
-    if w is None:
-        w = p.extra["_w64"] = p.weights.astype(np.float64)
-    return w
-
-
-def _centered(p: OpParams, x: np.ndarray, k: int = 0) -> np.ndarray:
-    """x - zero point as float64 (int8), or x as float64 (float)."""
-    if p.int8:
-        return x.astype(np.float64) - p.in_qparams[k].zero_point
-    return x.astype(np.float64)
-
-
-def _finish(p: OpParams, y: np.ndarray) -> np.ndarray:
-    """Float result -> fused activation clamp -> float32."""
-    return np.clip(y, p.act_min, p.act_max).astype(np.float32)
-
-
-def _clamp8(p: OpParams, y: np.ndarray) -> np.ndarray:
-    return np.clip(y, p.act_min, p.act_max).astype(np.int8)
-
-
-def _requant_real(p: OpParams, y: np.ndarray) -> np.ndarray:
-    """Real values -> output int8 (TFLite rounding) within the activation range."""
-    q = p.out_qparams
-    return quantize_real(y, q.scale, q.zero_point, int(p.act_min), int(p.act_max))
-
-
-def _round_div(acc: np.ndarray, n: np.ndarray | int) -> np.ndarray:
-    """C `acc > 0 ? (acc + n/2) / n : (acc - n/2) / n` with truncating division."""
-    acc = np.asarray(acc, dtype=np.int64)
-    n = np.asarray(n, dtype=np.int64)
-    num = np.where(acc > 0, acc + n // 2, acc - n // 2)
-    return np.sign(num) * (np.abs(num) // n)
-
-
-def _rescale(x: np.ndarray, qi, qo) -> np.ndarray:
-    """TFLite's float rescale of int8 data between two quantisations (identity if equal)."""
-    if qi == qo:
-        return x
-    return quantize_real(dequantize(x, qi.scale, qi.zero_point), qo.scale, qo.zero_point)
-
-
-def _geometry(attrs: ConvAttrs | PoolAttrs) -> tuple[int, int, int, int, int, int]:
-    kh, kw = attrs.kernel
-    sh, sw = attrs.stride
-    dh, dw = attrs.dilation if isinstance(attrs, ConvAttrs) else (1, 1)
-    return kh, kw, sh, sw, dh, dw
-
-
-def _pad_hw(x: np.ndarray, attrs: ConvAttrs | PoolAttrs, oh: int, ow: int,
-            value: float) -> np.ndarray:
-    """Pad H, W by the attrs' top/left and as much bottom/right as the windows reach."""
-    kh, kw, sh, sw, dh, dw = _geometry(attrs)
-    top, left = attrs.pads[0], attrs.pads[1]
-    bottom = max(0, (oh - 1) * sh + (kh - 1) * dh + 1 - x.shape[1] - top)
-    right = max(0, (ow - 1) * sw + (kw - 1) * dw + 1 - x.shape[2] - left)
-    if not (top or left or bottom or right):
-        return x
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
-
-
-def _taps(xp: np.ndarray, attrs: ConvAttrs | PoolAttrs, oh: int,
-          ow: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(i, j, strided view (N, OH, OW, C) of the input under tap (i, j))."""
-    kh, kw, sh, sw, dh, dw = _geometry(attrs)
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, xp[:, i * dh: i * dh + (oh - 1) * sh + 1: sh,
-                           j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
-
-
 def _conv_sum(x: np.ndarray, w: np.ndarray, attrs: ConvAttrs, oh: int, ow: int) -> np.ndarray:
     """sum_{i,j,c} x[.., c] * w[o, i, j, c] for float64 x (zero-padded) and OHWI w."""
-    xp = _pad_hw(x, attrs, oh, ow, 0.0)
+    xp = pad_hw(x, attrs, oh, ow, 0.0)
     n, c = x.shape[0], x.shape[3]
     out = np.zeros((n * oh * ow, w.shape[0]))
-    for i, j, tap in _taps(xp, attrs, oh, ow):
+    for i, j, tap in taps(xp, attrs, oh, ow):
         out += tap.reshape(-1, c) @ w[:, i, j, :].T
     return out.reshape(n, oh, ow, w.shape[0])
 
@@ -138,8 +74,8 @@ def _conv_sum(x: np.ndarray, w: np.ndarray, attrs: ConvAttrs, oh: int, ow: int) 
 def _partial(op: Op, p: OpParams, x: np.ndarray, in_ch: slice | None,
              out_ch: slice | None) -> np.ndarray:
     """Partial sums (float64, no bias) of CONV / GROUPED_CONV / FULLY_CONNECTED."""
-    w = _f64(p)[_sl(out_ch)]
-    xc = _centered(p, x)
+    w = f64(p)[_sl(out_ch)]
+    xc = centered(p, x)
     if op.kind == OpKind.FULLY_CONNECTED:
         rows = p.in_shapes[0][0]
         if in_ch is None:
@@ -152,7 +88,7 @@ def _partial(op: Op, p: OpParams, x: np.ndarray, in_ch: slice | None,
     group = p.extra.get("group", 1)
     if group == 1:
         return _conv_sum(xc, w if in_ch is None else w[..., in_ch], attrs, oh, ow)
-    _whole_only(op, in_ch, out_ch)
+    whole_only(op, in_ch, out_ch)
     cig, cog = xc.shape[3] // group, w.shape[0] // group
     return np.concatenate([_conv_sum(xc[..., g * cig:(g + 1) * cig], w[g * cog:(g + 1) * cog],
                                      attrs, oh, ow) for g in range(group)], axis=-1)
@@ -194,10 +130,10 @@ def requantize(op: Op, p: OpParams, acc: np.ndarray,
     """Accumulator -> output: per-channel multiplier/shift, + output zp, clamp (int8);
     activation clamp -> float32 (float)."""
     if not p.int8:
-        return _finish(p, acc)
+        return finish(p, acc)
     sl = _sl(out_channels)
     y = multiply_by_quantized_multiplier(acc, p.multiplier[sl], p.shift[sl]) + p.out_zp
-    return _clamp8(p, y)
+    return clamp8(p, y)
 
 
 def depthwise(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
@@ -213,12 +149,12 @@ def depthwise(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice
         xc = x.astype(np.int64) - p.in_zp
         w = p.weights[..., sl].astype(np.int64)
     else:
-        xc, w = x.astype(np.float64), _f64(p)[..., sl]
+        xc, w = x.astype(np.float64), f64(p)[..., sl]
     if m != 1:
         xc = np.repeat(xc, m, axis=-1)
-    xp = _pad_hw(xc, op.attrs, oh, ow, 0)
+    xp = pad_hw(xc, op.attrs, oh, ow, 0)
     acc = np.zeros((x.shape[0], oh, ow, w.shape[-1]), dtype=xc.dtype)
-    for i, j, tap in _taps(xp, op.attrs, oh, ow):
+    for i, j, tap in taps(xp, op.attrs, oh, ow):
         acc += tap * w[i, j]
     acc = acc + _bias(p, out_channels)
     return requantize(op, p, acc, out_channels)
@@ -231,7 +167,7 @@ def add(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | Non
     """TFLite int8 ADD (left shift 20, per-input multipliers) or float add; broadcasting."""
     a, b = inputs
     if not p.int8:
-        return _finish(p, a.astype(np.float64) + b.astype(np.float64))
+        return finish(p, a.astype(np.float64) + b.astype(np.float64))
     e = p.extra
     ls = e["left_shift"]
     x1 = (a.astype(np.int64) - p.in_qparams[0].zero_point) << ls
@@ -239,7 +175,7 @@ def add(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | Non
     s1 = multiply_by_quantized_multiplier(x1, *e["in1"])
     s2 = multiply_by_quantized_multiplier(x2, *e["in2"])
     y = multiply_by_quantized_multiplier(s1 + s2, *e["out"]) + p.out_zp
-    return _clamp8(p, y)
+    return clamp8(p, y)
 
 
 def mul(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
@@ -247,11 +183,11 @@ def mul(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | Non
     """TFLite int8 MUL or float multiply; broadcasting."""
     a, b = inputs
     if not p.int8:
-        return _finish(p, a.astype(np.float64) * b.astype(np.float64))
+        return finish(p, a.astype(np.float64) * b.astype(np.float64))
     prod = (a.astype(np.int64) - p.in_qparams[0].zero_point) * (
         b.astype(np.int64) - p.in_qparams[1].zero_point)
     y = multiply_by_quantized_multiplier(prod, *p.extra["out"]) + p.out_zp
-    return _clamp8(p, y)
+    return clamp8(p, y)
 
 
 def _per_channel(c: np.ndarray, out_channels: slice | None) -> np.ndarray:
@@ -267,8 +203,8 @@ def channel_affine(op: Op, p: OpParams, inputs: list[np.ndarray],
     x = inputs[0]
     if p.int8:
         q = p.in_qparams[0]
-        return _requant_real(p, dequantize(x, q.scale, q.zero_point) * a + b)
-    return _finish(p, x.astype(np.float64) * a + b)
+        return requant_real(p, dequantize(x, q.scale, q.zero_point) * a + b)
+    return finish(p, x.astype(np.float64) * a + b)
 
 
 def relu_clip(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
@@ -276,9 +212,9 @@ def relu_clip(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice
     """Stand-alone Relu / Clip; int8 is TFLite's ReluX (rescale, then quantised clamp)."""
     x = inputs[0]
     if not p.int8:
-        return _finish(p, x.astype(np.float64))
+        return finish(p, x.astype(np.float64))
     y = multiply_by_quantized_multiplier(x.astype(np.int64) - p.in_zp, *p.extra["out"])
-    return _clamp8(p, y + p.out_zp)
+    return clamp8(p, y + p.out_zp)
 
 
 def _hard_sigmoid(p: OpParams, x: np.ndarray) -> np.ndarray:
@@ -298,12 +234,12 @@ def unary(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | N
     f = _UNARY[op.kind]
     x = inputs[0]
     if not p.int8:
-        return _finish(p, f(p, x.astype(np.float64)))
+        return finish(p, f(p, x.astype(np.float64)))
     lut = p.extra.get("_lut")
     if lut is None:
         q = p.in_qparams[0]
         v = np.arange(-128, 128)
-        lut = p.extra["_lut"] = _requant_real(p, f(p, dequantize(v, q.scale, q.zero_point)))
+        lut = p.extra["_lut"] = requant_real(p, f(p, dequantize(v, q.scale, q.zero_point)))
     return lut[x.astype(np.int64) + 128]
 
 
@@ -315,15 +251,15 @@ def maxpool(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice |
     x = inputs[0]
     oh, ow = p.out_shape[1], p.out_shape[2]
     low = -128 if p.int8 else -np.inf
-    xp = _pad_hw(x.astype(np.int64) if p.int8 else x.astype(np.float64), op.attrs, oh, ow, low)
+    xp = pad_hw(x.astype(np.int64) if p.int8 else x.astype(np.float64), op.attrs, oh, ow, low)
     out = None
-    for _, _, tap in _taps(xp, op.attrs, oh, ow):
+    for _, _, tap in taps(xp, op.attrs, oh, ow):
         out = tap.copy() if out is None else np.maximum(out, tap)
     if not p.int8:
-        return _finish(p, out)
+        return finish(p, out)
     if not p.extra["same_q"]:
         out = multiply_by_quantized_multiplier(out - p.in_zp, *p.extra["out"]) + p.out_zp
-    return _clamp8(p, out)
+    return clamp8(p, out)
 
 
 def _window_counts(x_shape: tuple[int, ...], op: Op, oh: int, ow: int,
@@ -335,11 +271,11 @@ def _window_counts(x_shape: tuple[int, ...], op: Op, oh: int, ow: int,
     if include_pad:
         mask = np.pad(mask, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=1)
         attrs = PoolAttrs(op.attrs.kernel, op.attrs.stride, (0, 0, 0, 0))
-        mp = _pad_hw(mask, attrs, oh, ow, 0)
+        mp = pad_hw(mask, attrs, oh, ow, 0)
     else:
         attrs = op.attrs
-        mp = _pad_hw(mask, attrs, oh, ow, 0)
-    return sum(tap for _, _, tap in _taps(mp, attrs, oh, ow))
+        mp = pad_hw(mask, attrs, oh, ow, 0)
+    return sum(tap for _, _, tap in taps(mp, attrs, oh, ow))
 
 
 def avgpool(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
@@ -349,16 +285,16 @@ def avgpool(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice |
     oh, ow = p.out_shape[1], p.out_shape[2]
     counts = _window_counts(x.shape, op, oh, ow, p.extra.get("count_include_pad", False))
     if not p.int8:
-        xp = _pad_hw(x.astype(np.float64), op.attrs, oh, ow, 0.0)
-        return _finish(p, sum(t for _, _, t in _taps(xp, op.attrs, oh, ow)) / counts)
+        xp = pad_hw(x.astype(np.float64), op.attrs, oh, ow, 0.0)
+        return finish(p, sum(t for _, _, t in taps(xp, op.attrs, oh, ow)) / counts)
     same = p.extra["same_q"]
     xi = x.astype(np.int64) if same else x.astype(np.int64) - p.in_zp
-    xp = _pad_hw(xi, op.attrs, oh, ow, 0)
-    acc = sum(t for _, _, t in _taps(xp, op.attrs, oh, ow))
+    xp = pad_hw(xi, op.attrs, oh, ow, 0)
+    acc = sum(t for _, _, t in taps(xp, op.attrs, oh, ow))
     if same:
-        return _clamp8(p, _round_div(acc, counts))
+        return clamp8(p, round_div(acc, counts))
     acc = multiply_by_quantized_multiplier(acc, *p.extra["out"])
-    return _clamp8(p, _round_div(acc, counts) + p.out_zp)
+    return clamp8(p, round_div(acc, counts) + p.out_zp)
 
 
 def mean(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
@@ -369,10 +305,10 @@ def mean(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | No
     axes = p.extra["axes"]
     n = int(np.prod([x.shape[a] for a in axes]))
     if not p.int8:
-        return _finish(p, np.mean(x.astype(np.float64), axis=axes, keepdims=True))
+        return finish(p, np.mean(x.astype(np.float64), axis=axes, keepdims=True))
     acc = np.sum(x.astype(np.int64) - p.in_zp, axis=axes, keepdims=True)
     acc = multiply_by_quantized_multiplier(acc, *p.extra["out"])
-    return _clamp8(p, _round_div(acc, n) + p.out_zp)
+    return clamp8(p, round_div(acc, n) + p.out_zp)
 
 
 # -- data movement ----------------------------------------------------------------------------
@@ -380,9 +316,9 @@ def mean(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | No
 def concat(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
            in_channels: slice | None = None) -> np.ndarray:
     """Concatenation (whole tensors); int8 inputs with other qparams are rescaled."""
-    _whole_only(op, out_channels, in_channels)
+    whole_only(op, out_channels, in_channels)
     if p.int8:
-        inputs = [_rescale(x, q, p.out_qparams) for x, q in zip(inputs, p.in_qparams)]
+        inputs = [rescale(x, q, p.out_qparams) for x, q in zip(inputs, p.in_qparams)]
     return np.concatenate(inputs, axis=p.extra["axis"])
 
 
@@ -394,7 +330,7 @@ def pad(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | Non
     if out_channels is not None and any(pads[-1]):
         raise ValueError(f"op '{op.name}': pads the channel axis, whole tensors only")
     if p.int8:
-        x = _rescale(x, p.in_qparams[0], p.out_qparams)
+        x = rescale(x, p.in_qparams[0], p.out_qparams)
     mode = p.extra["mode"]
     if mode == "constant":
         return np.pad(x, pads, constant_values=p.extra["value"])
@@ -409,14 +345,14 @@ def resize(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | 
     if out_channels is not None:
         maps[-1] = np.arange(x.shape[-1])
     y = x[np.ix_(*maps)]
-    return _rescale(y, p.in_qparams[0], p.out_qparams) if p.int8 else y
+    return rescale(y, p.in_qparams[0], p.out_qparams) if p.int8 else y
 
 
 def transpose(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
               in_channels: slice | None = None) -> np.ndarray:
-    _whole_only(op, out_channels, in_channels)
+    whole_only(op, out_channels, in_channels)
     y = np.ascontiguousarray(np.transpose(inputs[0], p.extra["perm"]))
-    return _rescale(y, p.in_qparams[0], p.out_qparams) if p.int8 else y
+    return rescale(y, p.in_qparams[0], p.out_qparams) if p.int8 else y
 
 
 def _softmax_f(x: np.ndarray, axis: int, log: bool) -> np.ndarray:
@@ -428,7 +364,7 @@ def _softmax_f(x: np.ndarray, axis: int, log: bool) -> np.ndarray:
 def softmax(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice | None = None,
             in_channels: slice | None = None) -> np.ndarray:
     """Softmax / LogSoftmax in float64 (int8: dequantise -> softmax -> requantise)."""
-    _whole_only(op, out_channels, in_channels)
+    whole_only(op, out_channels, in_channels)
     x = inputs[0]
     log = p.extra.get("op_type") == "LogSoftmax"
     q = p.in_qparams[0] if p.in_qparams else None
@@ -439,7 +375,7 @@ def softmax(op: Op, p: OpParams, inputs: list[np.ndarray], out_channels: slice |
         y = _softmax_f(xr.reshape(int(np.prod(shp[:axis])), -1), 1, log).reshape(shp)
     else:
         y = _softmax_f(xr, axis, log)
-    return _requant_real(p, y) if p.int8 else _finish(p, y)
+    return requant_real(p, y) if p.int8 else finish(p, y)
 
 
 KERNELS: dict[OpKind, Kernel] = {
