@@ -162,4 +162,4 @@ class ConstsMixin:
         qi, qo = p.in_qparams[k], p.out_qparams
         if qi == qo:
             return "NULL"
-        return self.lut(op, K._rescale(np.arange(-128, 128).astype(np.int8), qi, qo), k)
+        return self.lut(op, K.rescale(np.arange(-128, 128).astype(np.int8), qi, qo), k)
