@@ -7,11 +7,13 @@ lifetimes are derived from the steps themselves; offsets come from the schedule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 from pexopt.cmsis_scratch import kernel_scratch_bytes, segment_scratch_bytes
 from pexopt.graph.ir import Graph
 from pexopt.partial.candidates import (
+    Segment,
     accumulator_bytes,
     slice_bytes,
     slice_offsets,
@@ -21,6 +23,9 @@ from pexopt.plan.build_hybrid import hybrid_buffers, hybrid_steps, hybrid_summar
 from pexopt.plan.build_rows import band_buffers, band_steps, band_summary
 from pexopt.plan.format import Buffer, Plan, SolverInfo, Step, kscratch_name
 from pexopt.schedule import Schedule, SolverParams, temp_bytes
+
+# (name, tensor, kind, offset, size, alias_of=None): one buffer of the plan, in build order
+AddBuffer = Callable[..., None]
 
 
 def slice_name(tensor: str) -> str:
@@ -138,6 +143,20 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
         buffers.append(Buffer(name=bname, tensor=tensor, kind=kind, offset=offset, size=size,
                               first_step=f, last_step=last, alias_of=alias))
 
+    _tensor_buffers(graph, sched, name, add)
+    for s in sched.segments:
+        w = sched.splits.get(s.id)
+        if w is not None:
+            _segment_buffers(graph, sched, params, s, w, name, add)
+    _scratch_buffers(graph, sched, add)
+    buffers.sort(key=lambda b: (b.first_step, b.offset, b.name))
+    return _plan(graph, sched, params, budget, baselines, steps, buffers)
+
+
+def _tensor_buffers(graph: Graph, sched: Schedule, name: dict[int, str], add: AddBuffer
+                    ) -> None:
+    """One buffer per placed tensor; an accumulating segment's output and an in-place
+    output alias the buffer whose bytes they reuse."""
     split_out = {s.output: s for s in sched.segments if s.id in sched.splits}
     for t, off in sched.offsets.items():
         seg = split_out.get(t)
@@ -148,37 +167,45 @@ def build_plan(graph: Graph, sched: Schedule, params: SolverParams | None = None
         else:
             alias = None
         add(name[t], name[t], "tensor", off, graph.tensors[t].nbytes, alias)
-    for s in sched.segments:
-        w = sched.splits.get(s.id)
-        if w is None:
-            continue
-        if s.dim == "hybrid":
-            for bname, tname, kind, off, size in hybrid_buffers(graph, s, w,
-                                                                sched.workspace[s.id],
-                                                                params.align):
-                add(bname, tname, kind, off, size)
-        elif s.dim == "rows":
-            for bname, tname, off, size in band_buffers(graph, s, w, sched.workspace[s.id],
-                                                        params.align):
-                add(bname, tname, "band", off, size)
-        else:
-            for t, off in zip(s.internal, slice_offsets(graph, s, w, params.align)):
-                add(slice_name(name[t]), name[t], "slice", sched.workspace[s.id] + off,
-                    slice_bytes(graph.tensors[t], w))
-        if s.accumulate and s.dim != "rows":
-            add(acc_name(name[s.output]), name[s.output], "accumulator", sched.offsets[s.output],
-                accumulator_bytes(graph.tensors[s.output]))
-        ks = segment_scratch_bytes(graph, s, w, sched.params.target)
-        if ks:  # at the end of the segment's workspace box (see solver.buffers.seg_workspace)
-            add(kscratch_name(graph.ops[s.ops[0]].name), None, "scratch",
-                sched.workspace[s.id] + _round(workspace_bytes(graph, s, w, params.align),
-                                               params.align), ks)
+
+
+def _segment_buffers(graph: Graph, sched: Schedule, params: SolverParams, s: Segment, w: int,
+                     name: dict[int, str], add: AddBuffer) -> None:
+    """The buffers of a used segment in its workspace: tiles, bands or slices, its
+    accumulator and its kernel scratch."""
+    if s.dim == "hybrid":
+        for bname, tname, kind, off, size in hybrid_buffers(graph, s, w, sched.workspace[s.id],
+                                                            params.align):
+            add(bname, tname, kind, off, size)
+    elif s.dim == "rows":
+        for bname, tname, off, size in band_buffers(graph, s, w, sched.workspace[s.id],
+                                                    params.align):
+            add(bname, tname, "band", off, size)
+    else:
+        for t, off in zip(s.internal, slice_offsets(graph, s, w, params.align)):
+            add(slice_name(name[t]), name[t], "slice", sched.workspace[s.id] + off,
+                slice_bytes(graph.tensors[t], w))
+    if s.accumulate and s.dim != "rows":
+        add(acc_name(name[s.output]), name[s.output], "accumulator", sched.offsets[s.output],
+            accumulator_bytes(graph.tensors[s.output]))
+    ks = segment_scratch_bytes(graph, s, w, sched.params.target)
+    if ks:  # at the end of the segment's workspace box (see solver.buffers.seg_workspace)
+        add(kscratch_name(graph.ops[s.ops[0]].name), None, "scratch",
+            sched.workspace[s.id] + _round(workspace_bytes(graph, s, w, params.align),
+                                           params.align), ks)
+
+
+def _scratch_buffers(graph: Graph, sched: Schedule, add: AddBuffer) -> None:
+    """In-place depthwise temporaries and whole ops' CMSIS-NN kernel scratch."""
     for k, off in sched.temps.items():
         add(temp_name(graph.ops[k].name), None, "scratch", off, temp_bytes(graph, k))
     for k, off in sched.kscratch.items():
         add(kscratch_name(graph.ops[k].name), None, "scratch", off,
             kernel_scratch_bytes(graph, k, sched.params.target))
-    buffers.sort(key=lambda b: (b.first_step, b.offset, b.name))
+
+
+def _plan(graph: Graph, sched: Schedule, params: SolverParams, budget: int | None,
+          baselines: dict | None, steps: list[Step], buffers: list[Buffer]) -> Plan:
     arena = max((b.offset + b.size for b in buffers), default=0)
     return Plan(model={"path": graph.source_path, "sha256": graph.source_sha256},
                 arena_bytes=arena, budget_bytes=budget,

@@ -217,29 +217,9 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
     mem = rng.integers(0, 256, plan.arena_bytes, dtype=np.uint8)
     ctx = _Ctx(plan, graph, params, mem, {b.name: b for b in plan.buffers},
                {o.name: o for o in graph.ops}, {t.name: t for t in graph.tensors}, rng, {})
-    for tid in graph.inputs:
-        t = graph.tensors[tid]
-        if t.name not in inputs:
-            raise SimulationError(f"missing input '{t.name}'")
-        x = np.asarray(inputs[t.name]).reshape(t.shape).astype(element_dtype(t))
-        if t.external:  # read in place from the caller's memory, never written
-            x.setflags(write=False)
-            ctx.external[t.name] = x
-        elif t.name in ctx.bufs:
-            _tensor_view(ctx, t.name)[...] = x
+    _load_inputs(ctx, inputs)
     _check_sizes(ctx)
-    dies: dict[int, list[Buffer]] = {}
-    born: dict[int, list[Buffer]] = {}
-    inputs_in_arena = {graph.tensors[t].name for t in graph.inputs}
-    for b in plan.buffers:
-        dies.setdefault(b.last_step, []).append(b)
-        if b.alias_of is None and b.name not in inputs_in_arena:
-            born.setdefault(b.first_step, []).append(b)
-    live_at: dict[int, list[Buffer]] = {}  # step -> buffers live there, where one died before
-    for b in plan.buffers:  # (one pass: a scan of every buffer per step was quadratic)
-        for s in range(max(b.first_step, 1), min(b.last_step, len(plan.steps) - 1) + 1):
-            if s - 1 in dies:
-                live_at.setdefault(s, []).append(b)
+    born, dies, live_at = _lifetimes(plan, graph)
     protect = bands.streamed_over(plan)  # an output streamed over its input keeps its bytes
     band_base: dict[str, int] = {}  # band buffer -> row at its slot 0
     tiles: dict[str, tuple[int, int]] = {}  # tile -> (first row, rows) it holds
@@ -249,33 +229,72 @@ def run_plan(plan: Plan, graph: Graph, params: dict[int, OpParams],
         op = ctx.ops.get(step.op)
         if op is None:
             raise SimulationError(f"step {step.index}: unknown op '{step.op}'")
-        p = params[op.id]
         _scribble_kscratch(ctx, step)  # before: inputs overlapping it get corrupted
-        both = step.rows is not None and step.mode in ("band", "accumulate", "requantize") \
-            and (step.slice is not None or step.mode == "requantize")
-        if both:  # a hybrid step: rows and a channel slice at once
-            if step.mode == "band":
-                hybrid.hybrid_band(ctx, tiles, band_base, step, op, p)
-            elif step.mode == "accumulate":
-                hybrid.hybrid_accumulate(ctx, tiles, band_base, step, op, p)
-            else:
-                hybrid.hybrid_requantize(ctx, step, op, p)
-        elif step.mode == "whole":
-            _whole(ctx, step, op, p)
-        elif step.mode == "slice":
-            _sliced(ctx, step, op, p)
-        elif step.mode == "accumulate":
-            _accumulate(ctx, step, op, p)
-        elif step.mode == "requantize":
-            _requantize(ctx, step, op, p)
-        elif step.mode == "band":
-            bands.band_step(ctx, band_base, step, op, p)
-        elif step.mode == "halo":
-            bands.halo_step(ctx, band_base, step)
-        else:
-            raise SimulationError(f"step {step.index}: unknown mode '{step.mode}'")
+        _execute(ctx, tiles, band_base, step, op, params[op.id])
         _scribble_kscratch(ctx, step)  # after: an output overlapping it gets corrupted
         if step.index + 1 < len(plan.steps):
             _scribble(ctx, step.index, dies.get(step.index, []), live_at.get(step.index + 1, []))
     return {graph.tensors[t].name: np.array(_tensor_view(ctx, graph.tensors[t].name))
             for t in graph.outputs}
+
+
+def _load_inputs(ctx: _Ctx, inputs: dict[str, np.ndarray]) -> None:
+    """The graph inputs into their buffers (an external one stays in the caller's memory)."""
+    for tid in ctx.graph.inputs:
+        t = ctx.graph.tensors[tid]
+        if t.name not in inputs:
+            raise SimulationError(f"missing input '{t.name}'")
+        x = np.asarray(inputs[t.name]).reshape(t.shape).astype(element_dtype(t))
+        if t.external:  # read in place from the caller's memory, never written
+            x.setflags(write=False)
+            ctx.external[t.name] = x
+        elif t.name in ctx.bufs:
+            _tensor_view(ctx, t.name)[...] = x
+
+
+def _lifetimes(plan: Plan, graph: Graph) -> tuple[dict[int, list[Buffer]],
+                                                  dict[int, list[Buffer]],
+                                                  dict[int, list[Buffer]]]:
+    """(step -> buffers born there, step -> buffers dying there, step -> buffers live there
+    where one died the step before)."""
+    dies: dict[int, list[Buffer]] = {}
+    born: dict[int, list[Buffer]] = {}
+    inputs_in_arena = {graph.tensors[t].name for t in graph.inputs}
+    for b in plan.buffers:
+        dies.setdefault(b.last_step, []).append(b)
+        if b.alias_of is None and b.name not in inputs_in_arena:
+            born.setdefault(b.first_step, []).append(b)
+    live_at: dict[int, list[Buffer]] = {}
+    for b in plan.buffers:  # (one pass: a scan of every buffer per step was quadratic)
+        for s in range(max(b.first_step, 1), min(b.last_step, len(plan.steps) - 1) + 1):
+            if s - 1 in dies:
+                live_at.setdefault(s, []).append(b)
+    return born, dies, live_at
+
+
+def _execute(ctx: _Ctx, tiles: dict[str, tuple[int, int]], band_base: dict[str, int],
+             step: Step, op: Op, p: OpParams) -> None:
+    """Run one step by its mode (a hybrid step has rows and a channel slice at once)."""
+    both = step.rows is not None and step.mode in ("band", "accumulate", "requantize") \
+        and (step.slice is not None or step.mode == "requantize")
+    if both:
+        if step.mode == "band":
+            hybrid.hybrid_band(ctx, tiles, band_base, step, op, p)
+        elif step.mode == "accumulate":
+            hybrid.hybrid_accumulate(ctx, tiles, band_base, step, op, p)
+        else:
+            hybrid.hybrid_requantize(ctx, step, op, p)
+    elif step.mode == "whole":
+        _whole(ctx, step, op, p)
+    elif step.mode == "slice":
+        _sliced(ctx, step, op, p)
+    elif step.mode == "accumulate":
+        _accumulate(ctx, step, op, p)
+    elif step.mode == "requantize":
+        _requantize(ctx, step, op, p)
+    elif step.mode == "band":
+        bands.band_step(ctx, band_base, step, op, p)
+    elif step.mode == "halo":
+        bands.halo_step(ctx, band_base, step)
+    else:
+        raise SimulationError(f"step {step.index}: unknown mode '{step.mode}'")
