@@ -110,7 +110,7 @@ def fixed_input(graph: Graph) -> np.ndarray:
     return np.random.default_rng(0).integers(-128, 128, t.shape, dtype=np.int8)
 
 
-def sim_output(plan: Plan, graph: Graph, path: Path) -> bytes:
+def sim_output(plan: Plan, graph: Graph) -> bytes:
     """The simulator's output bytes for the fixed input."""
     t = graph.tensors[graph.inputs[0]]
     out = run_plan(plan, graph, graph_params(graph), {t.name: fixed_input(graph)})

@@ -68,7 +68,7 @@ def test_golden_plan_validates_and_simulates_to_its_output(name: str) -> None:
     path, graph, _, plan = _load(name)
     assert validate(plan, graph) == []
     assert plan.arena_bytes == RECORDS[name]["arena_bytes"]
-    assert sim_output(plan, graph, path).hex() == RECORDS[name]["output"]
+    assert sim_output(plan, graph).hex() == RECORDS[name]["output"]
 
 
 @pytest.mark.parametrize("name", [v for v in VARIANTS if ALL or v in SAMPLE])

@@ -54,7 +54,7 @@ def one(model: str, mode: str, target: str | None, time_limit: float, qemu: bool
         f.write_bytes(gzip.compress(golden_json(plan).encode(), mtime=0))
     plan = read_plan(name)[1]
     graph = ImportOptions().load(path)
-    out = sim_output(plan, graph, path)
+    out = sim_output(plan, graph)
     if host_output(plan, graph, path) != out:
         raise SystemExit(f"{name}: the host C's output differs from the simulator's")
     rec = {"status": plan.solver.status, "arena_bytes": plan.arena_bytes, "output": out.hex()}
