@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pexopt.errors import ModelError
 from pexopt.fixedpoint import activation_range_int8
-from pexopt.frontend.onnx_index import NHWC, OnnxIndex, nhwc_shape, perm_for
+from pexopt.frontend.onnx_index import OnnxIndex
 from pexopt.frontend.onnx_load import load_model
 from pexopt.frontend.onnx_params_conv import build_conv, build_fc
 from pexopt.frontend.onnx_params_ctx import OpContext
@@ -54,7 +54,9 @@ from pexopt.graph.params import OpParams
 from pexopt.ops import OPAQUE_RUNNABLE, OpKind
 
 # re-exported: callers and tests import these from here
-__all__ = ["NHWC", "OnnxIndex", "OpParams", "load_params", "nhwc_shape", "perm_for"]
+__all__ = [
+    "OpParams", "load_params",
+]
 
 
 def load_params(model_path: str | Path | OnnxIndex, graph: Graph,

@@ -28,15 +28,10 @@ from pexopt.plan.validator_buffers import (
     check_steps,
 )
 from pexopt.plan.validator_core import (
-    ACC_BYTES,
-    MODES,
-    PlanIndex,
     PlanInvalid,
     Violation,
     build_index,
-    channels,
     overlaps,
-    per_channel_bytes,
 )
 from pexopt.plan.validator_extents import check_extents, check_sizes
 from pexopt.plan.validator_layout import (
@@ -50,8 +45,7 @@ from pexopt.plan.validator_layout import (
 from pexopt.plan.validator_scratch import check_kernel_scratch
 
 __all__ = [  # the entry points, and the shared names callers import from here
-    "ACC_BYTES", "MODES", "PlanIndex", "PlanInvalid", "Violation", "channels", "check",
-    "find_overlaps", "overlaps", "per_channel_bytes", "validate",
+    "PlanInvalid", "Violation", "check", "find_overlaps", "overlaps", "validate",
 ]
 
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from pexopt.report.plan_plots import (
     live_matrix,
-    plot_layout,
-    plot_timeline,
     report_plan,
-    split_buffers,
     split_ranges,
 )
-from pexopt.report.sweep_plots import pareto_front, plot_pareto, report_sweep
+from pexopt.report.sweep_plots import pareto_front, report_sweep
 
-__all__ = ["live_matrix", "pareto_front", "plot_layout", "plot_pareto", "plot_timeline",
-           "report_plan", "report_sweep", "split_buffers", "split_ranges"]
+__all__ = [
+    "live_matrix", "pareto_front", "report_plan", "report_sweep", "split_ranges",
+]

@@ -34,7 +34,7 @@ from pexopt.simulate.kernels_move import concat, pad, resize, softmax, transpose
 from pexopt.simulate.kernels_pool import avgpool, maxpool, mean
 
 __all__ = [  # the names callers import (the kernels live in kernels_{conv,eltwise,pool,move}.py)
-    "KERNELS", "Kernel", "channel_affine", "conv_accumulate", "requantize", "rescale",
+    "KERNELS", "channel_affine", "conv_accumulate", "requantize", "rescale",
 ]
 
 

@@ -23,24 +23,18 @@ from pexopt.partial.candidates import find_segments
 from pexopt.schedule import Schedule, SolverParams
 from pexopt.solver.bounds import all_inplace_candidates, dw_inplace_ok, split_bound
 from pexopt.solver.buffers import (
-    buffer_tensors,
-    extent,
     greedy_schedule,
-    lifetimes,
     op_scratch,
     schedule_cost,
-    seg_workspace,
 )
 from pexopt.solver.model import Progress, _Model
 from pexopt.solver.search_space import _hybrid, candidates, lower_bound
 from pexopt.solver.stages import OUT_OF_TIME, TOO_SLOW, solve_layout
-from pexopt.solver.substages import CANONICAL_WORK
 
 __all__ = [  # what pexopt and the tests import from here
-    "CANONICAL_WORK", "OUT_OF_TIME", "TOO_SLOW", "Progress", "all_inplace_candidates",
-    "buffer_tensors", "candidates", "dw_inplace_ok", "extent", "greedy_schedule", "lifetimes",
-    "lower_bound", "op_scratch", "schedule_cost", "seg_workspace", "solve_fastest",
-    "solve_layout",
+    "OUT_OF_TIME", "TOO_SLOW", "Progress", "all_inplace_candidates", "candidates",
+    "dw_inplace_ok", "greedy_schedule", "lower_bound", "op_scratch", "schedule_cost",
+    "solve_fastest", "solve_layout",
 ]
 
 

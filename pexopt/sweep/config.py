@@ -38,18 +38,15 @@ from pexopt.errors import PexError
 from pexopt.sweep.config_values import (
     _LIST_KEYS,
     _PARSERS,
-    FUTURE_MODES,
-    MODES,
     _is_int,
     _is_num,
     _model,
-    parse_resolution,
 )
 from pexopt.sweep.config_yaml import _Errors, _kind, _NotScalar, _Reader
 
 __all__ = [  # the sweep file's public names (the parsers live in config_values.py)
-    "FUTURE_MODES", "MODES", "POINT_KEYS", "SOLVER_KEYS", "TOP_KEYS", "Point", "SolverSettings",
-    "Sweep", "load_sweep", "parse_resolution", "res_text",
+    "POINT_KEYS", "SOLVER_KEYS", "TOP_KEYS", "Point", "SolverSettings", "Sweep", "load_sweep",
+    "res_text",
 ]
 
 TOP_KEYS = ("models", "resolutions", "budgets", "latency", "targets", "modes", "solver",

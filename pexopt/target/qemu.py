@@ -23,24 +23,21 @@ from pathlib import Path
 
 from pexopt.target.qemu_build import (
     BOARDS,
-    CORES,
-    HARNESS_DIR,
     Firmware,
     TargetError,
     ToolMissingError,
     _tool,
     build_firmware,
     missing_tools,
-    model_macros,
     require_tools,
 )
 from pexopt.target.qemu_build import _eval_int as _eval_int  # tests/test_qemu.py reads it here
 
 __all__ = [
-    "BOARDS", "CORES", "EXIT_FAULT", "EXIT_INVOKE_ERROR", "EXIT_OK", "EXIT_STACK_OVERFLOW",
-    "HARNESS_DIR", "MARKER_OVERHEAD", "Firmware", "RunResult", "TargetError", "ToolMissingError",
-    "build_firmware", "missing_tools", "model_macros", "qemu_command", "require_tools",
-    "run_firmware", "run_on_qemu",
+    "BOARDS", "EXIT_FAULT", "EXIT_INVOKE_ERROR", "EXIT_OK", "EXIT_STACK_OVERFLOW",
+    "MARKER_OVERHEAD", "Firmware", "RunResult", "TargetError", "ToolMissingError",
+    "build_firmware", "missing_tools", "qemu_command", "require_tools", "run_firmware",
+    "run_on_qemu",
 ]
 
 # Exit codes of the firmware (codegen/qemu/pex_harness.h).
