@@ -22,7 +22,9 @@ class OnnxSource:
         self.model = model
         self.path = path  # for messages: where the constants came from
         self._index: OnnxIndex | None = None
-        self._params: dict[int, dict[int, OpParams]] = {}  # graph hash -> op id -> params
+        # graph -> op id -> params (keyed by the graph itself, never by its hash alone: a
+        # collision must not hand one graph another's constants)
+        self._params: dict[Graph, dict[int, OpParams]] = {}
 
     def index(self) -> OnnxIndex:
         if self._index is None:
@@ -32,17 +34,15 @@ class OnnxSource:
     def params(self, graph: Graph) -> dict[int, OpParams]:
         """Op id -> kernel constants of `graph` (this model's import, in any dtype); raises
         ModelError naming the node for one the kernels cannot run."""
-        key = hash(graph)
-        if key not in self._params:
-            self._params[key] = load_params(self.index(), graph)
-        return self._params[key]
+        if graph not in self._params:
+            self._params[graph] = load_params(self.index(), graph)
+        return self._params[graph]
 
     def model_bytes(self) -> bytes:
         return self.model.SerializeToString()
 
     def __getstate__(self) -> dict:
-        """Pickled as the model alone (string hashes, hence the cache keys, differ between
-        processes)."""
+        """Pickled as the model alone (the caches are rebuilt where they are needed)."""
         return {"model": self.model, "path": self.path}
 
     def __setstate__(self, state: dict) -> None:
