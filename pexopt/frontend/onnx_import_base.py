@@ -23,10 +23,6 @@ ONNX_DTYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BOOL: "bool",
 }
 QUANTISED = {"int8", "float32", "float16"}
-# integer types a Q/DQ node may not quantise activations to: pexopt deploys int8 activations
-# (int8 weights, int32 biases); everything else would be emitted as int8 and silently wrong
-INT_TYPES = {getattr(onnx.TensorProto, n) for n in (
-    "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64", "INT4", "UINT4")}
 FLOAT32_MIN_NORMAL = float(np.finfo(np.float32).tiny)  # 1.1754944e-38
 
 

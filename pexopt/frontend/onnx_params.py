@@ -53,7 +53,6 @@ from pexopt.graph.ir import Graph, Op
 from pexopt.graph.params import OpParams
 from pexopt.ops import OPAQUE_RUNNABLE, OpKind
 
-# re-exported: callers and tests import these from here
 __all__ = [
     "OpParams", "load_params",
 ]
