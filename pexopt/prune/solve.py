@@ -62,7 +62,6 @@ class Candidate:
     result: SolveResult
     model_bytes: bytes
     cost: int
-    path: Path | None = None  # where its model was solved from (temporary for a pruned one)
 
 
 @dataclass
@@ -167,7 +166,7 @@ class _Searcher:
         self.last = p
         res = solve_model(p, self.opts_for(p), self.params, self.budget,
                           profile=self.popts.profile, latency=self.popts.latency)
-        return Candidate(dict(keep), res, data, self.cost(keep), p)
+        return Candidate(dict(keep), res, data, self.cost(keep))
 
 
 def prune_to_budget(path: str | Path, opts: ImportOptions, params: SolverParams, budget: int,
@@ -266,8 +265,7 @@ def _check_simulation(c: Candidate) -> None:
 
     if not executable(c.result.graph):
         return  # a float model planned for int8 activations cannot execute as planned
-    if c.path is not None and not verify_plan(c.result.plan, c.result.graph,
-                                              n_inputs=1, onnxruntime=False).ok:
+    if not verify_plan(c.result.plan, c.result.graph, n_inputs=1, onnxruntime=False).ok:
         raise PexError("pruning: the pruned model's plan does not simulate exactly "
                        "(a bug; please report it)")
 
