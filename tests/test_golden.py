@@ -8,6 +8,7 @@ simulates to its golden output, and re-solves, compiles and emulates a sample;
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -38,13 +39,19 @@ SAMPLE = {v for v in VARIANTS if v.split("/")[0] in ("dscnn_kws_int8", "mbv1_w02
 QEMU_TOLERANCE = 0.005  # instruction counts may move by 0.5% (issue #14)
 
 
-def _load(name: str):  # noqa: ANN202
-    model = name.split("/")[0]
+@functools.cache
+def _graph(model: str):  # noqa: ANN202
+    """(path, graph) of a model, imported once for its eight variants."""
     path = model_path(model)
     if not path.is_file():
         pytest.fail(f"{path} missing")
+    return path, ImportOptions().load(path)
+
+
+def _load(name: str):  # noqa: ANN202
+    path, graph = _graph(name.split("/")[0])
     text, plan = read_plan(name)
-    return path, ImportOptions().load(path), text, plan
+    return path, graph, text, plan
 
 
 def _variant(name: str) -> tuple[str, str, str | None]:
